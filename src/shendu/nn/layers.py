@@ -1,0 +1,323 @@
+"""The layers: each a forward and a backward that read like the math, over cached inputs.
+
+Images are logically NCHW. Convolution and pooling return NCHW-shaped views of channels-last
+(NHWC) memory, as PyTorch's `channels_last` does, so consecutive layers pass data without copies.
+"""
+import numpy as np
+
+from ..errors import ShenduError
+from ..kernels import conv, pool
+from ..rng import generator
+from . import init
+from .module import Module, Parameter
+
+
+def _nhwc(x):
+    """A logically NCHW array as contiguous NHWC memory (free when it already is channels-last)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def _nchw(x):
+    return x.transpose(0, 3, 1, 2)
+
+
+def _check_input(layer, x, ndim, channels=None):
+    """Wrong inputs fail here, naming the layer and the shapes, not deep inside a kernel."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise ShenduError(f"{layer!r} expects floating-point input (images scaled to [0, 1]), "
+                          f"got dtype {x.dtype}")
+    if x.ndim != ndim or (channels is not None and x.shape[1] != channels):
+        want = "(N, C, H, W)" if ndim == 4 else "(N, features)"
+        want = want.replace("C", str(channels)).replace("features", str(channels))
+        raise ShenduError(f"{layer!r} expects input of shape {want}, got {x.shape}")
+    return x
+
+
+class Linear(Module):
+    """y = x Wᵀ + b."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(init.he_normal((out_features, in_features), fan_in=in_features))
+        self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
+        self.x = None
+
+    def forward(self, x):
+        x = _check_input(self, x, 2, self.in_features)
+        self.x = x if self.keeps_cache else None
+        y = x @ self.weight.data.T
+        return y + self.bias.data if self.bias is not None else y
+
+    def backward(self, dy):
+        x = self._cached(self.x)
+        self.weight.grad = dy.T @ x
+        if self.bias is not None:
+            self.bias.grad = dy.sum(axis=0)
+        return dy @ self.weight.data
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """y[n, o] = b[o] + Σ_c W[o, c] ⋆ x[n, c]  (cross-correlation, as every framework computes)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        fan_in = in_channels * kernel_size * kernel_size
+        self.weight = Parameter(init.he_normal(
+            (out_channels, in_channels, kernel_size, kernel_size), fan_in=fan_in))
+        self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
+        self.col = self.dcol = self.x_shape = None
+
+    def forward(self, x):
+        x = _check_input(self, x, 4, self.in_channels)
+        b = self.bias.data if self.bias is not None else None
+        y, col = conv.conv_forward(_nhwc(x), self.weight.data, b, self.stride, self.padding,
+                                   col=self.col)
+        keep = self.keeps_cache
+        self.col = col if keep else None  # the patches are both the cache and next step's buffer
+        self.x_shape = (x.shape[0], x.shape[2], x.shape[3], x.shape[1]) if keep else None
+        return _nchw(y)
+
+    def backward(self, dy):
+        col = self._cached(self.col)
+        dx, self.weight.grad, db, self.dcol = conv.conv_backward(
+            _nhwc(dy), col, self.weight.data, self.stride, self.padding, self.x_shape, self.dcol)
+        if self.bias is not None:
+            self.bias.grad = db
+        return _nchw(dx)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        if not 0 <= padding <= kernel_size // 2:
+            raise ShenduError(f"pooling padding must be between 0 and half the window, got {padding}")
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.cache = None
+
+    def _output(self, x):
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        oh, ow = conv.out_size(h, k, s, p), conv.out_size(w, k, s, p)
+        if oh < 1 or ow < 1:
+            raise ShenduError(f"{self!r}: input {x.shape} is smaller than the pooling window")
+        return np.empty((n, oh, ow, c), x.dtype)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """y = the maximum of each window; the gradient flows only to that maximum."""
+
+    def forward(self, x):
+        x = _check_input(self, x, 4)
+        y = self._output(x)
+        arg = np.empty(y.shape, np.int32)
+        pool.maxpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y, arg)
+        self.cache = (arg, x.shape) if self.keeps_cache else None
+        return _nchw(y)
+
+    def backward(self, dy):
+        arg, (n, c, h, w) = self._cached(self.cache)
+        dx = np.empty((n, h, w, c), dy.dtype)
+        pool.maxpool_backward(_nhwc(dy), arg, dx)
+        return _nchw(dx)
+
+
+class AvgPool2d(_Pool2d):
+    """y = the mean of each window (padding counts as zeros); the gradient is shared equally."""
+
+    def forward(self, x):
+        x = _check_input(self, x, 4)
+        y = self._output(x)
+        pool.avgpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y)
+        self.cache = x.shape if self.keeps_cache else None
+        return _nchw(y)
+
+    def backward(self, dy):
+        n, c, h, w = self._cached(self.cache)
+        dx = np.empty((n, h, w, c), dy.dtype)
+        pool.avgpool_backward(_nhwc(dy), self.kernel_size, self.stride, self.padding, dx)
+        return _nchw(dx)
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) → (N, C): the mean of each channel's map."""
+
+    def __init__(self):
+        super().__init__()
+        self.shape = None
+
+    def forward(self, x):
+        x = _check_input(self, x, 4)
+        self.shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        n, c, h, w = self._cached(self.shape)
+        return np.broadcast_to((dy / (h * w))[:, :, None, None], (n, c, h, w)).copy()
+
+
+class Flatten(Module):
+    """(N, C, H, W) → (N, C·H·W) in C, H, W order, as PyTorch flattens."""
+
+    def __init__(self):
+        super().__init__()
+        self.shape = None
+
+    def forward(self, x):
+        self.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._cached(self.shape))
+
+
+class ReLU(Module):
+    """y = max(x, 0); dy passes where x > 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask = None
+
+    def forward(self, x):
+        self.mask = x > 0 if self.keeps_cache else None
+        return np.maximum(x, 0)
+
+    def backward(self, dy):
+        return dy * self._cached(self.mask)
+
+
+class Sigmoid(Module):
+    """y = 1 / (1 + e^{-x}); dy/dx = y (1 - y)."""
+
+    def __init__(self):
+        super().__init__()
+        self.y = None
+
+    def forward(self, x):
+        y = 1 / (1 + np.exp(-x))
+        self.y = y if self.keeps_cache else None
+        return y
+
+    def backward(self, dy):
+        y = self._cached(self.y)
+        return dy * y * (1 - y)
+
+
+class Tanh(Module):
+    """y = tanh x; dy/dx = 1 - y²."""
+
+    def __init__(self):
+        super().__init__()
+        self.y = None
+
+    def forward(self, x):
+        y = np.tanh(x)
+        self.y = y if self.keeps_cache else None
+        return y
+
+    def backward(self, dy):
+        y = self._cached(self.y)
+        return dy * (1 - y * y)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training each unit is zeroed with probability p and the survivors are
+    scaled by 1/(1-p), so evaluation is the identity."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ShenduError(f"Dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.scale = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self.scale = None
+            return x
+        keep = generator().random(x.shape, dtype=np.float32) >= self.p
+        self.scale = keep.astype(x.dtype) / (1 - self.p)
+        return x * self.scale
+
+    def backward(self, dy):
+        return dy if self.scale is None else dy * self.scale
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class _BatchNorm(Module):
+    """y = γ (x − μ) / √(σ² + ε) + β, with μ, σ² from the batch in training and from running
+    averages in evaluation (the running variance is unbiased, as in PyTorch)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+        self.register_buffer("running_var", np.ones(num_features, np.float32))
+        self.cache = None
+
+    def _normalize(self, x):  # x: (M, C), one row per position
+        if self.training:
+            mean, var = x.mean(axis=0), x.var(axis=0)
+            m = x.shape[0]
+            self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
+            self.running_var = ((1 - self.momentum) * self.running_var
+                                + self.momentum * var * m / max(m - 1, 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
+        xhat = (x - mean) * inv_std
+        self.cache = (xhat, inv_std, self.training) if self.keeps_cache else None
+        return xhat * self.weight.data + self.bias.data
+
+    def _backward(self, dy):  # dy: (M, C)
+        xhat, inv_std, batch_stats = self._cached(self.cache)
+        self.weight.grad = (dy * xhat).sum(axis=0)
+        self.bias.grad = dy.sum(axis=0)
+        dxhat = dy * self.weight.data
+        if not batch_stats:  # running statistics are constants
+            return dxhat * inv_std
+        # μ and σ² depend on every x: dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / σ
+        return (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) * inv_std
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    def forward(self, x):
+        return self._normalize(_check_input(self, x, 2, self.num_features))
+
+    def backward(self, dy):
+        return self._backward(dy)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Statistics per channel over the batch and every position."""
+
+    def forward(self, x):
+        x = _check_input(self, x, 4, self.num_features)
+        xh = _nhwc(x)
+        return _nchw(self._normalize(xh.reshape(-1, xh.shape[3])).reshape(xh.shape))
+
+    def backward(self, dy):
+        dyh = _nhwc(dy)
+        return _nchw(self._backward(dyh.reshape(-1, dyh.shape[3])).reshape(dyh.shape))

@@ -1,0 +1,231 @@
+"""Module, Parameter and Sequential: the bookkeeping every layer shares.
+
+Like DeZero and PyTorch, assigning a Parameter or a Module to an attribute registers it, so
+`parameters()` and `state_dict()` never need hard-coded layer indices.
+"""
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..errors import ShenduError
+
+_GRAD_MODE = [None]  # None: cache for backward only in training mode; True/False: forced
+
+
+@contextmanager
+def no_grad():
+    """Forward passes inside keep nothing for backward (inference: less memory, less work)."""
+    _GRAD_MODE.append(False)
+    try:
+        yield
+    finally:
+        _GRAD_MODE.pop()
+
+
+@contextmanager
+def enable_grad():
+    """Forward passes inside keep what backward needs, even in eval mode (saliency maps)."""
+    _GRAD_MODE.append(True)
+    try:
+        yield
+    finally:
+        _GRAD_MODE.pop()
+
+
+class Parameter:
+    """A learnable array and the gradient of the last backward pass."""
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: subclasses define `forward(x)` and `backward(dy)` and may cache between them."""
+
+    def __init__(self):
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_params" not in self.__dict__:
+            raise ShenduError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        for registry in (self._params, self._modules, self._buffers):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._params[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """State that is saved but not learned (BatchNorm's running statistics)."""
+        object.__setattr__(self, name, array)
+        self._buffers[name] = None
+
+    # -- calling ------------------------------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    @property
+    def keeps_cache(self):
+        """Whether this forward pass must keep what backward needs."""
+        mode = _GRAD_MODE[-1]
+        return self.training if mode is None else mode
+
+    def _cached(self, value):
+        if value is None:
+            raise ShenduError(f"{type(self).__name__}.backward needs a forward pass in training "
+                              "mode (or inside shendu.nn.enable_grad()) first")
+        return value
+
+    # -- structure ----------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self):
+        return [(f"{prefix}.{name}" if prefix else name, p)
+                for prefix, m in self.named_modules() for name, p in m._params.items()]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        return [(f"{prefix}.{name}" if prefix else name, getattr(m, name))
+                for prefix, m in self.named_modules() for name in m._buffers]
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    # -- modes --------------------------------------------------------------------------------
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device):
+        if device != "cpu":
+            raise ShenduError(f"device {device!r} is not available: shendu runs on 'cpu'")
+        return self
+
+    def astype(self, dtype):
+        """Cast every parameter and buffer (float64 for gradient checks)."""
+        for m in self.modules():
+            for p in m._params.values():
+                p.data = p.data.astype(dtype)
+                p.grad = np.zeros_like(p.data)
+            for name in m._buffers:
+                object.__setattr__(m, name, getattr(m, name).astype(dtype))
+        return self
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self):
+        """Parameters and buffers by dotted name, in the canonical layout (copies)."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update({name: np.array(b) for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Set weights from a name → array mapping; names and shapes are checked first."""
+        targets = {name: (m, attr) for prefix, m in self.named_modules()
+                   for attr in [*m._params, *m._buffers]
+                   for name in [f"{prefix}.{attr}" if prefix else attr]}
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        problems = []
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        for name in sorted(set(targets) & set(state)):
+            want = _current(*targets[name]).shape
+            got = np.shape(state[name])
+            if tuple(got) != tuple(want):
+                problems.append(f"{name}: shape {tuple(got)} in the file, {tuple(want)} in the model")
+        if problems:
+            raise ShenduError("state dict does not fit the model (" + "; ".join(problems) + ")")
+        for name in set(targets) & set(state):
+            m, attr = targets[name]
+            old = _current(m, attr)
+            value = np.array(state[name], dtype=old.dtype)
+            if attr in m._params:
+                m._params[attr].data = value
+            else:
+                object.__setattr__(m, attr, value)
+        return self
+
+    # -- printing -----------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _current(module, attr):
+    return module._params[attr].data if attr in module._params else getattr(module, attr)
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse (the chain rule)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._modules.values()):
+            dy = layer.backward(dy)
+        return dy

@@ -1,0 +1,107 @@
+"""Every Numba kernel against its pure-NumPy reference, on odd shapes, strides and paddings."""
+import numpy as np
+import pytest
+
+from shendu.kernels import conv, pool
+
+CASES = [  # (n, h, w, c, k, stride, pad)
+    (2, 5, 5, 1, 3, 1, 0),
+    (3, 7, 6, 3, 3, 1, 1),
+    (2, 9, 8, 2, 3, 2, 1),
+    (1, 8, 11, 4, 5, 3, 2),
+    (2, 6, 6, 3, 1, 1, 0),
+    (2, 7, 7, 2, 3, 1, 2),   # DeepConvNet's padding 2
+    (1, 4, 5, 2, 4, 2, 3),   # padding wider than half the kernel
+]
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
+def test_im2col_matches_reference(n, h, w, c, k, s, p):
+    x = _rand(n, h, w, c)
+    oh, ow = conv.out_size(h, k, s, p), conv.out_size(w, k, s, p)
+    col = np.full((n, oh, ow, k, k, c), np.nan, np.float32)
+    conv.im2col(x, k, k, s, p, col)
+    np.testing.assert_array_equal(col, conv.im2col_reference(x, k, k, s, p))
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
+def test_col2im_reference_is_the_adjoint_of_im2col(n, h, w, c, k, s, p):
+    # <im2col(x), y> = <x, col2im(y)> for all x, y: the defining property of an adjoint
+    x = _rand(n, h, w, c, seed=1).astype(np.float64)
+    cols = conv.im2col_reference(x, k, k, s, p)
+    y = np.random.default_rng(2).standard_normal(cols.shape)
+    assert np.isclose((cols * y).sum(), (x * conv.col2im_reference(y, s, p, x.shape)).sum())
+
+
+def _conv_naive(x, w, b, s, p):
+    """The definition, written with einsum over padded windows."""
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    o, c, k, _ = w.shape
+    oh, ow = conv.out_size(x.shape[1], k, s, p), conv.out_size(x.shape[2], k, s, p)
+    y = np.zeros((x.shape[0], oh, ow, o))
+    for a in range(k):
+        for bb in range(k):
+            patch = xp[:, a:a + s * oh:s, bb:bb + s * ow:s][:, :oh, :ow]
+            y += np.einsum("nijc,oc->nijo", patch, w[:, :, a, bb])
+    return y + b
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
+def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p):
+    x = _rand(n, h, w, c).astype(np.float64)
+    wt = _rand(4, c, k, k, seed=3).astype(np.float64)
+    b = _rand(4, seed=4).astype(np.float64)
+    y, col = conv.conv_forward(x, wt, b, s, p)
+    np.testing.assert_allclose(y, _conv_naive(x, wt, b, s, p), rtol=1e-10, atol=1e-10)
+    dy = _rand(*y.shape, seed=5).astype(np.float64)
+    dx, dw, db, _ = conv.conv_backward(dy, col, wt, s, p, x.shape)
+    # textbook backward: dcol = dy Wᵀ scattered back with col2im; dW = dyᵀ col
+    dcol = (dy.reshape(-1, 4) @ wt.transpose(0, 2, 3, 1).reshape(4, -1)).reshape(col.shape)
+    np.testing.assert_allclose(dx, conv.col2im_reference(dcol, s, p, x.shape), rtol=1e-10, atol=1e-10)
+    dw_ref = np.einsum("nijo,nijabc->ocab", dy, conv.im2col_reference(x, k, k, s, p))
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(db, dy.sum(axis=(0, 1, 2)), rtol=1e-10)
+
+
+POOL_CASES = [(2, 6, 6, 3, 2, 2, 0), (1, 7, 5, 2, 3, 2, 1), (2, 5, 5, 1, 3, 1, 1), (1, 9, 8, 4, 2, 1, 0)]
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s,p", POOL_CASES)
+def test_maxpool_matches_reference(n, h, w, c, k, s, p):
+    x = _rand(n, h, w, c)
+    oh, ow = conv.out_size(h, k, s, p), conv.out_size(w, k, s, p)
+    y, arg = np.empty((n, oh, ow, c), np.float32), np.empty((n, oh, ow, c), np.int32)
+    pool.maxpool_forward(x, k, s, p, y, arg)
+    np.testing.assert_array_equal(y, pool.maxpool_reference(x, k, s, p))
+    dy = _rand(*y.shape, seed=1)
+    dx = np.empty_like(x)
+    pool.maxpool_backward(dy, arg, dx)
+    np.testing.assert_allclose(dx, pool.maxpool_backward_reference(x, dy, k, s, p), rtol=1e-5, atol=1e-6)
+
+
+def test_maxpool_ties_go_to_the_first_maximum():
+    x = np.ones((1, 2, 2, 1), np.float32)
+    y, arg = np.empty((1, 1, 1, 1), np.float32), np.empty((1, 1, 1, 1), np.int32)
+    pool.maxpool_forward(x, 2, 2, 0, y, arg)
+    dx = np.empty_like(x)
+    pool.maxpool_backward(np.ones_like(y), arg, dx)
+    np.testing.assert_array_equal(dx.ravel(), [1, 0, 0, 0])
+    np.testing.assert_array_equal(dx, pool.maxpool_backward_reference(x, np.ones_like(y), 2, 2, 0))
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s,p", POOL_CASES)
+def test_avgpool_matches_reference(n, h, w, c, k, s, p):
+    x = _rand(n, h, w, c)
+    oh, ow = conv.out_size(h, k, s, p), conv.out_size(w, k, s, p)
+    y = np.empty((n, oh, ow, c), np.float32)
+    pool.avgpool_forward(x, k, s, p, y)
+    np.testing.assert_allclose(y, pool.avgpool_reference(x, k, s, p), rtol=1e-5, atol=1e-6)
+    dy = _rand(*y.shape, seed=1)
+    dx = np.empty_like(x)
+    pool.avgpool_backward(dy, k, s, p, dx)
+    np.testing.assert_allclose(dx, pool.avgpool_backward_reference(x.shape, dy, k, s, p),
+                               rtol=1e-5, atol=1e-6)

@@ -1,0 +1,186 @@
+"""Every layer's backward against numerical gradients (float64), and every layer against PyTorch
+(float32, weights copied in) where PyTorch is installed."""
+import numpy as np
+import pytest
+
+import shendu
+from gradcheck import assert_close, check_module_gradients, numerical_grad, rel_error
+from shendu import nn
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+# (constructor, input shape) — odd sizes, strides and paddings on purpose
+LAYERS = [
+    (lambda: nn.Linear(7, 5), (4, 7)),
+    (lambda: nn.Linear(3, 2, bias=False), (5, 3)),
+    (lambda: nn.Conv2d(3, 4, 3), (2, 3, 7, 6)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
+    (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 9, 8)),
+    (lambda: nn.Conv2d(3, 2, 5, stride=3, padding=2, bias=False), (1, 3, 11, 10)),
+    (lambda: nn.Conv2d(2, 2, 3, padding=2), (2, 2, 5, 4)),
+    (lambda: nn.Conv2d(4, 3, 1), (2, 4, 3, 5)),
+    (lambda: nn.MaxPool2d(2), (2, 3, 6, 6)),
+    (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 5)),
+    (lambda: nn.MaxPool2d(2, stride=1), (1, 2, 5, 5)),
+    (lambda: nn.AvgPool2d(2), (2, 3, 6, 6)),
+    (lambda: nn.AvgPool2d(3, stride=2, padding=1), (2, 2, 7, 5)),
+    (lambda: nn.GlobalAvgPool2d(), (2, 3, 4, 5)),
+    (lambda: nn.Flatten(), (2, 3, 4, 5)),
+    (lambda: nn.ReLU(), (3, 4, 5)),
+    (lambda: nn.Sigmoid(), (3, 7)),
+    (lambda: nn.Tanh(), (3, 7)),
+    (lambda: nn.Dropout(0.3), (6, 9)),
+    (lambda: nn.BatchNorm1d(5), (8, 5)),
+    (lambda: nn.BatchNorm2d(3), (4, 3, 5, 3)),
+]
+IDS = [f"{make()!r}-{shape}" for make, shape in LAYERS]
+
+
+@pytest.mark.parametrize("make,shape", LAYERS, ids=IDS)
+def test_gradients_match_numerical_differentiation(make, shape):
+    shendu.manual_seed(0)
+    layer = make()
+    for p in layer.parameters():  # non-trivial γ, β and biases
+        p.data = p.data + 0.3 * rand(*p.shape, seed=7).astype(p.data.dtype)
+    check_module_gradients(layer, rand(*shape))
+
+
+def test_batchnorm_gradients_in_eval_mode():
+    layer = nn.BatchNorm2d(3)
+    layer.running_mean = rand(3, seed=1).astype(np.float32)
+    layer.running_var = (1 + rand(3, seed=2) ** 2).astype(np.float32)
+    layer.eval()
+    with nn.enable_grad():
+        check_module_gradients(layer, rand(2, 3, 4, 4))
+
+
+def test_deep_conv_net_gradients():
+    shendu.manual_seed(0)
+    model = shendu.models.DeepConvNet(input_shape=(1, 12, 12), dropout=0.2)
+    for p in model.parameters():  # zero biases put the pad-2 corners exactly on ReLU's kink
+        p.data = p.data + 0.1 * rand(*p.shape, seed=7).astype(np.float32)
+    check_module_gradients(model, rand(2, 1, 12, 12), samples=40)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_gradient(smoothing):
+    z = rand(5, 7)
+    t = np.array([0, 3, 6, 2, 2])
+    loss = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    loss(z, t)
+    analytic = loss.backward()
+    assert rel_error(analytic, numerical_grad(lambda: loss(z, t), z)) < 1e-6
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    loss = nn.CrossEntropyLoss()
+    value = loss(np.array([[1e4, 0.0, -1e4]], np.float32), np.array([1]))
+    assert np.isclose(value, 1e4)
+    assert np.isfinite(loss.backward()).all()
+
+
+# ------------------------------------------------------------------ PyTorch as the oracle
+torch = pytest.importorskip("torch")
+F = torch.nn
+
+
+def _to_torch(layer):
+    """The same layer in PyTorch, with shendu's weights copied in."""
+    kind = type(layer).__name__
+    if kind == "Linear":
+        t = F.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    elif kind == "Conv2d":
+        t = F.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                     layer.padding, bias=layer.bias is not None)
+    elif kind in ("MaxPool2d", "AvgPool2d"):
+        return getattr(F, kind)(layer.kernel_size, layer.stride, layer.padding)
+    elif kind == "GlobalAvgPool2d":
+        return F.Sequential(F.AdaptiveAvgPool2d(1), F.Flatten())
+    elif kind in ("BatchNorm1d", "BatchNorm2d"):
+        t = getattr(F, kind)(layer.num_features, layer.eps, layer.momentum)
+    else:
+        return getattr(F, kind)()
+    t.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()}, strict=False)
+    return t
+
+
+ORACLE = [(make, shape) for make, shape in LAYERS if "Dropout" not in repr(make())]
+
+
+@pytest.mark.parametrize("make,shape", ORACLE, ids=[f"{make()!r}-{shape}" for make, shape in ORACLE])
+def test_forward_and_backward_match_pytorch(make, shape):
+    shendu.manual_seed(1)
+    layer = make()
+    reference = _to_torch(layer)
+    x = rand(*shape, seed=3).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    y = layer(x)
+    yt = reference(xt)
+    assert_close(y, yt.detach().numpy())
+    dy = rand(*y.shape, seed=4).astype(np.float32)
+    yt.backward(torch.tensor(dy))
+    assert_close(layer.backward(dy), xt.grad.numpy())
+    torch_params = dict(reference.named_parameters())
+    for name, p in layer.named_parameters():
+        assert_close(p.grad, torch_params[name].grad.numpy())
+    for name, buf in layer.named_buffers():
+        assert_close(buf, reference.state_dict()[name].numpy())
+
+
+def test_dropout_matches_pytorch_semantics():
+    layer = nn.Dropout(0.5)
+    x = np.ones((200, 100), np.float32)
+    y = layer(x)
+    assert set(np.unique(y)) == {0.0, 2.0}  # inverted: survivors scaled by 1 / (1 - p)
+    assert abs((y == 0).mean() - 0.5) < 0.02
+    np.testing.assert_array_equal(layer.backward(x), y)
+    layer.eval()
+    np.testing.assert_array_equal(layer(x), x)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_matches_pytorch(smoothing):
+    z = rand(6, 10, seed=2).astype(np.float32)
+    t = np.array([1, 0, 9, 4, 4, 7])
+    loss = nn.CrossEntropyLoss(label_smoothing=smoothing)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = F.CrossEntropyLoss(label_smoothing=smoothing)(zt, torch.tensor(t))
+    lt.backward()
+    assert np.isclose(loss(z, t), lt.item(), rtol=1e-5)
+    assert_close(loss.backward(), zt.grad.numpy())
+
+
+def _torch_deep_conv_net():
+    layers = []
+    for c_in, c_out, pad in ((1, 16, 1), (16, 16, 1), (16, 32, 1), (32, 32, 2), (32, 64, 1), (64, 64, 1)):
+        layers += [F.Conv2d(c_in, c_out, 3, padding=pad), F.ReLU()]
+        if c_in == c_out or pad == 2:
+            layers.append(F.MaxPool2d(2))
+    layers += [F.Flatten(), F.Linear(1024, 50), F.ReLU(), F.Dropout(0.5), F.Linear(50, 10), F.Dropout(0.5)]
+    return F.Sequential(*layers)
+
+
+def test_deep_conv_net_matches_pytorch():
+    shendu.manual_seed(0)
+    model = shendu.models.DeepConvNet()
+    reference = _torch_deep_conv_net()
+    names = [k for k in reference.state_dict()]
+    assert len(names) == len(model.state_dict())
+    # same structure, so the parameters correspond in order, whatever the layer indices
+    reference.load_state_dict({k: torch.tensor(v) for k, v in zip(names, model.state_dict().values())})
+    model.eval(), reference.eval()
+    x = np.random.default_rng(0).random((8, 1, 28, 28), np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    with nn.enable_grad():
+        y = model(x)
+        yt = reference(xt)
+        assert_close(y, yt.detach().numpy())
+        dy = rand(8, 10, seed=1).astype(np.float32)
+        yt.backward(torch.tensor(dy))
+        assert_close(model.backward(dy), xt.grad.numpy())
+    for (name, p), (tname, tp) in zip(model.named_parameters(), reference.named_parameters()):
+        assert_close(p.grad, tp.grad.numpy())
+    assert sum(p.numel() for p in reference.parameters()) == model.num_parameters() == 123552
