@@ -50,15 +50,21 @@ def _conv_naive(x, w, b, s, p):
     return y + b
 
 
+@pytest.fixture(params=[conv.CHUNK_BYTES, 1], ids=["chunked", "one-image-slices"])
+def chunk_bytes(request, monkeypatch):
+    monkeypatch.setattr(conv, "CHUNK_BYTES", request.param)
+
+
 @pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
-def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p):
+def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p, chunk_bytes):
     x = _rand(n, h, w, c).astype(np.float64)
     wt = _rand(4, c, k, k, seed=3).astype(np.float64)
     b = _rand(4, seed=4).astype(np.float64)
-    y, col = conv.conv_forward(x, wt, b, s, p)
+    y = conv.conv_forward(x, wt, b, s, p)
     np.testing.assert_allclose(y, _conv_naive(x, wt, b, s, p), rtol=1e-10, atol=1e-10)
     dy = _rand(*y.shape, seed=5).astype(np.float64)
-    dx, dw, db, _ = conv.conv_backward(dy, col, wt, s, p, x.shape)
+    dx, dw, db = conv.conv_backward(dy, x, wt, s, p)
+    col = conv.im2col_reference(x, k, k, s, p)
     # textbook backward: dcol = dy Wᵀ scattered back with col2im; dW = dyᵀ col
     dcol = (dy.reshape(-1, 4) @ wt.transpose(0, 2, 3, 1).reshape(4, -1)).reshape(col.shape)
     np.testing.assert_allclose(dx, conv.col2im_reference(dcol, s, p, x.shape), rtol=1e-10, atol=1e-10)

@@ -184,3 +184,17 @@ def test_deep_conv_net_matches_pytorch():
     for (name, p), (tname, tp) in zip(model.named_parameters(), reference.named_parameters()):
         assert_close(p.grad, tp.grad.numpy())
     assert sum(p.numel() for p in reference.parameters()) == model.num_parameters() == 123552
+
+
+def test_skipping_the_input_gradient_keeps_parameter_gradients():
+    shendu.manual_seed(0)
+    model = shendu.models.DeepConvNet(dropout=0.0)
+    x = np.random.default_rng(0).random((3, 1, 28, 28), np.float32)
+    dy = rand(3, 10, seed=1).astype(np.float32)
+    model(x)
+    assert model.backward(dy).shape == x.shape
+    full = {name: p.grad.copy() for name, p in model.named_parameters()}
+    model(x)
+    assert model.backward(dy, input_grad=False) is None
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(p.grad, full[name])

@@ -28,10 +28,9 @@ def im2col(x, kh, kw, stride, pad, col):
                     y = i * stride - pad + a
                     for b in range(kw):
                         z = j * stride - pad + b
-                        if 0 <= y < h and 0 <= z < w:
-                            col[img, i, j, a, b, :] = x[img, y, z, :]
-                        else:
-                            col[img, i, j, a, b, :] = 0
+                        inside = 0 <= y < h and 0 <= z < w
+                        for ch in range(c):  # an explicit loop: Numba slices cost more than the copy
+                            col[img, i, j, a, b, ch] = x[img, y, z, ch] if inside else 0
 
 
 def im2col_reference(x, kh, kw, stride, pad):
@@ -53,44 +52,63 @@ def col2im_reference(col, stride, pad, x_shape):
     return dxp[:, pad:pad + h, pad:pad + w].copy()
 
 
-def _workspace(buffer, shape, dtype):
-    """Reuse last step's buffer when it fits: fresh large arrays cost page faults every step."""
-    return buffer if buffer is not None and buffer.shape == shape and buffer.dtype == dtype \
-        else np.empty(shape, dtype)
+# Patches are built for a slice of the batch at a time, so they are still in cache when the
+# matrix product reads them (a whole batch of patches is tens of MB: it would go through DRAM).
+CHUNK_BYTES = 4 << 20
 
 
-def conv_forward(x, w, b, stride, pad, col=None):
-    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O), and the patches `col` that
-    backward needs (`col` may be last step's patches, to be overwritten)."""
+def _chunk(n, image_bytes):
+    """How many images' patches fit in CHUNK_BYTES (at least one)."""
+    return min(n, max(1, CHUNK_BYTES // image_bytes))
+
+
+def conv_forward(x, w, b, stride, pad):
+    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O)."""
     n, h, wd, c = x.shape
     o, _, kh, kw = w.shape
     oh, ow = out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad)
-    col = _workspace(col, (n, oh, ow, kh, kw, c), x.dtype)
-    im2col(x, kh, kw, stride, pad, col)
-    y = col.reshape(n * oh * ow, -1) @ w.transpose(0, 2, 3, 1).reshape(o, -1).T
+    w_mat = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)  # rows ordered like a patch
+    y = np.empty((n, oh, ow, o), x.dtype)
+    step = _chunk(n, oh * ow * w_mat.size // o * x.itemsize)
+    col = np.empty((step, oh, ow, kh, kw, c), x.dtype)  # one slice's patches, reused
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        im2col(x[s:e], kh, kw, stride, pad, col[:e - s])
+        np.matmul(col[:e - s].reshape(-1, w_mat.shape[0]), w_mat, out=y[s:e].reshape(-1, o))
     if b is not None:
         y += b
-    return y.reshape(n, oh, ow, o), col
+    return y
 
 
-def conv_backward(dy, col, w, stride, pad, x_shape, dcol=None):
-    """dL/dx (NHWC), dL/dw (O, C, KH, KW), dL/db from dy (N, OH, OW, O), and the scratch patches.
+def conv_backward(dy, x, w, stride, pad, input_grad=True):
+    """dL/dx (NHWC; None unless input_grad), dL/dw (O, C, KH, KW) and dL/db from dy
+    (N, OH, OW, O) and the input x.
 
-    dL/dw correlates the saved input patches with dy. dL/dx is itself a convolution: dy (with
-    stride − 1 zeros between its pixels) correlated with the kernel flipped in space and
-    transposed in channels, padded by k − 1 − pad (no scatter-add, so no col2im).
+    dL/dw correlates the input patches (rebuilt here, a slice at a time) with dy. dL/dx is itself
+    a convolution: dy (with stride − 1 zeros between its pixels) correlated with the kernel
+    flipped in space and transposed in channels, padded by k − 1 − pad (no scatter-add needed).
     """
     o, c, kh, kw = w.shape
     n, oh, ow, _ = dy.shape
-    dy2 = dy.reshape(-1, o)
-    dw = (dy2.T @ col.reshape(dy2.shape[0], -1)).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-    db = dy2.sum(axis=0)
+    db = dy.reshape(-1, o).sum(axis=0)
+    dw = np.zeros((o, kh * kw * c), dy.dtype)
+    dx = np.empty(x.shape, dy.dtype) if input_grad else None
     if stride > 1:
         dilated = np.zeros((n, (oh - 1) * stride + 1, (ow - 1) * stride + 1, o), dy.dtype)
         dilated[:, ::stride, ::stride] = dy
-        dy = dilated
-    dcol = _workspace(dcol, (n, x_shape[1], x_shape[2], kh, kw, o), dy.dtype)
-    im2col(dy, kh, kw, 1, kh - 1 - pad, dcol)
+    else:
+        dilated = dy
     w_flipped = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, c)
-    dx = (dcol.reshape(-1, kh * kw * o) @ w_flipped).reshape(x_shape)
-    return dx, dw, db, dcol
+    h, wd = x.shape[1], x.shape[2]
+    step = _chunk(n, (oh * ow * c + h * wd * o) * kh * kw * dy.itemsize)
+    col = np.empty((step, oh, ow, kh, kw, c), dy.dtype)
+    dcol = np.empty((step, h, wd, kh, kw, o), dy.dtype) if input_grad else None
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        im2col(x[s:e], kh, kw, stride, pad, col[:e - s])
+        dw += dy[s:e].reshape(-1, o).T @ col[:e - s].reshape(-1, dw.shape[1])
+        if input_grad:
+            im2col(dilated[s:e], kh, kw, 1, kh - 1 - pad, dcol[:e - s])
+            np.matmul(dcol[:e - s].reshape(-1, w_flipped.shape[0]), w_flipped,
+                      out=dx[s:e].reshape(-1, c))
+    return dx, dw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2), db

@@ -50,12 +50,14 @@ class Linear(Module):
         y = x @ self.weight.data.T
         return y + self.bias.data if self.bias is not None else y
 
-    def backward(self, dy):
+    accepts_input_grad = True
+
+    def backward(self, dy, input_grad=True):
         x = self._cached(self.x)
         self.weight.grad = dy.T @ x
         if self.bias is not None:
             self.bias.grad = dy.sum(axis=0)
-        return dy @ self.weight.data
+        return dy @ self.weight.data if input_grad else None
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -72,25 +74,22 @@ class Conv2d(Module):
         self.weight = Parameter(init.he_normal(
             (out_channels, in_channels, kernel_size, kernel_size), fan_in=fan_in))
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
-        self.col = self.dcol = self.x_shape = None
+        self.x = None
 
     def forward(self, x):
-        x = _check_input(self, x, 4, self.in_channels)
+        x = _nhwc(_check_input(self, x, 4, self.in_channels))
+        self.x = x if self.keeps_cache else None
         b = self.bias.data if self.bias is not None else None
-        y, col = conv.conv_forward(_nhwc(x), self.weight.data, b, self.stride, self.padding,
-                                   col=self.col)
-        keep = self.keeps_cache
-        self.col = col if keep else None  # the patches are both the cache and next step's buffer
-        self.x_shape = (x.shape[0], x.shape[2], x.shape[3], x.shape[1]) if keep else None
-        return _nchw(y)
+        return _nchw(conv.conv_forward(x, self.weight.data, b, self.stride, self.padding))
 
-    def backward(self, dy):
-        col = self._cached(self.col)
-        dx, self.weight.grad, db, self.dcol = conv.conv_backward(
-            _nhwc(dy), col, self.weight.data, self.stride, self.padding, self.x_shape, self.dcol)
+    accepts_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        dx, self.weight.grad, db = conv.conv_backward(
+            _nhwc(dy), self._cached(self.x), self.weight.data, self.stride, self.padding, input_grad)
         if self.bias is not None:
             self.bias.grad = db
-        return _nchw(dx)
+        return _nchw(dx) if input_grad else None
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

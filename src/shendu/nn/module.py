@@ -86,6 +86,10 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError
 
+    # Layers whose backward takes `input_grad=False` to skip dL/dx when their input is data
+    # (the first convolution of a network: that product would be thrown away).
+    accepts_input_grad = False
+
     @property
     def keeps_cache(self):
         """Whether this forward pass must keep what backward needs."""
@@ -225,7 +229,14 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self._modules.values()):
+    accepts_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        """dL/dx from dL/dy, through every layer in reverse. With input_grad=False (the input is
+        data, as in training) the first layer may skip dL/dx, and None is returned."""
+        first, *rest = self._modules.values()
+        for layer in reversed(rest):
             dy = layer.backward(dy)
-        return dy
+        if not input_grad and first.accepts_input_grad:
+            return first.backward(dy, input_grad=False)
+        return first.backward(dy) if input_grad else None

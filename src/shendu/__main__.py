@@ -1,0 +1,5 @@
+"""`python -m shendu ...`: the command line (see shendu.cli)."""
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

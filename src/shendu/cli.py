@@ -1,0 +1,173 @@
+"""The command line, for runs too long for a notebook: `python -m shendu` or `shendu`.
+
+    shendu train [--model deepconvnet] [--recipe book] [--epochs N] [--batch-size N] [--lr X]
+                 [--seed N] [--subset N] [--out RUN_DIR]
+    shendu evaluate RUN_DIR [--json]
+    shendu predict RUN_DIR IMAGE... [--json]
+    shendu summary MODEL [--input 1x28x28]
+
+User errors (bad arguments, files, checkpoints, images, no data) print one line
+`shendu: error: ...` on stderr and exit with status 2; Ctrl-C exits with 130.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, datasets, models, optim
+from .errors import ShenduError
+from .images import load_image
+from .io import WEIGHTS, load
+from .rng import manual_seed
+from .summarize import summary
+from .train import Trainer, evaluate, predict_proba
+
+# A recipe is the optimizer and settings a chapter trains with; flags override each setting.
+RECIPES = {
+    "book": {"optimizer": optim.Adam, "lr": 1e-3, "batch_size": 100, "epochs": 20},
+}
+
+
+def main(argv=None):
+    """Run the command line with `argv` (default: sys.argv[1:]) and return the exit status."""
+    args = _parser().parse_args(argv)  # usage errors exit 2 here, argparse's way
+    try:
+        args.command(args)
+    except ShenduError as e:
+        print("shendu: error: " + " ".join(str(e).split()), file=sys.stderr)  # exactly one line
+        return 2
+    except KeyboardInterrupt:
+        print("shendu: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _train(args):
+    recipe = RECIPES[args.recipe]
+    epochs, batch_size, lr = (recipe[k] if getattr(args, k) is None else getattr(args, k)
+                              for k in ("epochs", "batch_size", "lr"))
+    manual_seed(args.seed)
+    model = models.get(args.model)
+    name = model.config["model"]
+    out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / WEIGHTS).exists():  # never overwrite a trained model by accident
+        raise ShenduError(f"{out} already holds a trained model: choose another --out")
+    (x, t), test = datasets.load_mnist()
+    if args.subset is not None:
+        x, t = x[:args.subset], t[:args.subset]
+    optimizer = recipe["optimizer"](model.parameters(), lr=lr)
+    print(f"training {name} ({model.num_parameters():,} parameters) on {len(x)} MNIST images: "
+          f"{type(optimizer).__name__} lr {lr:g}, batch {batch_size}, {epochs} epochs, "
+          f"seed {args.seed} -> {out}", flush=True)
+
+    def report(m):
+        print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  train {100 * m['train_acc']:.2f}%"
+              f"  test {100 * m['test_acc']:.2f}%  lr {m['lr']:.3g}  {m['epoch_time']:.1f} s"
+              f"  {m['images_per_s']:.0f} img/s", flush=True)
+
+    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=args.seed, run_dir=out,
+                      progress=sys.stderr.isatty())
+    history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report)
+    print(f"test accuracy {100 * history[-1]['test_acc']:.2f}% on {len(test[0])} images; "
+          f"model, config and metrics in {out}")
+
+
+def _evaluate(args):
+    model = load(args.run_dir)
+    _, (x, t) = datasets.load_mnist()
+    accuracy = evaluate(model, x, t)
+    if args.json:
+        print(json.dumps({"accuracy": accuracy, "n": len(x), "dataset": "mnist", "split": "test"}))
+    else:
+        print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} MNIST test images")
+
+
+def _predict(args):
+    model = load(args.run_dir)
+    images = [load_image(path) for path in args.images]  # every image checked before any work
+    proba = predict_proba(model, images)
+    results = []
+    for path, p in zip(args.images, proba):
+        k = int(p.argmax())
+        label = datasets.MNIST_CLASSES[k] if k < len(datasets.MNIST_CLASSES) else str(k)
+        results.append({"path": str(path), "class": k, "label": label,
+                        "probability": float(p[k])})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['path']}: {r['label']} ({100 * r['probability']:.1f}%)")
+
+
+def _summary(args):
+    print(summary(models.get(args.model, input_shape=args.input)))
+
+
+# -- arguments ---------------------------------------------------------------------------------
+def _number(kind, allow_zero=False):
+    """An argparse type: a finite number of `kind` that is positive (or zero, if allowed)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'zero or more' if allow_zero else 'positive'}, got {text}")
+        return value
+    return parse
+
+
+def _shape(text):
+    """'1x28x28' → (1, 28, 28)."""
+    try:
+        shape = tuple(int(s) for s in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected CxHxW such as 1x28x28, got {text!r}")
+    return shape
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="shendu", description="Train, evaluate and inspect the networks of the course.")
+    parser.add_argument("--version", action="version", version=f"shendu {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model on MNIST into a run directory")
+    p.add_argument("--model", default="deepconvnet", help="model name (default: deepconvnet)")
+    p.add_argument("--recipe", default="book", choices=sorted(RECIPES),
+                   help="optimizer and settings (book: Adam lr 0.001, batch 100, 20 epochs)")
+    p.add_argument("--epochs", type=_number(int), help="epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=_number(int), help="batch size (default: the recipe's)")
+    p.add_argument("--lr", type=_number(float), help="learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=_number(int, allow_zero=True), default=0,
+                   help="seed for weights, dropout and data order (default: 0)")
+    p.add_argument("--subset", type=_number(int),
+                   help="train on the first N training images only (the test set stays whole)")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR",
+                   help="run directory (default: runs/<model>-<timestamp>)")
+    p.set_defaults(command=_train)
+
+    p = commands.add_parser("evaluate", help="test accuracy of a trained model on MNIST")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(command=_evaluate)
+
+    p = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(command=_predict)
+
+    p = commands.add_parser("summary", help="layers, output shapes and parameters of a model")
+    p.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(models.names())}")
+    p.add_argument("--input", type=_shape, default=(1, 28, 28), metavar="CxHxW",
+                   help="input shape (default: 1x28x28)")
+    p.set_defaults(command=_summary)
+    return parser

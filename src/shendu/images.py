@@ -1,0 +1,94 @@
+"""Your own digit, as MNIST would have it: any PNG or JPEG becomes a 1×28×28 float32 image.
+
+MNIST digits are white on black, scaled to fit a 20×20 box and placed in a 28×28 image with their
+centre of mass at the centre. `load_image` does the same to a photo or a drawing:
+
+1. decode (exif rotation applied), composite any transparency onto white, convert to grey
+   (16-bit images are scaled, not clipped);
+2. invert when the background is light (the border's mean above 127), so ink becomes white;
+3. crop to the ink's bounding box (pixels above 20% of the brightest), scale the longer side to 20
+   pixels keeping the aspect ratio, and paste it into 28×28 with its centre of mass at the centre.
+"""
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ShenduError
+
+__all__ = ["load_image", "MAX_PIXELS"]
+
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo is plenty; a bigger claim is likely a bomb
+_WORK_SIZE = 512  # images are first shrunk to this, which bounds the work for huge photos
+_INK = 0.2  # a pixel is ink above this fraction of the brightest pixel
+
+
+def load_image(path):
+    """A float32 array (1, 28, 28) in [0, 1], white digit on black, centred like MNIST.
+    Raises ShenduError for anything that is not a readable image of a sensible size."""
+    grey = _read_grey(Path(path))
+    a = np.asarray(grey, dtype=np.float32) / 255
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if border.mean() > 127 / 255:
+        a = 1 - a
+    return _mnist_box(a)[None]
+
+
+def _read_grey(path):
+    """Decode `path` into a mode 'L' image no larger than _WORK_SIZE, or raise ShenduError."""
+    if not path.is_file():
+        raise ShenduError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise ShenduError(f"{path}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns, then refuses, beyond its own pixel limit: both mean "bomb" here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ShenduError(f"{path}: {im.width}×{im.height} pixels is more than the "
+                                      f"{MAX_PIXELS:,} allowed (a decompression bomb?)")
+                im = ImageOps.exif_transpose(im)  # also decodes the pixels (truncation shows here)
+                im = _to_grey(im)
+                im.thumbnail((_WORK_SIZE, _WORK_SIZE), Image.Resampling.LANCZOS)
+                return im
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ShenduError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ShenduError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data, odd modes
+        raise ShenduError(f"{path}: cannot decode the image: {e}") from None
+
+
+def _to_grey(im):
+    if "A" in im.getbands() or "transparency" in im.info:  # RGBA, LA, PA, palette with a key
+        white = Image.new("RGBA", im.size, "white")
+        white.alpha_composite(im.convert("RGBA"))
+        im = white
+    if im.mode.startswith("I"):  # 16-bit (or 32-bit) integers: convert("L") would clip at 255
+        wide = np.asarray(im, dtype=np.float64)
+        top = 65535 if wide.max() <= 65535 else wide.max()
+        return Image.fromarray(np.round(np.clip(wide, 0, None) * 255 / top).astype(np.uint8))
+    return im.convert("L")
+
+
+def _mnist_box(a):
+    """Fit the ink's bounding box into 20×20 and centre its mass in 28×28, as MNIST was made."""
+    ink = a > _INK * a.max() if a.max() > 0 else np.ones(a.shape, bool)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = crop.shape
+    scale = 20 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
+    digit = np.clip(digit, 0, 1)  # Lanczos overshoots a little at edges
+    out = np.zeros((28, 28), np.float32)
+    mass = digit.sum()
+    cy, cx = ((np.indices(digit.shape) * digit).sum(axis=(1, 2)) / mass if mass > 0
+              else (np.array(digit.shape) - 1) / 2)
+    # place the centre of mass at (14, 14), but never push the digit off the canvas
+    top = int(np.clip(round(14 - cy), 0, 28 - digit.shape[0]))
+    left = int(np.clip(round(14 - cx), 0, 28 - digit.shape[1]))
+    out[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return out
