@@ -1,5 +1,12 @@
 """shendu 深度: deep learning from scratch, with hand-written gradients and compiled loops."""
-from . import models, nn, optim
+import os
+
+# Numba's OpenMP workers spin-wait after each parallel loop; on a 2-core laptop they then steal
+# the cores OpenBLAS needs for the next matrix product (measured: training 11× slower). Must be
+# set before Numba first starts its threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+from . import models, nn, optim  # noqa: E402
 from .errors import ShenduError
 from .images import load_image
 from .io import CheckpointError, load, save

@@ -5,9 +5,11 @@
     shendu evaluate RUN_DIR [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28]
+    shendu experiment NAME [--readme]
 
-User errors (bad arguments, files, checkpoints, images, no data) print one line
-`shendu: error: ...` on stderr and exit with status 2; Ctrl-C exits with 130.
+User errors (bad files, checkpoints, images, no data) print one line `shendu: error: ...` on
+stderr and exit with status 2, as do bad arguments (argparse's usage message); Ctrl-C exits with
+130. `train` follows SHENDU_PROFILE like the notebooks: with `quick` it trains a small subset.
 """
 import argparse
 import json
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, datasets, models, optim
+from . import __version__, datasets, experiments, models, optim
 from .errors import ShenduError
 from .images import load_image
 from .io import WEIGHTS, load
@@ -60,19 +62,19 @@ def _train(args):
         x, t = x[:args.subset], t[:args.subset]
     optimizer = recipe["optimizer"](model.parameters(), lr=lr)
     print(f"training {name} ({model.num_parameters():,} parameters) on {len(x)} MNIST images: "
-          f"{type(optimizer).__name__} lr {lr:g}, batch {batch_size}, {epochs} epochs, "
-          f"seed {args.seed} -> {out}", flush=True)
+          f"{type(optimizer).__name__} lr {lr:g}, batch {batch_size}, "
+          f"{epochs} epoch{'s' if epochs > 1 else ''}, seed {args.seed} -> {out}", flush=True)
 
     def report(m):
-        print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  train {100 * m['train_acc']:.2f}%"
-              f"  test {100 * m['test_acc']:.2f}%  lr {m['lr']:.3g}  {m['epoch_time']:.1f} s"
-              f"  {m['images_per_s']:.0f} img/s", flush=True)
+        print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  "
+              f"train {100 * m['train_acc']:.2f}%  test {100 * m['test_acc']:.2f}%  "
+              f"lr {m['lr']:.3g}  {m['epoch_time']:.1f} s  {m['images_per_s']:.0f} img/s",
+              flush=True)
 
     trainer = Trainer(model, optimizer, batch_size=batch_size, seed=args.seed, run_dir=out,
                       progress=sys.stderr.isatty())
     history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report)
-    print(f"test accuracy {100 * history[-1]['test_acc']:.2f}% on {len(test[0])} images; "
-          f"model, config and metrics in {out}")
+    print(f"test accuracy {100 * history[-1]['test_acc']:.2f}%; model, config and metrics in {out}")
 
 
 def _evaluate(args):
@@ -106,6 +108,13 @@ def _summary(args):
     print(summary(models.get(args.model, input_shape=args.input)))
 
 
+def _experiment(args):
+    record = experiments.run(args.name)
+    print(json.dumps(record["figures"], indent=1)[:2000])
+    if args.readme and not experiments.update_readme(record):
+        raise ShenduError(f"README.md has no <!-- results:{args.name} --> block to update")
+
+
 # -- arguments ---------------------------------------------------------------------------------
 def _number(kind, allow_zero=False):
     """An argparse type: a finite number of `kind` that is positive (or zero, if allowed)."""
@@ -113,8 +122,8 @@ def _number(kind, allow_zero=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(
                 f"must be {'zero or more' if allow_zero else 'positive'}, got {text}")
@@ -170,4 +179,9 @@ def _parser():
     p.add_argument("--input", type=_shape, default=(1, 28, 28), metavar="CxHxW",
                    help="input shape (default: 1x28x28)")
     p.set_defaults(command=_summary)
+
+    p = commands.add_parser("experiment", help="run a long experiment, write notebooks/results/NAME.json")
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(experiments.names())}")
+    p.add_argument("--readme", action="store_true", help="also rewrite README.md's results block")
+    p.set_defaults(command=_experiment)
     return parser

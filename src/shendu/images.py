@@ -5,8 +5,9 @@ centre of mass at the centre. `load_image` does the same to a photo or a drawing
 
 1. decode (exif rotation applied), composite any transparency onto white, convert to grey
    (16-bit images are scaled, not clipped);
-2. invert when the background is light (the border's mean above 127), so ink becomes white;
-3. crop to the ink's bounding box (pixels above 20% of the brightest), scale the longer side to 20
+2. invert when the background is light (the border's mean above 127), so ink becomes white, and
+   stretch the levels so the background (the border's median) is 0 and the brightest ink 1;
+3. crop to the ink's bounding box (pixels above 0.2), scale the longer side to 20
    pixels keeping the aspect ratio, and paste it into 28×28 with its centre of mass at the centre.
 """
 import warnings
@@ -21,7 +22,7 @@ __all__ = ["load_image", "MAX_PIXELS"]
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is plenty; a bigger claim is likely a bomb
 _WORK_SIZE = 512  # images are first shrunk to this, which bounds the work for huge photos
-_INK = 0.2  # a pixel is ink above this fraction of the brightest pixel
+_INK = 0.2  # a pixel is ink above this level (the brightest ink is 1)
 
 
 def load_image(path):
@@ -31,7 +32,10 @@ def load_image(path):
     a = np.asarray(grey, dtype=np.float32) / 255
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     if border.mean() > 127 / 255:
-        a = 1 - a
+        a, border = 1 - a, 1 - border
+    background, brightest = np.median(border), a.max()
+    a = (np.clip((a - background) / (brightest - background), 0, 1) if brightest > background
+         else np.zeros_like(a))
     return _mnist_box(a)[None]
 
 
@@ -75,7 +79,7 @@ def _to_grey(im):
 
 def _mnist_box(a):
     """Fit the ink's bounding box into 20×20 and centre its mass in 28×28, as MNIST was made."""
-    ink = a > _INK * a.max() if a.max() > 0 else np.ones(a.shape, bool)
+    ink = a > _INK if a.max() > 0 else np.ones(a.shape, bool)  # blank: keep the whole image
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     crop = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape

@@ -93,7 +93,7 @@ def write_atomic(files):
 
 # -- loading -----------------------------------------------------------------------------------
 def load(run_dir):
-    """Rebuild the model saved in `run_dir`, set its weights (strictly) and return it in eval mode."""
+    """Rebuild the model saved in `run_dir`, set its weights (strictly), return it in eval mode."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory"
@@ -126,48 +126,51 @@ def _build(config):
     kwargs = {k: v for k, v in config.items() if k not in ("model", "shendu_version")}
     try:
         return models.get(config["model"], **kwargs)
-    except (ShenduError, TypeError, ValueError) as e:  # unknown name, or arguments it does not take
-        raise CheckpointError(f"{CONFIG} does not describe a model shendu can build: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- the arguments come from a file: anything can fail
+        raise CheckpointError(f"{CONFIG}: cannot build the model {config['model']!r} it "
+                              f"describes: {type(e).__name__}: {e}") from None
 
 
 def _read_weights(path):
+    """Read a safetensors file: an 8-byte little-endian header length, a JSON header, then the
+    tensor bytes. Sizes and dtypes are checked against the file before the tensors are read."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if size == 0:
+                raise CheckpointError(f"{path} is empty")
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file")
+            (n,) = struct.unpack("<Q", prefix)
+            if 8 + n > size:
+                raise CheckpointError(f"{path} is truncated or not a safetensors file: its header "
+                                      f"claims {n} bytes but the file has {size}")
+            header = f.read(n)
+            _check_header(path, header, size - 8 - n)
+            data = prefix + header + f.read()
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: the run directory holds no weights") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
-    _check_header(path, data)
     try:
         return _st_load(data)
     except (SafetensorError, ValueError, TypeError) as e:  # inconsistent offsets, shapes, dtypes
         raise CheckpointError(f"{path} is corrupted: {e}") from None
 
 
-def _check_header(path, data):
-    """The layout is an 8-byte little-endian header length, a JSON header, then the tensor bytes.
-    Check the sizes against the file before anything is read, and the dtypes shendu accepts."""
-    if not data:
-        raise CheckpointError(f"{path} is empty")
-    if len(data) < 8:
-        raise CheckpointError(f"{path} is truncated ({len(data)} bytes): not a safetensors file")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise CheckpointError(f"{path} is truncated or not a safetensors file: its header claims "
-                              f"{n} bytes but the file has {len(data)}")
+def _check_header(path, header, data_size):
     try:
-        header = json.loads(data[8:8 + n])
-        tensors = {name: t for name, t in header.items() if name != "__metadata__"}
-        ends = [int(t["data_offsets"][1]) for t in tensors.values()]
-        dtypes = {name: t["dtype"] for name, t in tensors.items()}
+        tensors = {name: t for name, t in json.loads(header).items() if name != "__metadata__"}
+        end = max((int(t["data_offsets"][1]) for t in tensors.values()), default=0)
+        dtypes = {name: str(t["dtype"]) for name, t in tensors.items()}
     except (UnicodeDecodeError, ValueError, AttributeError, TypeError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path} has a corrupted header: {e!r}") from None
-    size = 8 + n + max(ends, default=0)
-    if size != len(data):
-        raise CheckpointError(f"{path} is {'truncated' if size > len(data) else 'corrupted'}: its "
-                              f"header describes {size} bytes but the file has {len(data)}")
+    if end != data_size:
+        raise CheckpointError(f"{path} is {'truncated' if end > data_size else 'corrupted'}: its "
+                              f"header describes {end} bytes of tensors but the file holds "
+                              f"{data_size}")
     bad = [f"{name} ({dtype})" for name, dtype in dtypes.items() if dtype not in _FLOAT_DTYPES]
     if bad:
         raise CheckpointError(f"{path} holds non-floating-point tensors, which are not model "
                               "weights: " + ", ".join(sorted(bad)))
-

@@ -122,6 +122,8 @@ class AdamW(Adam):
 # -- learning-rate schedules: call step() once per epoch (StepLR, CosineAnnealingLR) or once per
 #    batch (OneCycleLR), after optimizer.step(), as in PyTorch.
 class _Schedule:
+    per_batch = False  # stepped once per epoch, unless the schedule says otherwise
+
     def __init__(self, optimizer):
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
@@ -161,6 +163,8 @@ class CosineAnnealingLR(_Schedule):
 class OneCycleLR(_Schedule):
     """Warm up from max_lr/div_factor to max_lr over pct_start of the steps, then anneal (cosine)
     to max_lr/(div_factor·final_div_factor), as in Smith's one-cycle policy and PyTorch."""
+
+    per_batch = True
 
     def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, div_factor=25.0,
                  final_div_factor=1e4):

@@ -48,6 +48,6 @@ def misclassified(model, x, t, n=20, classes=None):
     for ax, i in zip(axes.flat, shown):
         ax.imshow(x[i, 0] if x.shape[1] == 1 else np.moveaxis(x[i], 0, -1), cmap="gray")
         ax.set_title(f"{classes[t[i]]} → {classes[predicted[i]]}", fontsize=10)
-    fig.suptitle(f"{len(wrong)} of {len(x)} test images misclassified"
+    fig.suptitle(f"{len(wrong)} of {len(x)} images misclassified"
                  + (f" (first {len(shown)} shown)" if len(shown) < len(wrong) else ""))
     return fig, shown

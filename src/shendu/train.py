@@ -9,8 +9,6 @@
 Images may be uint8 (0-255, as the datasets keep them: each batch becomes float32 / 255 when it is
 used, so the whole set never exists in float) or floating point (used as they are).
 """
-import csv
-import io
 import math
 import os
 import time
@@ -88,7 +86,7 @@ def _logits(model, x, batch_size):
 
 
 def predict_proba(model, x, batch_size=500):
-    """Class probabilities (N, classes), float32: the softmax of the model's outputs in eval mode."""
+    """Class probabilities (N, classes), float32: the softmax of the outputs in eval mode."""
     return nn.softmax(_logits(model, x, batch_size)).astype(np.float32, copy=False)
 
 
@@ -116,7 +114,7 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
         self.batch_size = _positive_int("batch_size", batch_size)
         self.scheduler = scheduler
-        self.per_batch = getattr(scheduler, "per_batch", isinstance(scheduler, optim.OneCycleLR))
+        self.per_batch = getattr(scheduler, "per_batch", False)
         self.rng = np.random.default_rng(seed)
         self.run_dir = run_dir
         self.progress = progress
@@ -149,7 +147,7 @@ class Trainer:
         epoch = len(self.history) + 1
         lr = self.optimizer.lr  # as the epoch starts (a one-cycle schedule moves it every batch)
         order = self.rng.permutation(len(x))
-        loss_sum = correct = 0.0
+        loss_sum, correct = 0.0, 0
         self.model.train()
         start = time.perf_counter()
         with tqdm(total=len(x), desc=f"epoch {epoch}/{last}",
@@ -162,8 +160,12 @@ class Trainer:
                     raise ShenduError(f"the loss became {loss} in epoch {epoch}: training diverged"
                                       " (try a lower learning rate)")
                 loss_sum += loss * len(batch)
-                correct += np.count_nonzero(logits.argmax(axis=1) == t[batch])
-                self.model.backward(self.loss_fn.backward())
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == t[batch]))
+                dlogits = self.loss_fn.backward()
+                if getattr(self.model, "accepts_input_grad", False):  # no dL/dx for data
+                    self.model.backward(dlogits, input_grad=False)
+                else:
+                    self.model.backward(dlogits)
                 self.optimizer.step()
                 if self.scheduler is not None and self.per_batch:
                     self.scheduler.step()
@@ -178,12 +180,9 @@ class Trainer:
 
     def _checkpoint(self):
         save(self.model, self.run_dir)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, METRICS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.history)
+        rows = [METRICS] + [[repr(h[k]) for k in METRICS] for h in self.history]
         path = Path(self.run_dir) / "metrics.csv"
         try:  # rewritten whole and atomically: always a complete table, even after a crash
-            write_atomic({path: text.getvalue().encode()})
+            write_atomic({path: "".join(",".join(row) + "\n" for row in rows).encode()})
         except OSError as e:
             raise ShenduError(f"could not write {path}: {e}") from None

@@ -63,13 +63,12 @@ class Module:
     def __setattr__(self, name, value):
         if "_params" not in self.__dict__:
             raise ShenduError(f"{type(self).__name__}.__init__ must call super().__init__() first")
-        for registry in (self._params, self._modules, self._buffers):
-            registry.pop(name, None)
-        if isinstance(value, Parameter):
-            self._params[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        object.__setattr__(self, name, value)
+        self._params.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, (Parameter, Module)):
+            self._buffers.pop(name, None)
+            (self._params if isinstance(value, Parameter) else self._modules)[name] = value
+        object.__setattr__(self, name, value)  # a buffer given a new array stays a buffer
 
     def register_buffer(self, name, array):
         """State that is saved but not learned (BatchNorm's running statistics)."""

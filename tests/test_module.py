@@ -1,0 +1,81 @@
+"""Module bookkeeping: registration, names, state dicts, modes, and clear errors."""
+import numpy as np
+import pytest
+
+import shendu
+from shendu import ShenduError, models, nn
+
+
+def test_parameters_register_in_definition_order_with_dotted_names():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Sequential(nn.Flatten(), nn.Linear(8, 3)))
+    names = [name for name, _ in model.named_parameters()]
+    assert names == ["0.weight", "0.bias", "2.1.weight", "2.1.bias"]
+    assert [p.shape for p in model.parameters()] == [(2, 1, 3, 3), (2,), (3, 8), (3,)]
+
+
+def test_deep_conv_net_has_the_chapters_parameter_count():
+    # by hand: conv 3×3 layers (out·in·9 + out), then 1024→50 and 50→10 affine layers
+    convs = [(1, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64)]
+    expected = sum(o * i * 9 + o for i, o in convs) + (64 * 4 * 4 * 50 + 50) + (50 * 10 + 10)
+    assert expected == 123552
+    model = models.DeepConvNet()
+    assert model.num_parameters() == expected
+    assert models.get("deepconvnet").num_parameters() == expected
+
+
+def test_deep_conv_net_uses_he_initialisation_and_zero_biases():
+    shendu.manual_seed(0)
+    model = models.DeepConvNet()
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert not p.data.any()
+        else:
+            fan_in = np.prod(p.shape[1:])
+            assert p.data.dtype == np.float32
+            assert abs(p.data.std() / np.sqrt(2 / fan_in) - 1) < 0.15, name
+
+
+def test_state_dict_round_trip_and_strict_checks():
+    a, b = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+    a.running_mean[:] = [1, 2, 3]
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(b.running_mean, [1, 2, 3])
+    state = a.state_dict()
+    state["running_mean"][0] = 99  # a copy: the model is untouched
+    assert a.running_mean[0] == 1
+    with pytest.raises(ShenduError, match="missing: bias"):
+        b.load_state_dict({k: v for k, v in a.state_dict().items() if k != "bias"})
+    with pytest.raises(ShenduError, match=r"weight: shape \(4,\) in the file, \(3,\) in the model"):
+        b.load_state_dict({**a.state_dict(), "weight": np.ones(4)})
+    with pytest.raises(ShenduError, match="unexpected: extra"):
+        b.load_state_dict({**a.state_dict(), "extra": np.ones(1)})
+
+
+def test_train_and_eval_reach_every_layer():
+    model = models.DeepConvNet()
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_eval_mode_keeps_nothing_for_backward():
+    model = models.DeepConvNet().eval()
+    model(np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(ShenduError, match="training mode"):
+        model.backward(np.ones((2, 10), np.float32))
+
+
+@pytest.mark.parametrize("x,message", [
+    (np.zeros((2, 3, 28, 28), np.float32), r"Conv2d\(1, 16.*expects input of shape \(N, 1, H, W\), got \(2, 3, 28, 28\)"),
+    (np.zeros((28, 28), np.float32), r"expects input of shape \(N, 1, H, W\), got \(28, 28\)"),
+    (np.zeros((2, 1, 28, 28), np.uint8), "floating-point"),
+])
+def test_wrong_inputs_name_the_layer_and_the_shapes(x, message):
+    with pytest.raises(ShenduError, match=message):
+        models.DeepConvNet()(x)
+
+
+def test_unknown_model_lists_the_choices():
+    with pytest.raises(ShenduError, match="unknown model 'lenet'.*deepconvnet"):
+        models.get("lenet")
