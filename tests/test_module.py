@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import shendu
+import shendu.bench
 from shendu import ShenduError, models, nn
 
 
@@ -79,3 +80,15 @@ def test_wrong_inputs_name_the_layer_and_the_shapes(x, message):
 def test_unknown_model_lists_the_choices():
     with pytest.raises(ShenduError, match="unknown model 'lenet'.*deepconvnet"):
         models.get("lenet")
+
+
+def test_summary_counts_multiply_adds_by_hand():
+    # each convolution output sums C_in·3·3 products: (H·W·C_out) · C_in·9, then the affine layers
+    convs = [(28, 1, 16), (28, 16, 16), (14, 16, 32), (16, 32, 32), (8, 32, 64), (8, 64, 64)]
+    expected = sum(h * h * o * i * 9 for h, i, o in convs) + 1024 * 50 + 50 * 10
+    table = shendu.summary(models.DeepConvNet(), (1, 28, 28))
+    assert table.total_macs == expected
+    assert "Multiply-adds per image: 8,772,340" in str(table) and expected == 8772340
+    training, inference = shendu.bench.flops_per_image(models.DeepConvNet(), (1, 28, 28))
+    assert inference == 2 * expected
+    assert training == 3 * inference - 2 * (28 * 28 * 16 * 9)  # no input gradient for the data

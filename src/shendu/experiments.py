@@ -116,6 +116,13 @@ def chapter1():
     }
 
 
+@experiment
+def bench():
+    """shendu vs PyTorch on this machine (`python -m shendu bench`), for the appendix."""
+    from . import bench as bench_module
+    return bench_module.run()
+
+
 def readme_block(record):
     """The README's results paragraph, written from a results file (never typed by hand)."""
     f, m = record["figures"], record["machine"]
