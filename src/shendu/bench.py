@@ -142,7 +142,19 @@ def _peak_memory_child(name, batch, steps, queue):
     train_step, _ = ENGINES[name]()
     for i in range(steps):
         train_step(x[i * batch:(i + 1) * batch].astype(np.float32) / 255, t[i * batch:(i + 1) * batch])
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(_peak_rss_mib())
+
+
+def _peak_rss_mib():
+    """This process's peak resident memory. Linux's VmHWM belongs to the address space, which
+    exec renews; getrusage's ru_maxrss would start from the parent's peak after fork + exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory(name, batch=100, steps=20):
