@@ -1,14 +1,191 @@
-"""Shared pytest fixtures (kept small on purpose)."""
+"""Shared pytest fixtures and helpers for the book's tests.
+
+The book is built once per test session (``built_book``), in the quick profile, strictly
+(``-W -n --keep-going``), in a temporary copy of the repository's book files: nothing is
+written into the repository. tests/test_book.py checks the build, tests/test_browser.py reads
+the site in Chromium.
+"""
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
+BOOK_FILES = ("_config.yml", "_toc.yml", "book", "notebooks")
+IGNORE = shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__", "runs")
+NOTEBOOK_SECONDS = 120  # budget for one notebook in the quick profile (DESIGN asks 60 s)
+STRICT = ("-W", "-n", "--keep-going")
+# launch buttons of a chapter page -> the repository path of the notebook they open
+_REPO = yaml.safe_load((REPO_ROOT / "_config.yml").read_text("utf8"))["repository"]
+_ORG_REPO = _REPO["url"].removeprefix("https://github.com/")
+LAUNCH_PATTERNS = {
+    "Colab": re.compile(rf"https://colab\.research\.google\.com/github/{_ORG_REPO}/blob/"
+                        rf"{_REPO['branch']}/(.+)$"),
+    "Binder": re.compile(rf"https://mybinder\.org/v2/gh/{_ORG_REPO}/{_REPO['branch']}"
+                         r"\?urlpath=lab/tree/(.+)$"),
+}
+
+
+def launch_targets(hrefs) -> dict[str, str]:
+    """{"Colab"|"Binder": repository path} from a page's link targets."""
+    found = {}
+    for href in hrefs:
+        for where, pattern in LAUNCH_PATTERNS.items():
+            if m := pattern.match(href):
+                found[where] = m.group(1)
+    return found
+
+
+TIMINGS: dict[str, float] = {}  # what took how long, printed at the end of the session
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_sep("-", "book timings")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "browser: drives Chromium over the built book (needs chromium + playwright)"
+    )
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root (where pyproject.toml, _config.yml and _toc.yml live)."""
     return REPO_ROOT
+
+
+# --------------------------------------------------------------------------- the toc
+def toc_entries(toc: dict | None = None, root: Path = REPO_ROOT) -> list[str]:
+    """All document paths named in _toc.yml (root first), without extension."""
+    toc = toc if toc is not None else yaml.safe_load((root / "_toc.yml").read_text("utf8"))
+    found = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                found.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return found
+
+
+def toc_notebooks(root: Path = REPO_ROOT) -> list[str]:
+    """The chapters: Jupytext-paired notebooks under notebooks/."""
+    return [e for e in toc_entries(root=root) if e.startswith("notebooks/")]
+
+
+def front_matter(path: Path) -> dict:
+    text = path.read_text("utf8")
+    if not text.startswith("---\n"):
+        return {}
+    return yaml.safe_load(text[4:].split("\n---\n", 1)[0]) or {}
+
+
+def executed_entries(root: Path = REPO_ROOT) -> list[str]:
+    """Pages executed at build time: every toc page whose MyST source declares a kernel."""
+    return [e for e in toc_entries(root=root)
+            if (root / f"{e}.md").exists() and "kernelspec" in front_matter(root / f"{e}.md")]
+
+
+# --------------------------------------------------------------------------- building
+def jupyter_book_cmd() -> list[str]:
+    exe = Path(sysconfig.get_path("scripts")) / "jupyter-book"
+    if not exe.exists():
+        found = shutil.which("jupyter-book")
+        if found is None:
+            pytest.skip("jupyter-book is not installed (pip install -e '.[dev]')")
+        exe = Path(found)
+    return [str(exe)]
+
+
+def quick_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, SHENDU_PROFILE="quick", PYTHONHASHSEED="0")
+    # Let ipykernel choose its inline backend so figures become <img> in the book.
+    env.pop("MPLBACKEND", None)
+    # the kernels must find the same Python (and shendu) as the build
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra)
+    return env
+
+
+def copy_book(dest: Path, root: Path = REPO_ROOT) -> Path:
+    """Copy the book's files to dest (over an earlier copy: mtimes are kept, so an unchanged
+    file stays unchanged for Sphinx and the execution cache)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=IGNORE, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@dataclass
+class BuildResult:
+    book: Path
+    returncode: int
+    log: str
+    seconds: float
+
+    @property
+    def html(self) -> Path:
+        return self.book / "_build" / "html"
+
+    def tail(self, n: int = 6000) -> str:
+        return self.log[-n:]
+
+
+def build(book_dir: Path, *flags: str, timeout: float) -> BuildResult:
+    cmd = [*jupyter_book_cmd(), "build", str(book_dir), *flags]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=book_dir, env=quick_env(), capture_output=True, text=True, timeout=timeout
+    )
+    return BuildResult(book_dir, proc.returncode, proc.stdout + proc.stderr,
+                       time.perf_counter() - start)
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> BuildResult:
+    """The whole book, built once per session: quick profile, strict, in a temporary copy.
+
+    Not asserted here: test_book.py::test_book_builds_quick reports a failed build, and every
+    test that needs the site fails with the build log's tail.
+    """
+    # SHENDU_TEST_BOOK_DIR (development only): build in that folder instead, over the build
+    # already there, so that only what changed is executed again
+    where = os.environ.get("SHENDU_TEST_BOOK_DIR")
+    book = copy_book(Path(where) if where else tmp_path_factory.mktemp("book"))
+    n = len(executed_entries())
+    result = build(book, *STRICT, timeout=300 + NOTEBOOK_SECONDS * n)
+    TIMINGS["book build, quick profile, cold (-W -n --keep-going)"] = result.seconds
+    return result
+
+
+@pytest.fixture(scope="session")
+def site_dir(built_book) -> Path:
+    """The built site's folder; fails (does not skip) when the build failed."""
+    if built_book.returncode != 0 or not (built_book.html / "index.html").exists():
+        pytest.fail(f"the book did not build (exit {built_book.returncode}):\n{built_book.tail()}")
+    return built_book.html
