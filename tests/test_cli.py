@@ -1,15 +1,21 @@
 """The command line, run as users run it (`python -m shendu ...` in a subprocess): a short real
 training run, evaluate, predict on image files, summary, and one clear line for every user error."""
+import ctypes
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image
+from safetensors.numpy import load_file
 
 import shendu
-from shendu import cli, datasets, models
+from shendu import cli, datasets, io, models
+from test_errors import Interrupt, clinet, snapshot
 
 # The CLI honours SHENDU_PROFILE like the notebooks; these tests need the real thing.
 ENV = {**os.environ, "SHENDU_PROFILE": "full"}
@@ -32,8 +38,10 @@ def trained(tmp_path_factory):
 
 def test_train_writes_a_run_directory_and_reports_each_epoch(trained):
     run, stdout = trained
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.csv",
-                                                     "model.safetensors"]
+    names = sorted(p.name for p in run.iterdir())
+    arrays = [n for n in names if n.startswith("checkpoint-")]  # the full checkpoint's arrays
+    assert len(arrays) == 1 and names == sorted(["checkpoint.json", *arrays, "config.json",
+                                                 "metrics.csv", "model.safetensors"])
     assert json.loads((run / "config.json").read_text())["model"] == "deepconvnet"
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header, one epoch
     assert "123,552 parameters" in stdout and "10000 MNIST images" in stdout
@@ -84,7 +92,7 @@ def test_summary_function_rows():
     rows = shendu.summary(models.get("deepconvnet"))
     assert len(rows) == 21 and rows.total_parameters == 123552
     assert rows[0] == {"name": "0", "type": "Conv2d", "output_shape": (16, 28, 28),
-                       "parameters": 16 * 9 + 16}
+                       "parameters": 16 * 9 + 16, "macs": 28 * 28 * 16 * 9}
     assert rows[7]["output_shape"] == (32, 16, 16)  # the convolution that pads by 2
     assert "Total parameters: 123,552" in repr(rows)
 
@@ -110,6 +118,7 @@ def user_error_cases(tmp, untrained):
         "unknown model": ["summary", "lenet-9000"],
         "unknown model to train": ["train", "--model", "lenet-9000", "--out", tmp / "x"],
         "run directory in use": ["train", "--out", untrained],
+        "nothing to resume": ["train", "--resume", tmp / "nowhere"],
     }
 
 
@@ -165,3 +174,139 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_summary", interrupted)
     assert cli.main(["summary", "deepconvnet"]) == 130
     assert capsys.readouterr().err == "shendu: interrupted\n"
+
+
+# -- interrupting and resuming -----------------------------------------------------------------
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "shendu", *map(str, args)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+
+
+def wait_for_step(run, step, proc):
+    """Until the run's checkpoint (replaced atomically: always whole) is at `step` or later."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if json.loads((run / "checkpoint.json").read_text())["global_step"] >= step:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{run} made no progress")
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A real `shendu train`, stopped with Ctrl-C (SIGINT) after a few steps."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    proc = start("train", "--subset", 200, "--batch-size", 10, "--epochs", 2,
+                 "--checkpoint-every", 1, "--out", run)
+    wait_for_step(run, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return run, proc.returncode, out, err
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(stopped):
+    run, status, out, err = stopped
+    assert status == 130, err
+    meta, _ = io.read_checkpoint(run)
+    step = meta["global_step"]
+    assert step >= 2 and meta["epoch"]["step"] == step
+    assert err.splitlines()[-1] == (f"Training interrupted (SIGINT) in epoch 1 after step {step} "
+                                    f"of 20; checkpoint saved in {run}. Continue with: shendu "
+                                    f"train --resume {run}")
+    assert meta["trainer"]["settings"] == {"model": "deepconvnet", "recipe": "book", "epochs": 2,
+                                           "batch_size": 10, "lr": 0.001, "seed": 0,
+                                           "subset": 200, "checkpoint_every": 1}
+    assert not (run / "model.safetensors").exists()  # no epoch finished
+
+
+def test_sigterm_while_resuming_exits_143(stopped, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped[0], run)
+    before = io.read_checkpoint(run)[0]["global_step"]
+    proc = start("train", "--resume", run)
+    wait_for_step(run, before + 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert out.startswith("resuming deepconvnet (123,552 parameters) on 200 MNIST images")
+    assert "Training interrupted (SIGTERM)" in err.splitlines()[-1]
+    assert io.read_checkpoint(run)[0]["global_step"] >= before + 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "5"], "--epochs 5 conflicts with the run in {run} (2)"),
+    (["--lr", "0.01"], "--lr 0.01 conflicts with the run in {run} (0.001)"),
+    (["--model", "lenet"], "--model lenet conflicts with the run in {run} (deepconvnet)"),
+    (["--subset", "300"], "--subset 300 conflicts with the run in {run} (200)"),
+    (["--out", "elsewhere"], "--out elsewhere conflicts with --resume {run}"),
+])
+def test_resume_refuses_flags_that_change_the_run(stopped, tmp_path, capsys, flags, message):
+    run = tmp_path / "run"
+    shutil.copytree(stopped[0], run)
+    before = snapshot(run)
+    assert cli.main(["train", "--resume", str(run), *flags]) == 2
+    assert capsys.readouterr().err == f"shendu: error: {message.format(run=run)}: a resumed run " \
+        f"{'stays in its directory' if flags[0] == '--out' else 'keeps its settings'}\n"
+    assert snapshot(run) == before
+
+
+def without_permission_override():
+    """For a child running as root: drop CAP_DAC_OVERRIDE from its bounding set, so that after
+    exec it is refused writes to a read-only directory like any other user."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(24, 1, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+
+def test_read_only_run_directory(stopped, tmp_path):
+    """Really read-only (chmod), for a process that cannot override it, root included."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped[0], run)
+    before = snapshot(tmp_path)
+    (run).chmod(0o555)
+    tmp_path.chmod(0o555)
+    root = os.geteuid() == 0
+    try:
+        for args in (["--resume", run], ["--out", tmp_path / "new"]):
+            try:
+                result = subprocess.run([sys.executable, "-m", "shendu", "train", *map(str, args)],
+                                        capture_output=True, text=True, env=ENV, timeout=300,
+                                        preexec_fn=without_permission_override if root else None)
+            except subprocess.SubprocessError as e:
+                pytest.skip(f"cannot drop the right to override permissions: {e}")
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.startswith(f"shendu: error: could not write a checkpoint in "
+                                            f"{args[1]}: [Errno 13] Permission denied")
+    finally:
+        tmp_path.chmod(0o755)
+        run.chmod(0o755)
+    assert snapshot(tmp_path) == before
+
+
+def test_resumed_command_line_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """Stopped twice by Ctrl-C and resumed twice (in this process, with a small model)."""
+    monkeypatch.setitem(models._REGISTRY, "clinet", clinet)
+    flags = ["--model", "clinet", "--subset", "60", "--batch-size", "10", "--epochs", "2",
+             "--checkpoint-every", "4"]
+    assert cli.main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
+    stopped = tmp_path / "stopped"
+    monkeypatch.setattr(Interrupt, "at", [8])  # epoch 2, step 2
+    assert cli.main(["train", *flags, "--out", str(stopped)]) == 130
+    monkeypatch.setattr(Interrupt, "at", [2])  # two steps later
+    assert cli.main(["train", "--resume", str(stopped)]) == 130
+    monkeypatch.setattr(Interrupt, "at", [0])
+    assert cli.main(["train", "--resume", str(stopped)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(";")[0] for line in err] == [
+        "Training interrupted (SIGINT) in epoch 2 after step 2 of 6",
+        "Training interrupted (SIGINT) in epoch 2 after step 4 of 6"]
+    expected, got = (load_file(d / "model.safetensors") for d in (tmp_path / "whole", stopped))
+    assert expected.keys() == got.keys()
+    assert all(got[k].tobytes() == expected[k].tobytes() for k in expected)
+    rows = [[line.split(",")[:4] for line in (d / "metrics.csv").read_text().splitlines()]
+            for d in (tmp_path / "whole", stopped)]
+    assert rows[0] == rows[1]

@@ -11,7 +11,8 @@ import shendu
 from shendu import datasets, models, nn, optim
 
 matplotlib.use("Agg")
-KEYS = {"epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s"}
+KEYS = {"epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
+        "skipped"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """The command line, for runs too long for a notebook: `python -m shendu` or `shendu`.
 
     shendu train [--model deepconvnet] [--recipe book] [--epochs N] [--batch-size N] [--lr X]
-                 [--seed N] [--subset N] [--out RUN_DIR]
+                 [--seed N] [--subset N] [--out RUN_DIR] [--checkpoint-every N]
+    shendu train --resume RUN_DIR [--checkpoint-every N]
     shendu evaluate RUN_DIR [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28]
@@ -10,6 +11,11 @@
 User errors (bad files, checkpoints, images, no data) print one line `shendu: error: ...` on
 stderr and exit with status 2, as do bad arguments (argparse's usage message); Ctrl-C exits with
 130. `train` follows SHENDU_PROFILE like the notebooks: with `quick` it trains a small subset.
+
+`train` keeps a full checkpoint in its run directory. Ctrl-C (SIGINT) or SIGTERM stops it at the
+end of the step under way, after a checkpoint: it prints how to continue and exits with 130 or
+143. `train --resume RUN_DIR` continues the run with the settings it was started with (flags may
+repeat them, not change them; --checkpoint-every may change), as if it had never stopped.
 """
 import argparse
 import json
@@ -21,7 +27,7 @@ from pathlib import Path
 from . import __version__, datasets, experiments, models, optim
 from .errors import ShenduError
 from .images import load_image
-from .io import WEIGHTS, load
+from .io import CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, read_checkpoint
 from .rng import manual_seed
 from .summarize import summary
 from .train import Trainer, evaluate, predict_proba
@@ -36,34 +42,44 @@ def main(argv=None):
     """Run the command line with `argv` (default: sys.argv[1:]) and return the exit status."""
     args = _parser().parse_args(argv)  # usage errors exit 2 here, argparse's way
     try:
-        args.command(args)
+        return args.command(args) or 0
     except ShenduError as e:
         print("shendu: error: " + " ".join(str(e).split()), file=sys.stderr)  # exactly one line
         return 2
     except KeyboardInterrupt:
         print("shendu: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 # -- commands ----------------------------------------------------------------------------------
 def _train(args):
-    recipe = RECIPES[args.recipe]
-    epochs, batch_size, lr = (recipe[k] if getattr(args, k) is None else getattr(args, k)
-                              for k in ("epochs", "batch_size", "lr"))
-    manual_seed(args.seed)
-    model = models.get(args.model)
-    name = model.config["model"]
-    out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / WEIGHTS).exists():  # never overwrite a trained model by accident
-        raise ShenduError(f"{out} already holds a trained model: choose another --out")
+    if args.resume is not None:
+        settings, out = _resumed_settings(args), args.resume
+    else:
+        recipe = RECIPES[args.recipe or "book"]
+        settings = {"model": args.model or "deepconvnet", "recipe": args.recipe or "book",
+                    "seed": 0 if args.seed is None else args.seed, "subset": args.subset,
+                    "checkpoint_every": args.checkpoint_every,
+                    **{k: recipe[k] if getattr(args, k) is None else getattr(args, k)
+                       for k in ("epochs", "batch_size", "lr")}}
+    manual_seed(settings["seed"])
+    model = models.get(settings["model"])
+    name = settings["model"] = model.config["model"]
+    if args.resume is None:
+        out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (out / WEIGHTS).exists() or (out / CHECKPOINT).exists():  # never overwrite a run
+            raise ShenduError(f"{out} already holds a run: choose another --out, or continue it "
+                              f"with --resume {out}")
     (x, t), test = datasets.load_mnist()
-    if args.subset is not None:
-        x, t = x[:args.subset], t[:args.subset]
-    optimizer = recipe["optimizer"](model.parameters(), lr=lr)
-    print(f"training {name} ({model.num_parameters():,} parameters) on {len(x)} MNIST images: "
-          f"{type(optimizer).__name__} lr {lr:g}, batch {batch_size}, "
-          f"{epochs} epoch{'s' if epochs > 1 else ''}, seed {args.seed} -> {out}", flush=True)
+    if settings["subset"] is not None:
+        x, t = x[:settings["subset"]], t[:settings["subset"]]
+    optimizer = RECIPES[settings["recipe"]]["optimizer"](model.parameters(), lr=settings["lr"])
+    epochs = settings["epochs"]
+    print(f"{'resuming' if args.resume else 'training'} {name} "
+          f"({model.num_parameters():,} parameters) on {len(x)} MNIST images: "
+          f"{type(optimizer).__name__} lr {settings['lr']:g}, batch {settings['batch_size']}, "
+          f"{epochs} epoch{'s' if epochs > 1 else ''}, seed {settings['seed']} -> {out}",
+          flush=True)
 
     def report(m):
         print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  "
@@ -71,10 +87,56 @@ def _train(args):
               f"lr {m['lr']:.3g}  {m['epoch_time']:.1f} s  {m['images_per_s']:.0f} img/s",
               flush=True)
 
-    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=args.seed, run_dir=out,
-                      progress=sys.stderr.isatty())
-    history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report)
+    trainer = _CommandLineTrainer(model, optimizer, batch_size=settings["batch_size"],
+                                  seed=settings["seed"], run_dir=out,
+                                  progress=sys.stderr.isatty(),
+                                  checkpoint_every=settings["checkpoint_every"], settings=settings)
+    history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report, resume=args.resume)
+    if trainer.stopped is not None:
+        return 128 + trainer.stopped  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     print(f"test accuracy {100 * history[-1]['test_acc']:.2f}%; model, config and metrics in {out}")
+
+
+class _CommandLineTrainer(Trainer):
+    def resume_hint(self):
+        return f"Continue with: shendu train --resume {self.run_dir}"
+
+
+# What `train` records in its checkpoints' "settings", to resume from them.
+_SETTINGS = {"model": str, "recipe": str, "epochs": int, "batch_size": int, "lr": float,
+             "seed": int, "subset": (int, None), "checkpoint_every": (int, None)}
+
+
+def _resumed_settings(args):
+    """The settings of the run in --resume RUN_DIR; flags may repeat them but not change them,
+    except --checkpoint-every."""
+    meta, _ = read_checkpoint(args.resume)
+    trainer = meta.get("trainer")
+    settings = trainer.get("settings") if isinstance(trainer, dict) else None
+    if settings is None:
+        raise CheckpointError(f"{args.resume} was not trained by `shendu train`: continue it in "
+                              "Python with Trainer.fit(..., resume=...)")
+    check_json(settings, _SETTINGS, f"{args.resume / CHECKPOINT} (settings)")
+    if settings["recipe"] not in RECIPES:
+        raise CheckpointError(f"{args.resume}: unknown recipe {settings['recipe']!r} in its "
+                              f"settings; known: {', '.join(sorted(RECIPES))}")
+    if (settings["seed"] < 0 or not settings["lr"] > 0
+            or any(settings[k] is not None and settings[k] < 1
+                   for k in ("epochs", "batch_size", "subset", "checkpoint_every"))):
+        raise CheckpointError(f"{args.resume}: its settings are out of range: {settings}")
+    for flag in ("model", "recipe", "epochs", "batch_size", "lr", "seed", "subset"):
+        given = getattr(args, flag)
+        if flag == "model" and given is not None:
+            given = given.lower()  # as models.get reads it
+        if given is not None and given != settings[flag]:
+            raise ShenduError(f"--{flag.replace('_', '-')} {given} conflicts with the run in "
+                              f"{args.resume} ({settings[flag]}): a resumed run keeps its settings")
+    if args.out is not None and args.out.resolve() != args.resume.resolve():
+        raise ShenduError(f"--out {args.out} conflicts with --resume {args.resume}: a resumed run "
+                          "stays in its directory")
+    if args.checkpoint_every is not None:
+        settings["checkpoint_every"] = args.checkpoint_every
+    return settings
 
 
 def _evaluate(args):
@@ -149,18 +211,22 @@ def _parser():
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model on MNIST into a run directory")
-    p.add_argument("--model", default="deepconvnet", help="model name (default: deepconvnet)")
-    p.add_argument("--recipe", default="book", choices=sorted(RECIPES),
+    p.add_argument("--model", help="model name (default: deepconvnet)")
+    p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="optimizer and settings (book: Adam lr 0.001, batch 100, 20 epochs)")
     p.add_argument("--epochs", type=_number(int), help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=_number(int), help="batch size (default: the recipe's)")
     p.add_argument("--lr", type=_number(float), help="learning rate (default: the recipe's)")
-    p.add_argument("--seed", type=_number(int, allow_zero=True), default=0,
+    p.add_argument("--seed", type=_number(int, allow_zero=True),
                    help="seed for weights, dropout and data order (default: 0)")
     p.add_argument("--subset", type=_number(int),
                    help="train on the first N training images only (the test set stays whole)")
     p.add_argument("--out", type=Path, metavar="RUN_DIR",
                    help="run directory (default: runs/<model>-<timestamp>)")
+    p.add_argument("--checkpoint-every", type=_number(int), metavar="N",
+                   help="also write a full checkpoint every N steps (default: after each epoch)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR, with its settings")
     p.set_defaults(command=_train)
 
     p = commands.add_parser("evaluate", help="test accuracy of a trained model on MNIST")

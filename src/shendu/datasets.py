@@ -46,8 +46,10 @@ __all__ = [
     "FASHION_CLASSES",
     "MNIST_CLASSES",
     "cache_dir",
+    "load",
     "load_fashion_mnist",
     "load_mnist",
+    "names",
     "read_idx",
 ]
 
@@ -463,3 +465,18 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
     ``dataset-fashion-mnist`` folder).
     """
     return _load(FASHION_MNIST, root, download)
+
+
+def names() -> list[str]:
+    """The datasets `load` knows."""
+    return sorted(_LOADERS)
+
+
+def load(name: str, root: str | os.PathLike | None = None, download: bool = True):
+    """A dataset by name ("mnist", "fashion-mnist"): ``((x_train, t_train), (x_test, t_test))``."""
+    if name not in _LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
+    return _LOADERS[name](root, download)
+
+
+_LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}

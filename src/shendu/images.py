@@ -4,7 +4,7 @@ MNIST digits are white on black, scaled to fit a 20×20 box and placed in a 28×
 centre of mass at the centre. `load_image` does the same to a photo or a drawing:
 
 1. decode (exif rotation applied), composite any transparency onto white, convert to grey
-   (16-bit images are scaled, not clipped);
+   (16-bit and float images are scaled, not clipped);
 2. invert when the background is light (the border's mean above 127), so ink becomes white, and
    stretch the levels so the background (the border's median) is 0 and the brightest ink 1;
 3. crop to the ink's bounding box (pixels above 0.2), scale the longer side to 20
@@ -18,9 +18,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ShenduError
 
-__all__ = ["load_image", "MAX_PIXELS"]
+__all__ = ["load_image", "MAX_PIXELS", "FORMATS"]
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is plenty; a bigger claim is likely a bomb
+# Pixels a file may claim per byte it holds, beyond the first million: deflate packs at most about
+# 1032 bytes into one (8256 one-bit pixels), so a bigger claim is a decompression bomb.
+PIXELS_PER_BYTE, FREE_PIXELS = 10_000, 1_000_000
+# The formats load_image decodes: the common ones, whose parsers are plain Python in Pillow. Not
+# EPS (Pillow hands it to Ghostscript: loading it would run a program) nor Pillow's rarer parsers.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "PPM")  # JPEG includes MPO (phone cameras)
 _WORK_SIZE = 512  # images are first shrunk to this, which bounds the work for huge photos
 _INK = 0.2  # a pixel is ink above this level (the brightest ink is 1)
 
@@ -43,16 +49,21 @@ def _read_grey(path):
     """Decode `path` into a mode 'L' image no larger than _WORK_SIZE, or raise ShenduError."""
     if not path.is_file():
         raise ShenduError(f"{path}: no such image file")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise ShenduError(f"{path}: the file is empty")
     try:
         with warnings.catch_warnings():
             # Pillow warns, then refuses, beyond its own pixel limit: both mean "bomb" here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
+            with Image.open(path, formats=FORMATS) as im:  # reads the header only
+                pixels = im.width * im.height
+                if pixels > MAX_PIXELS:
                     raise ShenduError(f"{path}: {im.width}×{im.height} pixels is more than the "
                                       f"{MAX_PIXELS:,} allowed (a decompression bomb?)")
+                if pixels > FREE_PIXELS + PIXELS_PER_BYTE * size:
+                    raise ShenduError(f"{path}: {im.width}×{im.height} pixels cannot come from "
+                                      f"{size} bytes (a decompression bomb?)")
                 im = ImageOps.exif_transpose(im)  # also decodes the pixels (truncation shows here)
                 im = _to_grey(im)
                 im.thumbnail((_WORK_SIZE, _WORK_SIZE), Image.Resampling.LANCZOS)
@@ -60,7 +71,7 @@ def _read_grey(path):
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise ShenduError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
-        raise ShenduError(f"{path}: not an image Pillow can read (PNG, JPEG, ...)") from None
+        raise ShenduError(f"{path}: not an image shendu reads ({', '.join(FORMATS)})") from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data, odd modes
         raise ShenduError(f"{path}: cannot decode the image: {e}") from None
 
@@ -70,10 +81,13 @@ def _to_grey(im):
         white = Image.new("RGBA", im.size, "white")
         white.alpha_composite(im.convert("RGBA"))
         im = white
-    if im.mode.startswith("I"):  # 16-bit (or 32-bit) integers: convert("L") would clip at 255
-        wide = np.asarray(im, dtype=np.float64)
-        top = 65535 if wide.max() <= 65535 else wide.max()
-        return Image.fromarray(np.round(np.clip(wide, 0, None) * 255 / top).astype(np.uint8))
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit integers, floats (often in [0, 1]):
+        wide = np.asarray(im, dtype=np.float64)     # convert("L") would clip them at 255
+        if not np.isfinite(wide).all():
+            raise ValueError("some pixels are not numbers (NaN or infinite)")
+        wide = np.clip(wide, 0, None)
+        top = 65535 if im.mode != "F" and wide.max() <= 65535 else wide.max()
+        return Image.fromarray(np.round(wide * 255 / (top or 1)).astype(np.uint8))
     return im.convert("L")
 
 

@@ -8,23 +8,35 @@
 
 Images may be uint8 (0-255, as the datasets keep them: each batch becomes float32 / 255 when it is
 used, so the whole set never exists in float) or floating point (used as they are).
+
+Interrupted (Ctrl-C, a notebook's interrupt button, SIGTERM)? `fit` stops between two steps,
+saves a checkpoint and returns; run the same `fit` again and it continues. From a new session,
+`trainer.fit(..., resume="runs/demo")` continues from the run directory's checkpoint, ending with
+the weights an uninterrupted run would have had, bit for bit.
 """
+import hashlib
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import nn, optim
+from . import nn, rng
 from .errors import ShenduError
-from .io import save, write_atomic
+from .io import (CHECKPOINT, CheckpointError, check_json, read_checkpoint, remove_temporaries,
+                 save, write_atomic, write_checkpoint)
 
 __all__ = ["Trainer", "evaluate", "predict_proba", "profile", "METRICS"]
 
-METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s"]
+METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
+           "skipped"]
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 1000, 2  # the `quick` profile's caps
 
 
@@ -103,27 +115,60 @@ class Trainer:
     Each epoch visits every training image once, in an order drawn from a NumPy generator seeded
     by `seed` (so the same seed, and the same `shendu.manual_seed` for weights and dropout, repeat
     a run exactly). A scheduler is stepped once per epoch, or once per batch when it is a
-    `OneCycleLR` or has `per_batch = True`. With `run_dir`, the model (`shendu.save`) and
-    `metrics.csv` are written after every epoch, so an interrupted run keeps its last epoch.
-    Optimizer state is not saved: a checkpoint is for inference, not for resuming.
+    `OneCycleLR` or has `per_batch = True`.
+
+    With `run_dir`, `fit` keeps the run directory current: after every epoch the model
+    (`shendu.save`) and `metrics.csv`; and a full checkpoint (weights, optimizer and schedule
+    state, every random generator, counters, history, the position in the epoch) when fit starts,
+    every `checkpoint_every` steps, after every epoch and when it is interrupted.
+
+    A non-finite loss stops training with a ShenduError naming the epoch and step, before that
+    step changes anything (the last checkpoint stays as it was); with `skip_nonfinite=True` such
+    steps are skipped instead (no update, BatchNorm statistics kept) and counted in the metric
+    "skipped". `settings`, any JSON-safe dict, is stored in every checkpoint (the command line
+    keeps its flags there).
     """
 
     def __init__(self, model, optimizer, loss_fn=None, batch_size=100, scheduler=None, seed=0,
-                 run_dir=None, progress=True):
+                 run_dir=None, progress=True, checkpoint_every=None, skip_nonfinite=False,
+                 settings=None):
         self.model, self.optimizer = model, optimizer
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
         self.batch_size = _positive_int("batch_size", batch_size)
         self.scheduler = scheduler
         self.per_batch = getattr(scheduler, "per_batch", False)
         self.rng = np.random.default_rng(seed)
-        self.run_dir = run_dir
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
+        self.checkpoint_every = (None if checkpoint_every is None
+                                 else _positive_int("checkpoint_every", checkpoint_every))
+        if self.checkpoint_every is not None and run_dir is None:
+            raise ShenduError("checkpoint_every needs a run_dir to write the checkpoints into")
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.settings = settings
         self.history = []  # one dict of METRICS per epoch, across calls to fit
+        self.global_step = 0  # steps taken (skipped ones included), across calls to fit
+        self.stopped = None  # the signal that interrupted the last fit (signal.SIGINT, SIGTERM)
+        self._fit = None  # {"start", "epochs"} of an unfinished fit call: the next one continues it
+        self._epoch = None  # the epoch in progress: its order, position and sums so far
+        self._data = None  # size and digest of the training set of the unfinished fit
 
-    def fit(self, train, test, epochs=1, on_epoch=None):
+    def fit(self, train, test, epochs=1, on_epoch=None, on_step=None, resume=None):
         """Train for `epochs` epochs on `train = (x, t)`, measuring accuracy on `test = (x, t)`
-        after each. `on_epoch(metrics)` is called after each epoch. Returns the history: a list
-        with a dict of METRICS per epoch. In the quick profile, data and epochs are capped."""
+        after each; returns the history, a list with a dict of METRICS per epoch. `on_epoch` is
+        called with each epoch's metrics, `on_step` after each step with a dict of "epoch",
+        "step", "steps" (in the epoch), "global_step" and "loss". In the quick profile, data and
+        epochs are capped.
+
+        Ctrl-C (SIGINT, a notebook's interrupt) or SIGTERM stops training at the end of the step
+        under way, as does a KeyboardInterrupt raised by a callback: fit then writes a checkpoint
+        (with a run_dir), prints how to continue, sets `self.stopped` to the signal and returns
+        the history so far. The next fit continues the interrupted one: `epochs` counts from the
+        epoch where that call began, so repeating the same call finishes it. `resume=RUN_DIR`
+        first loads RUN_DIR's checkpoint into this trainer and continues the same way (writing
+        checkpoints to this trainer's run_dir, or to RUN_DIR if it has none). Any error abandons
+        the fit under way: only an interrupt leaves one to continue.
+        """
         (x, t), (x_test, t_test) = _check_data(*train), _check_data(*test)
         epochs = _positive_int("epochs", epochs)
         if profile() == "quick":
@@ -132,57 +177,291 @@ class Trainer:
                   f"{min(epochs, QUICK_EPOCHS)} of {epochs} epochs")
             x, t, epochs = x[:QUICK_TRAIN], t[:QUICK_TRAIN], min(epochs, QUICK_EPOCHS)
             x_test, t_test = x_test[:QUICK_TEST], t_test[:QUICK_TEST]
-        last = len(self.history) + epochs
-        for _ in range(epochs):
-            metrics = self._train_epoch(x, t, last)
-            metrics["test_acc"] = evaluate(self.model, x_test, t_test)
-            self.history.append(metrics)
-            if self.run_dir is not None:
-                self._checkpoint()
-            if on_epoch is not None:
-                on_epoch(metrics)
+        data = _fingerprint(x, t)
+        if resume is not None:
+            self._restore(Path(resume), data)
+            self.run_dir = self.run_dir or Path(resume)
+        elif self._fit is not None and data != self._data:
+            raise ShenduError("this trainer's interrupted fit was on other training data: "
+                              "continue it with the same data, or make a new Trainer")
+        start = len(self.history) if self._fit is None else self._fit["start"]
+        reached = len(self.history) + (self._epoch is not None)
+        if start + epochs < reached:
+            raise ShenduError(f"the fit being continued began after epoch {start} and has reached "
+                              f"epoch {reached}: ask for epochs={reached - start} or more")
+        self._fit, self._data, self.stopped = {"start": start, "epochs": epochs}, data, None
+        try:
+            with _stop_requests() as stop:
+                self._save_checkpoint()  # also proves the run directory writable before any work
+                while len(self.history) < start + epochs and stop.signum is None:
+                    self._train_steps(x, t, start + epochs, stop, on_step)
+                    if stop.signum is None:
+                        metrics = self._end_epoch(len(x), x_test, t_test)
+                        if on_epoch is not None:
+                            _call(on_epoch, metrics, stop)
+                if stop.signum is not None:
+                    self.stopped = stop.signum
+                    self._save_checkpoint()
+        except BaseException:
+            self._fit = self._epoch = None  # only an interrupt leaves a fit to continue
+            raise
+        if self.stopped is None:
+            self._fit = None
+        else:
+            print(self._stop_message(), file=sys.stderr, flush=True)
         return self.history
 
-    def _train_epoch(self, x, t, last):
-        epoch = len(self.history) + 1
-        lr = self.optimizer.lr  # as the epoch starts (a one-cycle schedule moves it every batch)
-        order = self.rng.permutation(len(x))
-        loss_sum, correct = 0.0, 0
+    def resume_hint(self):
+        """How to continue after an interrupt (the command line says it its own way)."""
+        hint = "Call fit again to continue"
+        if self.run_dir is not None:
+            hint += f", or from a new session with fit(..., resume={str(self.run_dir)!r})"
+        return hint + "."
+
+    # -- steps and epochs -------------------------------------------------------------------
+    def _train_steps(self, x, t, last, stop, on_step):
+        """The steps left in the epoch under way (or a new one), until its end or a stop."""
+        if self._epoch is None:
+            self._epoch = self._new_epoch(len(x))
+        e, steps = self._epoch, _steps(len(x), self.batch_size)
         self.model.train()
-        start = time.perf_counter()
-        with tqdm(total=len(x), desc=f"epoch {epoch}/{last}",
-                  unit="img", disable=not self.progress, leave=True) as bar:
-            for seen in range(0, len(x), self.batch_size):
-                batch = order[seen:seen + self.batch_size]
-                logits = self.model(_as_input(x[batch]))
-                loss = self.loss_fn(logits, t[batch])
-                if not math.isfinite(loss):
-                    raise ShenduError(f"the loss became {loss} in epoch {epoch}: training diverged"
-                                      " (try a lower learning rate)")
-                loss_sum += loss * len(batch)
-                correct += int(np.count_nonzero(logits.argmax(axis=1) == t[batch]))
-                dlogits = self.loss_fn.backward()
-                if getattr(self.model, "accepts_input_grad", False):  # no dL/dx for data
-                    self.model.backward(dlogits, input_grad=False)
-                else:
-                    self.model.backward(dlogits)
-                self.optimizer.step()
-                if self.scheduler is not None and self.per_batch:
-                    self.scheduler.step()
-                bar.set_postfix(loss=f"{loss_sum / (seen + len(batch)):.4f}", refresh=False)
-                bar.update(len(batch))
-        seconds = time.perf_counter() - start
+        with tqdm(total=len(x), initial=min(e["step"] * self.batch_size, len(x)),
+                  desc=f"epoch {e['number']}/{last}", unit="img", disable=not self.progress,
+                  leave=True) as bar:
+            while e["step"] < steps and stop.signum is None:
+                loss = self._step(x, t, e)
+                bar.update(min(e["step"] * self.batch_size, len(x)) - bar.n)
+                if e["used"]:
+                    bar.set_postfix(loss=f"{e['loss_sum'] / e['used']:.4f}", refresh=False)
+                if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
+                    self._save_checkpoint()
+                if on_step is not None:
+                    _call(on_step, {"epoch": e["number"], "step": e["step"], "steps": steps,
+                                    "global_step": self.global_step, "loss": loss}, stop)
+
+    def _new_epoch(self, n):
+        start = self.rng.bit_generator.state  # saved, so a resumed epoch redraws the same order
+        return {"number": len(self.history) + 1, "rng_start": start,
+                "order": self.rng.permutation(n), "step": 0, "loss_sum": 0.0, "correct": 0,
+                "used": 0, "skipped": 0, "lr": self.optimizer.lr, "time": 0.0}
+
+    def _step(self, x, t, e):
+        """One step on the epoch's next batch; returns its loss."""
+        began = time.perf_counter()
+        batch = e["order"][e["step"] * self.batch_size:(e["step"] + 1) * self.batch_size]
+        # A step that is not taken must not move BatchNorm's running statistics either.
+        buffers = {name: np.array(b) for name, b in self.model.named_buffers()}
+        logits = self.model(_as_input(x[batch]))
+        loss = self.loss_fn(logits, t[batch])
+        if math.isfinite(loss):
+            dlogits = self.loss_fn.backward()
+            if getattr(self.model, "accepts_input_grad", False):  # no dL/dx for data
+                self.model.backward(dlogits, input_grad=False)
+            else:
+                self.model.backward(dlogits)
+            self.optimizer.step()
+            e["loss_sum"] += loss * len(batch)
+            e["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == t[batch]))
+            e["used"] += len(batch)
+        else:
+            self.model.load_state_dict(buffers, strict=False)
+            if not self.skip_nonfinite:
+                kept = (f"; the last checkpoint in {self.run_dir} is unchanged (fit(..., "
+                        "resume=...) continues from it)" if self.run_dir is not None else "")
+                raise ShenduError(
+                    f"the loss became {loss} at step {e['step'] + 1} of epoch {e['number']}: "
+                    f"training diverged, and that step was not taken{kept}. Lower the learning "
+                    "rate, or pass skip_nonfinite=True to skip such steps")
+            e["skipped"] += 1
+        if self.scheduler is not None and self.per_batch:
+            self.scheduler.step()  # a schedule follows the data, skipped steps included
+        e["step"] += 1
+        self.global_step += 1
+        e["time"] += time.perf_counter() - began
+        return loss
+
+    def _end_epoch(self, n, x_test, t_test):
+        e = self._epoch
+        metrics = {"epoch": e["number"],
+                   "train_loss": e["loss_sum"] / e["used"] if e["used"] else math.nan,
+                   "train_acc": e["correct"] / e["used"] if e["used"] else math.nan,
+                   "test_acc": evaluate(self.model, x_test, t_test), "lr": e["lr"],
+                   "epoch_time": e["time"],  # seconds in steps, across interruptions
+                   "images_per_s": n / e["time"] if e["time"] > 0 else math.nan,
+                   "skipped": e["skipped"]}
         if self.scheduler is not None and not self.per_batch:
             self.scheduler.step()
-        return {"epoch": epoch, "train_loss": loss_sum / len(x), "train_acc": correct / len(x),
-                "test_acc": None, "lr": lr, "epoch_time": seconds,  # test_acc: fit measures it
-                "images_per_s": len(x) / seconds}
+        self.history.append(metrics)
+        self._epoch = None
+        if self.run_dir is not None:
+            state = self._checked_state()
+            save(self.model, self.run_dir)
+            rows = [METRICS] + [[repr(h[k]) for k in METRICS] for h in self.history]
+            path = self.run_dir / "metrics.csv"
+            try:  # rewritten whole and atomically: always a complete table, even after a crash
+                write_atomic({path: "".join(",".join(row) + "\n" for row in rows).encode()})
+            except OSError as e:
+                raise CheckpointError(f"could not write {path}: {e}") from None
+            write_checkpoint(self.run_dir, *state)  # last: a crash before it redoes this epoch end
+        return metrics
 
-    def _checkpoint(self):
-        save(self.model, self.run_dir)
-        rows = [METRICS] + [[repr(h[k]) for k in METRICS] for h in self.history]
-        path = Path(self.run_dir) / "metrics.csv"
-        try:  # rewritten whole and atomically: always a complete table, even after a crash
-            write_atomic({path: "".join(",".join(row) + "\n" for row in rows).encode()})
-        except OSError as e:
-            raise ShenduError(f"could not write {path}: {e}") from None
+    def _stop_message(self):
+        e, name = self._epoch, signal.Signals(self.stopped).name
+        where = (f"in epoch {e['number']} after step {e['step']} of "
+                 f"{_steps(self._data['train_size'], self.batch_size)}" if e is not None
+                 else f"after epoch {len(self.history)}")
+        saved = f"; checkpoint saved in {self.run_dir}" if self.run_dir is not None else ""
+        return f"Training interrupted ({name}) {where}{saved}. {self.resume_hint()}"
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _save_checkpoint(self):
+        if self.run_dir is not None:
+            write_checkpoint(self.run_dir, *self._checked_state())
+
+    def _checked_state(self):
+        """The state to save, refused if a weight or moment is not finite (an update can diverge
+        before any loss does): a checkpoint on disk is always one worth resuming from."""
+        meta, arrays = self._state()
+        bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+        if bad:
+            raise ShenduError(f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''} became "
+                              f"non-finite by step {self.global_step}: training diverged, and the "
+                              f"last checkpoint in {self.run_dir} is unchanged. Lower the learning "
+                              "rate")
+        return meta, arrays
+
+    def _state(self):
+        """(meta, arrays): everything fit needs to continue exactly, as a checkpoint holds it."""
+        optimizer = self.optimizer.state_dict()
+        arrays = {**{f"model.{k}": a for k, a in self.model.state_dict().items()},
+                  **{f"optimizer.{k}": a for k, a in optimizer.pop("buffers").items()}}
+        meta = {
+            "model": getattr(self.model, "config", None),
+            "optimizer": optimizer,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "trainer": {"batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+                        "skip_nonfinite": self.skip_nonfinite, "settings": self.settings},
+            "data": self._data,
+            "fit": self._fit,
+            "global_step": self.global_step,
+            "rng": {"data": self.rng.bit_generator.state, "shendu": rng.get_state()},
+            "epoch": (None if self._epoch is None  # the order is redrawn from rng_start
+                      else {k: v for k, v in self._epoch.items() if k != "order"}),
+            "history": self.history,
+        }
+        return meta, arrays
+
+    def _restore(self, run_dir, data):
+        """Load run_dir's checkpoint into this trainer: all of it, or (CheckpointError) none."""
+        meta, arrays = read_checkpoint(run_dir)
+        check_json(meta, _CHECKPOINT_FIELDS, str(run_dir / CHECKPOINT))
+        saved, fit, e = meta["data"], meta["fit"], meta["epoch"]
+        problem = None
+        if saved != data:
+            problem = (f"it was trained on {saved['train_size']} images with another digest, "
+                       f"not on these {data['train_size']}: resume with the same training data")
+        elif meta["trainer"]["batch_size"] != self.batch_size:
+            problem = (f"it was trained with batch size {meta['trainer']['batch_size']}, this "
+                       f"trainer has {self.batch_size}")
+        elif (meta["scheduler"] is None) != (self.scheduler is None):
+            problem = ("it was trained " + ("without" if meta["scheduler"] is None else "with")
+                       + " a learning-rate schedule, this trainer has "
+                       + ("one" if self.scheduler is not None else "none"))
+        elif not (0 <= fit["start"] <= len(meta["history"]) and fit["epochs"] >= 1
+                  and meta["global_step"] >= 0 and (e is None or (
+                      e["number"] == len(meta["history"]) + 1
+                      and 0 <= e["step"] <= _steps(data["train_size"], self.batch_size)))):
+            problem = "its counters contradict each other"
+        if problem:
+            raise CheckpointError(f"cannot resume from {run_dir}: {problem}")
+        backup = self._state()
+        try:
+            self._apply(meta, arrays)
+        except ShenduError as err:
+            self._apply(*backup)
+            raise CheckpointError(f"cannot resume from {run_dir}: {err}") from None
+        remove_temporaries(run_dir)
+
+    def _apply(self, meta, arrays):
+        """Set this trainer's state from (meta, arrays). A part that does not fit raises
+        ShenduError, maybe after others were set: `_restore` then puts the old state back."""
+        parts = {"model.": {}, "optimizer.": {}}
+        for key, a in arrays.items():
+            prefix = key[:key.find(".") + 1]
+            if prefix not in parts:
+                raise ShenduError(f"unexpected array {key!r}")
+            parts[prefix][key[len(prefix):]] = a
+        self.model.load_state_dict(parts["model."])
+        self.optimizer.load_state_dict({**meta["optimizer"], "buffers": parts["optimizer."]})
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        self.rng = rng.from_state(meta["rng"]["data"])
+        rng.set_state(meta["rng"]["shendu"])
+        e = meta["epoch"]
+        self._epoch = None if e is None else {
+            **e, "order": rng.from_state(e["rng_start"]).permutation(meta["data"]["train_size"])}
+        self.history = [dict(row) for row in meta["history"]]
+        self._fit = None if meta["fit"] is None else dict(meta["fit"])
+        self._data, self.global_step = meta["data"], meta["global_step"]
+
+
+# What a checkpoint's JSON holds (see Trainer._state); checked field by field before use.
+_CHECKPOINT_FIELDS = {
+    "format": str, "version": int, "shendu_version": str, "arrays": str, "sha256": str,
+    "model": (dict, None), "optimizer": dict, "scheduler": (dict, None),
+    "trainer": {"batch_size": int, "checkpoint_every": (int, None), "skip_nonfinite": bool,
+                "settings": (dict, None)},
+    "data": {"train_size": int, "train_sha256": str},
+    "fit": {"start": int, "epochs": int},
+    "global_step": int,
+    "rng": {"data": dict, "shendu": dict},
+    "epoch": (None, {"number": int, "rng_start": dict, "step": int, "loss_sum": float,
+                     "correct": int, "used": int, "skipped": int, "lr": float, "time": float}),
+    "history": [{"epoch": int, "train_loss": float, "train_acc": float, "test_acc": float,
+                 "lr": float, "epoch_time": float, "images_per_s": float, "skipped": int}],
+}
+
+
+def _steps(n, batch_size):
+    return -(-n // batch_size)
+
+
+def _fingerprint(x, t):
+    """The training set's size and SHA-256 (shapes, dtypes, bytes): resuming on other data would
+    silently change the order and the steps, so it is refused."""
+    digest = hashlib.sha256()
+    for a in (x, t):
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return {"train_size": len(x), "train_sha256": digest.hexdigest()}
+
+
+@contextmanager
+def _stop_requests():
+    """While training, SIGINT (Ctrl-C, a notebook's interrupt) and SIGTERM only ask for a stop,
+    which fit honours between two steps: an update is never cut in half. Python delivers signals
+    to the main thread only; in other threads nothing changes."""
+    stop = SimpleNamespace(signum=None)
+
+    def request(signum, frame):
+        stop.signum = signum
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(s) is not None:  # None: set outside Python, could not be restored
+                previous[s] = signal.signal(s, request)
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _call(callback, arg, stop):
+    """Run a callback; a KeyboardInterrupt it raises (between two steps) is a stop request."""
+    try:
+        callback(arg)
+    except KeyboardInterrupt:
+        stop.signum = signal.SIGINT
