@@ -7,6 +7,7 @@
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28]
     shendu experiment NAME [--readme]
+    shendu bench [--json FILE] [--profile] [--repeats N] [--no-memory]
 
 User errors (bad files, checkpoints, images, no data) print one line `shendu: error: ...` on
 stderr and exit with status 2, as do bad arguments (argparse's usage message); Ctrl-C exits with
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, datasets, experiments, models, optim
+from . import __version__, bench, datasets, experiments, models, optim
 from .errors import ShenduError
 from .images import load_image
 from .io import CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, read_checkpoint
@@ -250,4 +251,12 @@ def _parser():
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(experiments.names())}")
     p.add_argument("--readme", action="store_true", help="also rewrite README.md's results block")
     p.set_defaults(command=_experiment)
+
+    p = commands.add_parser("bench", help="shendu vs PyTorch on this machine, side by side")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="time per layer (forward, backward), optimizer and data pipeline instead")
+    p.add_argument("--repeats", type=_number(int), default=5, help="alternating repeats (default 5)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.set_defaults(command=bench.main)
     return parser
