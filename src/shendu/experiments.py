@@ -117,6 +117,62 @@ def chapter1():
 
 
 @experiment
+def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0):
+    """The resume guarantee on a full run: `shendu train` with the chapter's recipe, killed with
+    SIGKILL at random moments and resumed each time, must end with the bytes of a run never
+    stopped. Both runs are subprocesses with the same environment (so the same BLAS threads)."""
+    import hashlib
+    import random
+    import shutil
+    import signal
+    from .io import WEIGHTS, read_checkpoint
+    root = REPO / "runs" / "resume-identity"
+    shutil.rmtree(root, ignore_errors=True)
+    train = [sys.executable, "-m", "shendu", "train", "--epochs", str(epochs),
+             "--checkpoint-every", str(checkpoint_every)]
+
+    def finish(cmd):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+    t0 = time.perf_counter()
+    finish(train + ["--out", str(root / "never-stopped")])
+    uninterrupted_s = time.perf_counter() - t0
+    # Kill moments spread over the run: one in each of `kills` equal slices of its length.
+    chance, killed = random.Random(seed), []
+    cmd = train + ["--out", str(root / "killed")]
+    for k in range(kills):
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        wait = chance.uniform(0.2, 0.9) * uninterrupted_s / kills
+        try:
+            process.wait(timeout=wait)
+            raise ShenduError(f"the run finished before kill {k + 1}: the machine is faster now")
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        meta, _ = read_checkpoint(root / "killed")
+        killed.append({"after_s": round(wait, 1), "resumed_from_step": meta["global_step"]})
+        cmd = train[:4] + ["--resume", str(root / "killed")]
+    finish(cmd)
+
+    def sha256(run):
+        return hashlib.sha256((root / run / WEIGHTS).read_bytes()).hexdigest()
+
+    def metrics(run):  # every column but the two timings, as written (repr: bitwise)
+        return [row.split(",")[:5] for row in (root / run / "metrics.csv").read_text().splitlines()]
+
+    meta, _ = read_checkpoint(root / "never-stopped")
+    return {
+        "epochs": epochs, "steps": meta["global_step"], "checkpoint_every": checkpoint_every,
+        "kills": killed,
+        "weights_sha256": {"never_stopped": sha256("never-stopped"), "killed": sha256("killed")},
+        "identical_weights": sha256("never-stopped") == sha256("killed"),
+        "identical_metrics": metrics("never-stopped") == metrics("killed"),
+        "final_test_acc": meta["history"][-1]["test_acc"],
+        "uninterrupted_s": round(uninterrupted_s, 1),
+    }
+
+
+@experiment
 def bench():
     """shendu vs PyTorch on this machine (`python -m shendu bench`), for the appendix."""
     from . import bench as bench_module
