@@ -1,0 +1,73 @@
+"""Blocks that are not a chain: a shortcut around a body (ResNet) and parallel branches
+(GoogLeNet). Their backward passes are the chain rule at a fork: where one input feeds two paths,
+its gradient is the sum of the two paths' gradients."""
+import numpy as np
+
+from ..errors import ShenduError
+from .module import Module
+
+
+class Residual(Module):
+    """y = body(x) + shortcut(x), the shortcut being the identity or a module (a strided 1×1
+    convolution when the body changes the shape). He et al. 2016: the body learns only what to add
+    to x, and the gradient reaches x undiminished through the identity path."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        y = self.body(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        if y.shape != s.shape:
+            raise ShenduError(f"Residual: the body gives {y.shape} but the shortcut "
+                              f"{'(identity) ' if self.shortcut is None else ''}gives {s.shape}; "
+                              "a body that changes the shape needs a projection shortcut")
+        return y + s
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))
+
+
+class Concat(Module):
+    """Parallel branches on one input, their outputs concatenated on channels (axis 1): the
+    Inception block of Szegedy et al. 2015. Backward hands each branch its slice of dL/dy and
+    sums the branches' dL/dx."""
+
+    def __init__(self, *branches):
+        super().__init__()
+        if not branches:
+            raise ShenduError("Concat needs at least one branch")
+        for i, branch in enumerate(branches):
+            setattr(self, str(i), branch)
+        self.channels = None
+
+    def forward(self, x):
+        ys = [branch(x) for branch in self._modules.values()]
+        if len({(y.shape[0], *y.shape[2:]) for y in ys}) > 1:
+            raise ShenduError("Concat: the branches' outputs differ in more than their channels: "
+                              + ", ".join(str(y.shape) for y in ys))
+        self.channels = np.cumsum([0] + [y.shape[1] for y in ys])
+        if ys[0].ndim != 4:
+            return np.concatenate(ys, axis=1)
+        # Images: written channels-last, as the convolutions produce and consume them, so the
+        # next layer needs no copy (an NCHW view of NHWC memory, like every conv output here).
+        n, _, h, w = ys[0].shape
+        out = np.empty((n, h, w, self.channels[-1]), ys[0].dtype)
+        for y, c0, c1 in zip(ys, self.channels[:-1], self.channels[1:]):
+            out[..., c0:c1] = y.transpose(0, 2, 3, 1)
+        return out.transpose(0, 3, 1, 2)
+
+    def backward(self, dy):
+        c = self._cached(self.channels)
+        branches = list(self._modules.values())
+        return sum(branch.backward(dy[:, c0:c1])
+                   for branch, c0, c1 in zip(branches, c[:-1], c[1:]))
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
