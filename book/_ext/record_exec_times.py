@@ -2,11 +2,14 @@
 
     python book/_ext/record_exec_times.py --profile quick     # about a minute per notebook
     python book/_ext/record_exec_times.py --profile full      # the real experiments: long
+    python book/_ext/record_exec_times.py --profile full --only notebooks/02_why_deeper
 
 Executes every notebook of ``_toc.yml`` (``notebooks/...``) top to bottom in a temporary copy of
 ``notebooks/`` with ``SHENDU_PROFILE`` set, as the book build does, and writes
 ``book/_data/execution_times.json``: per profile, each notebook's wall time and result, the
-command, commit, machine and date. The other profile's record is kept. The Status page
+command, commit, machine and date. The other profile's record is kept. With ``--only``, only
+the named notebooks run and their rows are replaced; each row keeps the commit and date it was
+recorded at, so a notebook that did not change need not be run again. The Status page
 (``book/status.md``) shows both profiles side by side with DESIGN.md's budgets; the current
 build's own times are in the same page's execution table.
 """
@@ -91,25 +94,31 @@ def execute(entry: str, work: Path, timeout: float) -> tuple[float, str | None]:
     return time.perf_counter() - start, error
 
 
-def record(profile: str, timeout: float = 3600) -> dict:
+def record(profile: str, timeout: float = 3600, only=None, previous=None) -> dict:
     os.environ["SHENDU_PROFILE"] = profile  # inherited by the kernels
     os.environ.pop("MPLBACKEND", None)
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--", "notebooks", "src"))
+    commit += " (with uncommitted changes)" if dirty and commit else ""
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    kept = (previous or {}).get("notebooks", {}) if only else {}
     notebooks = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "notebooks"
         shutil.copytree(ROOT / "notebooks", work,
                         ignore=shutil.ignore_patterns("runs", "_build", ".ipynb_checkpoints"))
         for entry in toc_notebooks():
+            if only and entry not in only and entry in kept:
+                notebooks[entry] = kept[entry]
+                continue
             seconds, error = execute(entry, work, timeout)
             notebooks[entry] = {"seconds": round(seconds, 1), "succeeded": error is None,
-                                "error": error}
+                                "error": error, "commit": commit, "date": date}
             print(f"{entry}: {seconds:.1f} s{'' if error is None else ' FAILED ' + error}")
-    commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--", "notebooks", "src"))
     return {
         "command": f"python book/_ext/record_exec_times.py --profile {profile}",
-        "commit": commit + (" (with uncommitted changes)" if dirty and commit else ""),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "date": date,
         "machine": machine(),
         "notebooks": notebooks,
         "total_seconds": round(sum(n["seconds"] for n in notebooks.values()), 1),
@@ -157,8 +166,9 @@ def markdown(data: dict, notebooks: list[str]) -> str:
         if run:
             m = run["machine"]
             lines.append(
-                f"- `{profile}`: {verdict(profile, run)}; recorded {run['date']} at commit "
-                f"`{run['commit'][:12] or 'unknown'}` on {m['platform']}, {m['cpu_count']} CPU cores, "
+                f"- `{profile}`: {verdict(profile, run)}; last recorded {run['date']} at commit "
+                f"`{run['commit'][:12] or 'unknown'}` (each notebook at its own commit, in "
+                f"`book/_data/execution_times.json`) on {m['platform']}, {m['cpu_count']} CPU cores, "
                 f"Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, by `{run['command']}`."
             )
         else:
@@ -171,9 +181,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=PROFILES, required=True)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per cell")
+    parser.add_argument("--only", action="append", metavar="NOTEBOOK",
+                        help="run only this notebook (repeatable); keep the others' rows")
     args = parser.parse_args(argv)
+    unknown = set(args.only or ()) - set(toc_notebooks())
+    if unknown:
+        parser.error(f"not a notebook of _toc.yml: {', '.join(sorted(unknown))}")
     data = load()
-    data[args.profile] = run = record(args.profile, args.timeout)
+    data[args.profile] = run = record(args.profile, args.timeout, args.only, data.get(args.profile))
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf8")
     print(f"wrote {RECORD.relative_to(ROOT)}: {verdict(args.profile, run)}")

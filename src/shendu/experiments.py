@@ -117,7 +117,7 @@ def chapter1():
 
 
 @experiment
-def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0):
+def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None):
     """The resume guarantee on a full run: `shendu train` with the chapter's recipe, killed with
     SIGKILL at random moments and resumed each time, must end with the bytes of a run never
     stopped. Both runs are subprocesses with the same environment (so the same BLAS threads)."""
@@ -125,8 +125,8 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0):
     import random
     import shutil
     import signal
-    from .io import WEIGHTS, read_checkpoint
-    root = REPO / "runs" / "resume-identity"
+    from .io import CHECKPOINT, WEIGHTS, read_checkpoint
+    root = REPO / "runs" / "resume-identity" if root is None else Path(root)
     shutil.rmtree(root, ignore_errors=True)
     train = [sys.executable, "-m", "shendu", "train", "--epochs", str(epochs),
              "--checkpoint-every", str(checkpoint_every)]
@@ -142,6 +142,8 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0):
     cmd = train + ["--out", str(root / "killed")]
     for k in range(kills):
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        while not (root / "killed" / CHECKPOINT).exists() and process.poll() is None:
+            time.sleep(0.05)  # the clock starts once there is a run to resume
         wait = chance.uniform(0.2, 0.9) * uninterrupted_s / kills
         try:
             process.wait(timeout=wait)
@@ -178,6 +180,104 @@ def bench():
     from . import bench as bench_module
     return bench_module.run()
 
+
+# -- "Representative networks" -----------------------------------------------------------------
+def _train(model, train, test, epochs, max_lr, batch_size=128, augment=None, probe=None,
+           probe_every=25):
+    """The recipe of the chapter's comparisons: SGD with Nesterov momentum 0.9, weight decay
+    5e-4 and a one-cycle schedule. Returns the history, every step's loss and, every
+    `probe_every` steps, (step, error on the `probe` images) when a probe set is given."""
+    from . import optim
+    from .train import Trainer, evaluate
+    opt = optim.SGD(model.parameters(), lr=max_lr, momentum=0.9, nesterov=True,
+                    weight_decay=5e-4)
+    schedule = optim.OneCycleLR(opt, max_lr=max_lr,
+                                total_steps=epochs * -(-len(train[0]) // batch_size))
+    trainer = Trainer(model, opt, batch_size=batch_size, scheduler=schedule, seed=0,
+                      progress=False, augment=augment)
+    losses, probes = [], []
+
+    def on_step(progress):
+        losses.append(round(progress["loss"], 5))
+        if probe is not None and progress["global_step"] % probe_every == 0:
+            probes.append((progress["global_step"], round(1 - evaluate(model, *probe), 5)))
+    history = trainer.fit(train, test, epochs=epochs, on_step=on_step)
+    return history, losses, probes
+
+
+def _run_figures(model, history, losses, probes=()):
+    """What the book shows of one run: size, speed, accuracy and the curves."""
+    return {"parameters": model.num_parameters(), "final_test_acc": history[-1]["test_acc"],
+            "best_test_acc": max(h["test_acc"] for h in history),
+            "train_time_s": round(sum(h["epoch_time"] for h in history), 1),
+            "images_per_s": round(float(np.median([h["images_per_s"] for h in history])), 1),
+            "history": history, "step_losses": losses, "probe_errors": list(probes)}
+
+
+@experiment
+def plain_vs_residual(depths=(20, 56), epochs=2, subset=10000):
+    """The ResNet paper's figure 1 at small scale: plain and residual networks of 20 and 56
+    layers, trained alike on part of Fashion-MNIST. With more layers the plain network trains
+    worse, the residual one does not."""
+    from . import datasets, manual_seed, models
+    (x, t), (x_test, t_test) = datasets.load_fashion_mnist()
+    runs = {}
+    for depth in depths:
+        for kind in ("plain", "resnet"):
+            manual_seed(0)
+            model = models.CifarResNet(depth, input_shape=(1, 28, 28), shortcuts=kind == "resnet")
+            history, losses, probes = _train(model, (x[:subset], t[:subset]), (x_test, t_test),
+                                             epochs, max_lr=0.1,
+                                             probe=(x_test[:1000], t_test[:1000]))
+            runs[f"{kind}{depth}"] = _run_figures(model, history, losses, probes)
+    return {"dataset": "fashion-mnist", "train_images": min(subset, len(x)), "epochs": epochs,
+            "probe": "error on the first 1,000 test images", "runs": runs}
+
+
+@experiment
+def very_deep(depth=152, steps=200, batch_size=32, width=0.5):
+    """More than 150 layers: CIFAR-style networks of `depth` weight layers (25 blocks a stage, at
+    half the usual width), with and without shortcuts, for a few hundred steps on
+    Fashion-MNIST."""
+    from . import datasets, manual_seed, models
+    (x, t), test = datasets.load_fashion_mnist()
+    n = steps * batch_size
+    runs = {}
+    for shortcuts in (True, False):
+        manual_seed(0)
+        model = models.CifarResNet(depth, input_shape=(1, 28, 28), shortcuts=shortcuts,
+                                   width=width)
+        history, losses, _ = _train(model, (x[:n], t[:n]), test, 1, max_lr=0.05,
+                                    batch_size=batch_size)
+        runs["resnet" if shortcuts else "plain"] = _run_figures(model, history, losses)
+    return {"depth": depth, "width": width, "steps": steps, "batch_size": batch_size,
+            "runs": runs}
+
+
+FASHION_ZOO = {  # small-input versions, sized for two cores
+    "vgg11_bn": {"width": 0.25, "epochs": 10},
+    "googlenet": {"width": 0.25, "batch_norm": True, "epochs": 10},
+    "resnet20": {"epochs": 10},
+}
+
+
+@experiment
+def fashion_zoo():
+    """VGG, GoogLeNet and ResNet trained on Fashion-MNIST with the same recipe (random crops of
+    2 pixels and horizontal flips; SGD one-cycle): parameters, time and test accuracy."""
+    from . import augment, datasets, manual_seed, models
+    train, test = datasets.load_fashion_mnist()
+    flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
+    runs = {}
+    for name, settings in FASHION_ZOO.items():
+        settings = dict(settings)
+        epochs = settings.pop("epochs")
+        manual_seed(0)
+        model = models.get(name, **settings)
+        history, losses, _ = _train(model, train, test, epochs, max_lr=0.1, augment=flips)
+        runs[name] = {**_run_figures(model, history, losses), "settings": settings,
+                      "epochs": epochs}
+    return {"dataset": "fashion-mnist", "augment": repr(flips), "runs": runs}
 
 def readme_block(record):
     """The README's results paragraph, written from a results file (never typed by hand)."""

@@ -146,8 +146,9 @@ def GoogLeNet(num_classes=1000, input_shape=(3, 224, 224), batch_norm=False, wid
     connected layer. 6,998,552 parameters at ImageNet size."""
     c, h, w = input_shape
     s = lambda v: _scale(v, width)  # noqa: E731
-    if _small(input_shape):
-        layers = _conv_bn_relu(c, s(192), 3, batch_norm=batch_norm)
+    if _small(input_shape):  # one 3×3 convolution and one pool: the blocks see 14×14, 7×7, 4×4
+        layers = [*_conv_bn_relu(c, s(192), 3, batch_norm=batch_norm),
+                  MaxPool2d(3, stride=2, padding=1)]
     else:
         layers = [*_conv_bn_relu(c, s(64), 7, stride=2, batch_norm=batch_norm),
                   MaxPool2d(3, stride=2, padding=1),

@@ -1,4 +1,5 @@
-"""Figures the notebooks share: training curves and the test images a model gets wrong.
+"""Figures the notebooks share: training curves, the test images a model gets wrong, and what
+a trained network's layers hold (filters, feature maps).
 
 Each function returns a matplotlib Figure (made with `plt.subplots`, so a notebook shows it);
 nothing calls `plt.show()`. Imported on demand (`from shendu import plot`): matplotlib is slow to
@@ -12,7 +13,8 @@ import numpy as np
 from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
-__all__ = ["training_curves", "misclassified"]
+__all__ = ["training_curves", "misclassified", "filters", "feature_maps", "block_diagram",
+           "run_curves"]
 
 
 def training_curves(history):
@@ -51,3 +53,135 @@ def misclassified(model, x, t, n=20, classes=None):
     fig.suptitle(f"{len(wrong)} of {len(x)} images misclassified"
                  + (f" (first {len(shown)} shown)" if len(shown) < len(wrong) else ""))
     return fig, shown
+
+
+def _grid(images, cols, titles=(), size=1.1, cmap="gray", symmetric=False):
+    """Images in rows of `cols`, without axes; symmetric: a diverging colour map around 0."""
+    rows = max(1, math.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, [*titles] + [None] * len(images)):
+        limit = np.abs(image).max() or 1
+        ax.imshow(image, cmap="RdBu_r" if symmetric else cmap,
+                  **({"vmin": -limit, "vmax": limit} if symmetric else {}))
+        if title:
+            ax.set_title(title, fontsize=8)
+    return fig
+
+
+def filters(conv, cols=8):
+    """A convolution's kernels, one image per output channel (input channel 0): red positive,
+    blue negative weights."""
+    weight = conv.weight.data
+    fig = _grid(weight[:, 0], cols, [f"{o}" for o in range(len(weight))], symmetric=True)
+    fig.suptitle(f"{len(weight)} filters of {weight.shape[2]}×{weight.shape[3]} pixels")
+    return fig
+
+
+def feature_maps(model, image, depths, channels=8):
+    """The maps one image makes after the layers at `depths` of a Sequential model: a row of
+    the first `channels` channels per depth, in eval mode."""
+    from .train import inference
+    x = np.asarray(image, np.float32).reshape(1, 1, *np.shape(image)[-2:])
+    rows, titles = [], []
+    with inference(model):
+        for d, layer in enumerate(model):
+            x = layer(x)
+            if d in depths:
+                rows += list(x[0, :channels])
+                titles += [f"layer {d}, ch {c}" if c == 0 else f"ch {c}" for c in range(channels)]
+    return _grid(rows, channels, titles, size=1.2, cmap="viridis")
+
+
+def block_diagram(block, title=None):
+    """A network block drawn from its modules: a Sequential as a column, a Concat's branches
+    side by side, a Residual's body beside its shortcut, joined by ⊕."""
+    from .nn import Concat, Residual, Sequential
+    from matplotlib.patches import FancyBboxPatch
+
+    def label(m):
+        name = type(m).__name__
+        if name == "Conv2d":
+            return f"conv {m.kernel_size}×{m.kernel_size}, {m.out_channels}" + (
+                f", /{m.stride}" if m.stride > 1 else "")
+        if name in ("MaxPool2d", "AvgPool2d"):
+            return f"{name[:3].lower()} pool {m.kernel_size}×{m.kernel_size}" + (
+                f", /{m.stride}" if m.stride > 1 else "")
+        return {"BatchNorm2d": "BN", "PadShortcut": "subsample, pad"}.get(name, name)
+
+    def size(m):  # (width, height) in box units
+        if isinstance(m, Sequential):
+            parts = [size(c) for c in m]
+            return max(w for w, _ in parts), sum(h for _, h in parts)
+        if isinstance(m, Concat):
+            parts = [size(c) for c in m]
+            return sum(w for w, _ in parts), max(h for _, h in parts) + 1
+        if isinstance(m, Residual):
+            body = size(m.body)
+            short = (1, 0) if m.shortcut is None else size(m.shortcut)
+            return body[0] + short[0], max(body[1], short[1]) + 1
+        return 1, 1
+
+    def draw(m, x, y):  # top-centre at (x, y); returns the bottom y
+        if isinstance(m, Sequential):
+            for c in m:
+                y = draw(c, x, y)
+            return y
+        if isinstance(m, (Concat, Residual)):
+            parts = list(m) if isinstance(m, Concat) else [m.body, m.shortcut]
+            widths = [size(p)[0] if p is not None else 1 for p in parts]
+            left, bottom = x - sum(widths) / 2, y - size(m)[1] + 1
+            for p, w in zip(parts, widths):
+                cx = left + w / 2
+                ax.annotate("", (cx, y - 0.05), (x, y + 0.25), arrowprops={"arrowstyle": "-"})
+                end = y if p is None else draw(p, cx, y)
+                ax.annotate("", (x, bottom - 0.15), (cx, end), arrowprops={"arrowstyle": "->"})
+                left += w
+            ax.text(x, bottom - 0.5, "concatenate" if isinstance(m, Concat) else "⊕",
+                    ha="center", va="center", fontsize=9 if isinstance(m, Concat) else 14,
+                    bbox={"boxstyle": "round", "fc": "#f3e6c4", "ec": "0.4"})
+            return bottom - 1
+        ax.annotate("", (x, y - 0.22), (x, y + 0.28), arrowprops={"arrowstyle": "->"})
+        ax.add_patch(FancyBboxPatch((x - 0.44, y - 0.72), 0.88, 0.5, boxstyle="round,pad=0.02",
+                                    fc="#dbe8f5", ec="0.4"))
+        ax.text(x, y - 0.47, label(m), ha="center", va="center", fontsize=8)
+        return y - 1
+
+    width, height = size(block)
+    fig, ax = plt.subplots(figsize=(1.9 * width + 0.5, 0.55 * height + 0.8), layout="constrained")
+    ax.set(xlim=(-width / 2, width / 2), ylim=(-height - 0.2, 0.4))
+    ax.axis("off")
+    draw(block, 0, 0)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def run_curves(runs, smooth=25):
+    """Training loss per step (a moving average over `smooth` steps) and, where recorded, the
+    error on held-out images, for several runs of an experiment's results: {name: figures}.
+    Residual networks are drawn solid, their plain twins dashed, one colour per depth."""
+    probes = any(r.get("probe_errors") for r in runs.values())
+    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(10 if probes else 5.5, 3.6),
+                             squeeze=False, layout="constrained")
+    colours = {}
+    for name, run in runs.items():
+        depth = name.removeprefix("plain").removeprefix("resnet")  # twins share a colour
+        colour = colours.setdefault(depth, f"C{len(colours)}")
+        style = {"color": colour, "ls": "--" if name.startswith("plain") else "-", "label": name}
+        losses = np.asarray(run["step_losses"])
+        k = min(smooth, len(losses))
+        axes[0, 0].plot(np.arange(k, len(losses) + 1), np.convolve(losses, np.ones(k) / k, "valid"),
+                        **style)
+        if probes:
+            steps, errors = zip(*run["probe_errors"])
+            axes[0, 1].plot(steps, 100 * np.asarray(errors), marker="o", ms=3, **style)
+    axes[0, 0].set(xlabel="step", ylabel="training loss", title="Training loss")
+    if probes:
+        axes[0, 1].set(xlabel="step", ylabel="test error (%)", title="Test error")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig

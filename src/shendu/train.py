@@ -126,13 +126,14 @@ class Trainer:
     step changes anything (the last checkpoint stays as it was); with `skip_nonfinite=True` such
     steps are skipped instead (no update, BatchNorm statistics kept) and counted in the metric
     "skipped". `settings`, any JSON-safe dict, is stored in every checkpoint (the command line
-    keeps its flags there).
+    keeps its flags there). `augment` (see `shendu.augment`) transforms each training batch,
+    with randomness that follows from `seed`, so augmented runs repeat and resume exactly too.
     """
 
     def __init__(self, model, optimizer, loss_fn=None, batch_size=100, scheduler=None, seed=0,
                  run_dir=None, progress=True, checkpoint_every=None, skip_nonfinite=False,
-                 settings=None):
-        self.model, self.optimizer = model, optimizer
+                 settings=None, augment=None):
+        self.model, self.optimizer, self.augment = model, optimizer, augment
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
         self.batch_size = _positive_int("batch_size", batch_size)
         self.scheduler = scheduler
@@ -241,9 +242,17 @@ class Trainer:
 
     def _new_epoch(self, n):
         start = self.rng.bit_generator.state  # saved, so a resumed epoch redraws the same order
-        return {"number": len(self.history) + 1, "rng_start": start,
-                "order": self.rng.permutation(n), "step": 0, "loss_sum": 0.0, "correct": 0,
+        order, augment_seed = self._epoch_draws(self.rng, n)
+        return {"number": len(self.history) + 1, "rng_start": start, "order": order,
+                "augment_seed": augment_seed, "step": 0, "loss_sum": 0.0, "correct": 0,
                 "used": 0, "skipped": 0, "lr": self.optimizer.lr, "time": 0.0}
+
+    def _epoch_draws(self, generator, n):
+        """An epoch's order of the images and the seed of its augmentations. Each step augments
+        with a generator made from (seed, step), so a resumed epoch repeats its steps exactly;
+        without augmentation nothing more is drawn, so such runs keep their data order."""
+        order = generator.permutation(n)
+        return order, None if self.augment is None else int(generator.integers(2 ** 63))
 
     def _step(self, x, t, e):
         """One step on the epoch's next batch; returns its loss."""
@@ -251,7 +260,10 @@ class Trainer:
         batch = e["order"][e["step"] * self.batch_size:(e["step"] + 1) * self.batch_size]
         # A step that is not taken must not move BatchNorm's running statistics either.
         buffers = {name: np.array(b) for name, b in self.model.named_buffers()}
-        logits = self.model(_as_input(x[batch]))
+        images = _as_input(x[batch])
+        if self.augment is not None:
+            images = self.augment(images, np.random.default_rng([e["augment_seed"], e["step"]]))
+        logits = self.model(images)
         loss = self.loss_fn(logits, t[batch])
         if math.isfinite(loss):
             dlogits = self.loss_fn.backward()
@@ -346,7 +358,8 @@ class Trainer:
             "global_step": self.global_step,
             "rng": {"data": self.rng.bit_generator.state, "shendu": rng.get_state()},
             "epoch": (None if self._epoch is None  # the order is redrawn from rng_start
-                      else {k: v for k, v in self._epoch.items() if k != "order"}),
+                      else {k: v for k, v in self._epoch.items()
+                            if k not in ("order", "augment_seed")}),
             "history": self.history,
         }
         return meta, arrays
@@ -398,8 +411,11 @@ class Trainer:
         self.rng = rng.from_state(meta["rng"]["data"])
         rng.set_state(meta["rng"]["shendu"])
         e = meta["epoch"]
-        self._epoch = None if e is None else {
-            **e, "order": rng.from_state(e["rng_start"]).permutation(meta["data"]["train_size"])}
+        if e is not None:
+            order, augment_seed = self._epoch_draws(rng.from_state(e["rng_start"]),
+                                                    meta["data"]["train_size"])
+            e = {**e, "order": order, "augment_seed": augment_seed}
+        self._epoch = e
         self.history = [dict(row) for row in meta["history"]]
         self._fit = None if meta["fit"] is None else dict(meta["fit"])
         self._data, self.global_step = meta["data"], meta["global_step"]

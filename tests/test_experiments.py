@@ -1,0 +1,54 @@
+"""The experiment entry points, at toy sizes (quick profile): each runs, and its results hold
+what the book reads from them."""
+import json
+
+import pytest
+
+from shendu import experiments
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setenv("SHENDU_PROFILE", "quick")
+
+
+def test_results_file_records_how_it_was_made(tmp_path, monkeypatch):
+    monkeypatch.setitem(experiments._EXPERIMENTS, "toy", lambda: {"answer": 42})
+    record = experiments.run("toy", out_dir=tmp_path)
+    saved = json.loads((tmp_path / "toy.json").read_text())
+    assert saved == record and saved["figures"] == {"answer": 42}
+    assert saved["command"] == "python -m shendu experiment toy" and saved["profile"] == "quick"
+    assert {"commit", "machine", "date", "wall_time_s", "versions"} <= set(saved)
+    assert experiments.load("toy", tmp_path) == saved
+
+
+def test_plain_vs_residual():
+    figures = experiments.plain_vs_residual(depths=(8,), epochs=1, subset=300)
+    runs = figures["runs"]
+    assert list(runs) == ["plain8", "resnet8"]
+    assert runs["plain8"]["parameters"] == runs["resnet8"]["parameters"]  # option-A shortcuts
+    for run in runs.values():
+        assert len(run["step_losses"]) == 3  # 300 images in batches of 128
+        assert 0 <= run["final_test_acc"] <= 1 and len(run["history"]) == 1
+
+
+def test_very_deep():
+    figures = experiments.very_deep(depth=14, steps=3, batch_size=8)
+    assert set(figures["runs"]) == {"resnet", "plain"}
+    assert all(len(run["step_losses"]) == 3 for run in figures["runs"].values())
+
+
+def test_fashion_zoo(monkeypatch):
+    monkeypatch.setattr(experiments, "FASHION_ZOO", {"resnet20": {"width": 0.25, "epochs": 1}})
+    run = experiments.fashion_zoo()["runs"]["resnet20"]
+    assert run["epochs"] == 1 and run["settings"] == {"width": 0.25}
+    assert len(run["step_losses"]) == 16  # the quick profile's 2,000 images in batches of 128
+
+
+def test_resume_identity(tmp_path):
+    """SIGKILLed twice and resumed: the same bytes as the run that was never stopped."""
+    figures = experiments.resume_identity(epochs=2, kills=2, checkpoint_every=3, root=tmp_path)
+    assert figures["identical_weights"] and figures["identical_metrics"]
+    assert len(figures["kills"]) == 2
+    steps = [k["resumed_from_step"] for k in figures["kills"]]
+    assert 0 <= steps[0] <= steps[1] <= figures["steps"] == 40

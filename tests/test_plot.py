@@ -1,0 +1,66 @@
+"""The notebooks' figures: what each draws, counted from the figure (one box per layer, one
+line per run, one image per filter or map)."""
+import matplotlib
+import numpy as np
+
+import shendu
+from shendu import models, nn, plot
+from matplotlib.patches import FancyBboxPatch
+
+matplotlib.use("Agg")
+
+
+def labels(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def boxes(fig):
+    return [p for ax in fig.axes for p in ax.patches if isinstance(p, FancyBboxPatch)]
+
+
+def test_block_diagram_draws_every_layer_of_an_inception_block():
+    fig = plot.block_diagram(models.inception(8, 4, 2, 4, 2, 3, 2), "block")
+    text = labels(fig)
+    assert len(boxes(fig)) == 2 + 4 + 4 + 3  # the branches' layers, each a box
+    assert text.count("ReLU") == 6 and "max pool 3×3" in text and "concatenate" in text
+    assert {"conv 1×1, 4", "conv 3×3, 4", "conv 5×5, 3", "conv 1×1, 2"} <= set(text)
+
+
+def test_block_diagram_of_a_residual_block_shows_the_sum_and_projection():
+    fig = plot.block_diagram(models.bottleneck_block(8, 2, stride=2))
+    text = labels(fig)
+    assert "⊕" in text and "conv 1×1, 8, /2" in text and "conv 3×3, 2, /2" in text
+    assert len(boxes(fig)) == 3 + 3 + 2 + 2 + 1  # body: 3 conv, 3 BN, 2 ReLU; shortcut 2; ReLU
+    identity = plot.block_diagram(models.basic_block(4, 4))
+    assert len(boxes(identity)) == 5 + 1 and "⊕" in labels(identity)
+
+
+def test_run_curves_one_line_per_run_and_probe():
+    runs = {"plain20": {"step_losses": [2.3] * 40, "probe_errors": [(10, 0.5), (20, 0.4)]},
+            "resnet20": {"step_losses": list(np.linspace(2.3, 0.5, 40)),
+                         "probe_errors": [(10, 0.3), (20, 0.2)]}}
+    fig = plot.run_curves(runs, smooth=10)
+    loss_ax, error_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["plain20", "resnet20"]
+    assert loss_ax.lines[0].get_linestyle() == "--" and loss_ax.lines[1].get_linestyle() == "-"
+    assert loss_ax.lines[0].get_color() == loss_ax.lines[1].get_color()  # twins share a colour
+    assert len(loss_ax.lines[1].get_xdata()) == 31  # moving average over 10 of 40 steps
+    np.testing.assert_allclose(error_ax.lines[1].get_ydata(), [30, 20])
+    no_probes = plot.run_curves({"resnet": {"step_losses": [1.0, 0.5]}})
+    assert len(no_probes.axes) == 1
+
+
+def test_filters_and_feature_maps():
+    shendu.manual_seed(0)
+    model = models.DeepConvNet()
+    fig = plot.filters(model[0])
+    assert sum(bool(ax.images) for ax in fig.axes) == 16
+    np.testing.assert_array_equal(fig.axes[3].images[0].get_array(), model[0].weight.data[3, 0])
+    image = np.random.default_rng(0).random((28, 28), np.float32)
+    fig = plot.feature_maps(model, image, depths=(1, 4), channels=4)
+    shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(shown) == 8
+    with nn.no_grad():
+        expected = model[1](model[0](image[None, None]))
+    np.testing.assert_allclose(shown[2], expected[0, 2], rtol=1e-6)
+    assert shown[4].shape == (14, 14)  # after the first pooling
