@@ -102,3 +102,23 @@ def test_augmented_training_repeats_and_resumes_exactly(data, tmp_path):
     resumed.fit(*data, epochs=2, resume=tmp_path)
     for name, array in resumed.model.state_dict().items():
         assert array.tobytes() == expected[name].tobytes(), name
+
+
+def test_resuming_with_other_augmentation_is_refused(data, tmp_path):
+    def stop(progress):
+        if progress["global_step"] == 2:
+            raise KeyboardInterrupt
+    make(run_dir=tmp_path).fit(*data, epochs=2, on_step=stop)
+    other = make()
+    other.augment = augment.RandomCrop(1)
+    with pytest.raises(shendu.CheckpointError, match="augmentation Compose"):
+        other.fit(*data, epochs=2, resume=tmp_path)
+    with pytest.raises(shendu.ShenduError, match="augment must be a transform"):
+        shendu.Trainer(other.model, other.optimizer, augment="crop")
+
+
+def test_crop_offsets_stay_in_range():
+    x = dot(2000)
+    moved = augment.RandomCrop(padding=2)(x, np.random.default_rng(0))
+    where = np.argwhere(moved[:, 0])  # (image, row, column) of each surviving dot
+    assert len(where) == 2000 and set(where[:, 1]) == set(where[:, 2]) == {2, 3, 4, 5, 6}

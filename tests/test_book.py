@@ -291,6 +291,24 @@ def test_execution_times_recorded_for_every_notebook():
         assert record_exec_times.verdict(profile, run)
 
 
+def test_recording_only_some_notebooks_keeps_the_others(monkeypatch):
+    """--only reruns the named notebooks; the other rows keep their time and where they ran."""
+    notebooks = toc_notebooks()
+    ran = []
+    monkeypatch.setattr(record_exec_times, "execute",
+                        lambda entry, work, timeout: ran.append(entry) or (1.5, None))
+    previous = {"commit": "abc", "date": "then", "machine": {"cpu_count": 2},
+                "notebooks": {n: {"seconds": 9.0, "succeeded": True, "error": None}
+                              for n in notebooks}}
+    run = record_exec_times.record("quick", only=[notebooks[-1]], previous=previous)
+    assert ran == [notebooks[-1]]
+    assert run["notebooks"][notebooks[-1]]["seconds"] == 1.5
+    for entry in notebooks[:-1]:
+        assert run["notebooks"][entry] == {**previous["notebooks"][entry], "commit": "abc",
+                                           "date": "then", "machine": {"cpu_count": 2}}
+    assert run["total_seconds"] == 9.0 * (len(notebooks) - 1) + 1.5
+
+
 def test_environment_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf8"))["project"]

@@ -88,6 +88,13 @@ def test_summary_counts_the_parameters():
     assert "123,552" in result.stdout and "Conv2d" in result.stdout and "64x4x4" in result.stdout
 
 
+def test_summary_at_imagenet_size_gives_the_published_count():
+    result = shendu_cli("summary", "googlenet", "--input", "3x224x224", "--classes", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "Total parameters: 6,998,552" in result.stdout  # Szegedy et al. 2015, as in the paper
+    assert "Field" in result.stdout and "1024" in result.stdout
+
+
 def test_summary_function_rows():
     rows = shendu.summary(models.get("deepconvnet"))
     assert len(rows) == 21 and rows.total_parameters == 123552

@@ -139,3 +139,20 @@ def test_blocks_match_pytorch(name):
         assert_close(p.grad, grads[name].grad.numpy())
     for name, buffer in block.named_buffers():  # BatchNorm's running statistics
         assert_close(buffer, reference.state_dict()[name].numpy())
+
+
+def test_a_block_first_in_a_network_still_gets_its_gradients():
+    """Training skips dL/dx of the input; the first block must still compute its own gradients."""
+    shendu.manual_seed(0)
+    model = nn.Sequential(nn.Residual(conv(3, 3)), nn.Concat(conv(3, 2), conv(3, 1)), nn.Flatten())
+    x = rand(2, 3, 4, 4).astype(np.float32)
+    dy = rand(2, 48, seed=1).astype(np.float32)
+    model(x)
+    model.backward(dy)
+    expected = {name: p.grad.copy() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model(x)
+    assert model.backward(dy, input_grad=False) is None
+    for name, p in model.named_parameters():
+        assert p.grad.any(), name
+        np.testing.assert_array_equal(p.grad, expected[name])

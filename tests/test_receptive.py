@@ -253,3 +253,14 @@ def test_effective_field_explains_mistakes():
         rf.effective_field(model, np.zeros((2, 1, 28, 28)))
     with pytest.raises(ShenduError, match="needs a Sequential"):
         rf.effective_field(nn.Conv2d(1, 1, 3), image)
+
+
+def test_default_unit_is_the_most_active_channel_at_the_centre():
+    shendu.manual_seed(0)
+    model = shendu.models.DeepConvNet()
+    image = np.random.default_rng(0).random((28, 28)).astype(np.float32)
+    result = rf.effective_field(model, image)
+    with shendu.nn.no_grad():
+        maps = nn.Sequential(*list(model)[:15])(image[None, None])
+    assert result.unit == (int(maps[0, :, 2, 2].argmax()), 2, 2)
+    assert result.activation == maps[0, :, 2, 2].max() > 0 and result.gradient.any()

@@ -124,15 +124,16 @@ def test_effective_field_viewer():
     layer.load_state_dict({"weight": w3, "bias": np.zeros(2, np.float32)})
     model = nn.Sequential(layer, nn.Flatten(), nn.Linear(2 * 28 * 28, 10))
     w = widgets.effective_field_viewer(model, DIGIT)
-    assert (w.c.max, w.u.max, w.u.value) == (1, 27, 14)
+    # the default unit: the centre of the channel most active there (1: its weights are ≥ 0)
+    assert (w.c.max, w.u.max, w.u.value, w.c.value) == (1, 27, 14, 1)
     image = w.figure().axes[1].images[0].get_array()
     expected = np.zeros((28, 28), np.float32)
-    expected[13:16, 13:16] = np.abs(w3[0, 0])
+    expected[13:16, 13:16] = np.abs(w3[1, 0])
     np.testing.assert_allclose(image, expected)
-    w.c.value, w.u.value = 1, 0
-    assert w.result.unit == (1, 0, 14)
+    w.c.value, w.u.value = 0, 0
+    assert w.result.unit == (0, 0, 14)
     fig = w.figure()
-    assert fig.axes[1].images[0].get_array()[0, 13:16].tolist() == np.abs(w3[1, 0, 1]).tolist()
+    assert fig.axes[1].images[0].get_array()[0, 13:16].tolist() == np.abs(w3[0, 0, 1]).tolist()
     assert windows(fig)[0] == (12.5, -1.5, 3, 3)  # rows −1…1, columns 13…15
     assert shown_png(w) == figure_png(w)
 

@@ -101,7 +101,11 @@ def record(profile: str, timeout: float = 3600, only=None, previous=None) -> dic
     dirty = bool(_git("status", "--porcelain", "--", "notebooks", "src"))
     commit += " (with uncommitted changes)" if dirty and commit else ""
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    kept = (previous or {}).get("notebooks", {}) if only else {}
+    kept = {}
+    if only and previous:  # rows recorded before rows had their own commit take their run's
+        kept = {entry: {"commit": previous["commit"], "date": previous["date"],
+                        "machine": previous["machine"], **row}
+                for entry, row in previous["notebooks"].items()}
     notebooks = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "notebooks"
@@ -113,7 +117,8 @@ def record(profile: str, timeout: float = 3600, only=None, previous=None) -> dic
                 continue
             seconds, error = execute(entry, work, timeout)
             notebooks[entry] = {"seconds": round(seconds, 1), "succeeded": error is None,
-                                "error": error, "commit": commit, "date": date}
+                                "error": error, "commit": commit, "date": date,
+                                "machine": machine()}
             print(f"{entry}: {seconds:.1f} s{'' if error is None else ' FAILED ' + error}")
     return {
         "command": f"python book/_ext/record_exec_times.py --profile {profile}",

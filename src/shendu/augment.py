@@ -35,7 +35,7 @@ class RandomCrop:
     place: each image moves by up to `padding` pixels in each direction."""
 
     def __init__(self, padding):
-        if not isinstance(padding, int) or padding < 0:
+        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
             raise ShenduError(f"RandomCrop padding must be a whole number ≥ 0, got {padding!r}")
         self.padding = padding
 

@@ -5,7 +5,7 @@
     shendu train --resume RUN_DIR [--checkpoint-every N]
     shendu evaluate RUN_DIR [--json]
     shendu predict RUN_DIR IMAGE... [--json]
-    shendu summary MODEL [--input 1x28x28]
+    shendu summary MODEL [--input 1x28x28] [--classes 10]
     shendu experiment NAME [--readme]
     shendu bench [--json FILE] [--profile] [--repeats N] [--no-memory]
 
@@ -168,7 +168,7 @@ def _predict(args):
 
 
 def _summary(args):
-    print(summary(models.get(args.model, input_shape=args.input)))
+    print(summary(models.get(args.model, num_classes=args.classes, input_shape=args.input)))
 
 
 def _experiment(args):
@@ -245,6 +245,8 @@ def _parser():
     p.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(models.names())}")
     p.add_argument("--input", type=_shape, default=(1, 28, 28), metavar="CxHxW",
                    help="input shape (default: 1x28x28)")
+    p.add_argument("--classes", type=_number(int), default=10, metavar="N",
+                   help="number of classes (default: 10; 1000 for ImageNet)")
     p.set_defaults(command=_summary)
 
     p = commands.add_parser("experiment", help="run a long experiment, write notebooks/results/NAME.json")

@@ -119,8 +119,9 @@ def chapter1():
 @experiment
 def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None):
     """The resume guarantee on a full run: `shendu train` with the chapter's recipe, killed with
-    SIGKILL at random moments and resumed each time, must end with the bytes of a run never
-    stopped. Both runs are subprocesses with the same environment (so the same BLAS threads)."""
+    SIGKILL after randomly chosen steps and resumed each time, must end with the bytes of a run
+    never stopped. Both runs are subprocesses with the same environment (so the same BLAS
+    threads)."""
     import hashlib
     import random
     import shutil
@@ -130,55 +131,52 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None)
     shutil.rmtree(root, ignore_errors=True)
     train = [sys.executable, "-m", "shendu", "train", "--epochs", str(epochs),
              "--checkpoint-every", str(checkpoint_every)]
-
-    def finish(cmd):
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-
     t0 = time.perf_counter()
-    finish(train + ["--out", str(root / "never-stopped")])
+    subprocess.run(train + ["--out", str(root / "never-stopped")], check=True,
+                   stdout=subprocess.DEVNULL)
     uninterrupted_s = time.perf_counter() - t0
-    # Kill moments spread over the run: one in each of `kills` equal slices of its length.
-    chance, killed = random.Random(seed), []
-    cmd = train + ["--out", str(root / "killed")]
-    for k in range(kills):
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        while not (root / "killed" / CHECKPOINT).exists() and process.poll() is None:
-            time.sleep(0.05)  # the clock starts once there is a run to resume
-        wait = chance.uniform(0.2, 0.9) * uninterrupted_s / kills
+    steps = read_checkpoint(root / "never-stopped")[0]["global_step"]
+
+    def reached(step):  # the last checkpoint's step, once it is at least `step`
         try:
-            process.wait(timeout=wait)
-            raise ShenduError(f"the run finished before kill {k + 1}: the machine is faster now")
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        meta, _ = read_checkpoint(root / "killed")
-        killed.append({"after_s": round(wait, 1), "resumed_from_step": meta["global_step"]})
+            written = json.loads((root / "killed" / CHECKPOINT).read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
+            return None  # not written yet
+        return written if written >= step else None
+
+    killed = []
+    cmd = train + ["--out", str(root / "killed")]
+    for target in sorted(random.Random(seed).sample(range(1, steps), kills)):
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        while reached(target) is None:
+            if process.poll() is not None:
+                raise ShenduError(f"the run ended (status {process.returncode}) before step "
+                                  f"{target}, where it was to be killed")
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed.append({"after_step": target,
+                       "resumed_from_step": read_checkpoint(root / "killed")[0]["global_step"]})
         cmd = train[:4] + ["--resume", str(root / "killed")]
-    finish(cmd)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
     def sha256(run):
         return hashlib.sha256((root / run / WEIGHTS).read_bytes()).hexdigest()
 
-    def metrics(run):  # every column but the two timings, as written (repr: bitwise)
-        return [row.split(",")[:5] for row in (root / run / "metrics.csv").read_text().splitlines()]
+    def metrics(run):  # every column but the timings, as written (repr: bitwise)
+        header, *rows = (root / run / "metrics.csv").read_text().splitlines()
+        keep = [i for i, c in enumerate(header.split(",")) if c not in ("epoch_time", "images_per_s")]
+        return [[row.split(",")[i] for i in keep] for row in rows]
 
-    meta, _ = read_checkpoint(root / "never-stopped")
+    history = read_checkpoint(root / "never-stopped")[0]["history"]
     return {
-        "epochs": epochs, "steps": meta["global_step"], "checkpoint_every": checkpoint_every,
-        "kills": killed,
+        "epochs": epochs, "steps": steps, "checkpoint_every": checkpoint_every, "kills": killed,
         "weights_sha256": {"never_stopped": sha256("never-stopped"), "killed": sha256("killed")},
         "identical_weights": sha256("never-stopped") == sha256("killed"),
         "identical_metrics": metrics("never-stopped") == metrics("killed"),
-        "final_test_acc": meta["history"][-1]["test_acc"],
+        "final_test_acc": history[-1]["test_acc"],
         "uninterrupted_s": round(uninterrupted_s, 1),
     }
-
-
-@experiment
-def bench():
-    """shendu vs PyTorch on this machine (`python -m shendu bench`), for the appendix."""
-    from . import bench as bench_module
-    return bench_module.run()
 
 
 # -- "Representative networks" -----------------------------------------------------------------

@@ -89,6 +89,8 @@ def VGG(depth=16, num_classes=1000, input_shape=(3, 224, 224), batch_norm=False,
     """Simonyan & Zisserman 2015: stacks of 3×3 convolutions (padding 1) between 2×2 max pools,
     then three fully connected layers (4096, 4096, classes) with dropout. Small images: pooling
     stops at 1×1 and one fully connected layer classifies."""
+    if depth not in _VGG:
+        raise ShenduError(f"VGG has 11, 13, 16 or 19 layers, got {depth}")
     c, h, w = input_shape
     layers = []
     for v in _VGG[depth]:
@@ -234,6 +236,8 @@ def ResNet(depth=50, num_classes=1000, input_shape=(3, 224, 224), width=1.0):
     the stride on the 3×3 convolution): a 7×7 stem and max pool, four stages of blocks at 64,
     128, 256, 512 channels (×4 at the bottleneck's output), global average pooling, one fully
     connected layer."""
+    if depth not in _RESNET:
+        raise ShenduError(f"ResNet has 18, 34, 50, 101 or 152 layers, got {depth}")
     kind, counts = _RESNET[depth]
     expansion = 4 if kind == "bottleneck" else 1
     c = _scale(64, width)

@@ -175,7 +175,7 @@ def run_curves(runs, smooth=25):
         k = min(smooth, len(losses))
         axes[0, 0].plot(np.arange(k, len(losses) + 1), np.convolve(losses, np.ones(k) / k, "valid"),
                         **style)
-        if probes:
+        if probes and run.get("probe_errors"):
             steps, errors = zip(*run["probe_errors"])
             axes[0, 1].plot(steps, 100 * np.asarray(errors), marker="o", ms=3, **style)
     axes[0, 0].set(xlabel="step", ylabel="training loss", title="Training loss")

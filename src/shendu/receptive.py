@@ -308,7 +308,7 @@ def feature_layers(model):
 def effective_field(model, image, unit=None, depth=None):
     """The effective receptive field of unit (c, u, v) of the feature map after the first `depth`
     layers of a Sequential model (default: all layers before Flatten / GlobalAvgPool2d / Linear;
-    default unit: channel 0 at the centre). `image` is H×W (uint8 pixels or floats in [0, 1]),
+    default unit: the centre unit of the channel most active there, so that it has a gradient). `image` is H×W (uint8 pixels or floats in [0, 1]),
     C×H×W or 1×C×H×W. One forward pass in eval mode, then shendu's own backward with a one-hot
     dL/dy at the unit: the result's gradient is |dL/dx|. Like any backward pass, it overwrites
     the feature layers' parameter gradients (p.grad)."""
@@ -322,7 +322,11 @@ def effective_field(model, image, unit=None, depth=None):
             y = features(x)
             if y.ndim != 4:
                 raise ShenduError(f"the first {depth} layers give {y.shape[1:]}, not feature maps")
-            c, u, v = (0, y.shape[2] // 2, y.shape[3] // 2) if unit is None else _unit(unit)
+            if unit is None:
+                u, v = y.shape[2] // 2, y.shape[3] // 2
+                c = int(y[0, :, u, v].argmax())  # a unit at 0 after ReLU passes no gradient
+            else:
+                c, u, v = _unit(unit)
             if not 0 <= c < y.shape[1]:
                 raise ShenduError(f"channel c={c} is outside the {y.shape[1]} feature maps")
             field = fields(stack_of(features), x.shape[2], x.shape[1])[-1]

@@ -133,6 +133,8 @@ class Trainer:
     def __init__(self, model, optimizer, loss_fn=None, batch_size=100, scheduler=None, seed=0,
                  run_dir=None, progress=True, checkpoint_every=None, skip_nonfinite=False,
                  settings=None, augment=None):
+        if augment is not None and not callable(augment):
+            raise ShenduError(f"augment must be a transform (see shendu.augment), got {augment!r}")
         self.model, self.optimizer, self.augment = model, optimizer, augment
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -352,7 +354,8 @@ class Trainer:
             "optimizer": optimizer,
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "trainer": {"batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
-                        "skip_nonfinite": self.skip_nonfinite, "settings": self.settings},
+                        "skip_nonfinite": self.skip_nonfinite, "settings": self.settings,
+                        "augment": None if self.augment is None else repr(self.augment)},
             "data": self._data,
             "fit": self._fit,
             "global_step": self.global_step,
@@ -376,6 +379,9 @@ class Trainer:
         elif meta["trainer"]["batch_size"] != self.batch_size:
             problem = (f"it was trained with batch size {meta['trainer']['batch_size']}, this "
                        f"trainer has {self.batch_size}")
+        elif meta["trainer"]["augment"] != (None if self.augment is None else repr(self.augment)):
+            problem = (f"it was trained with augmentation {meta['trainer']['augment']}, this "
+                       f"trainer has {self.augment!r}")
         elif (meta["scheduler"] is None) != (self.scheduler is None):
             problem = ("it was trained " + ("without" if meta["scheduler"] is None else "with")
                        + " a learning-rate schedule, this trainer has "
@@ -426,7 +432,7 @@ _CHECKPOINT_FIELDS = {
     "format": str, "version": int, "shendu_version": str, "arrays": str, "sha256": str,
     "model": (dict, None), "optimizer": dict, "scheduler": (dict, None),
     "trainer": {"batch_size": int, "checkpoint_every": (int, None), "skip_nonfinite": bool,
-                "settings": (dict, None)},
+                "settings": (dict, None), "augment": (str, None)},
     "data": {"train_size": int, "train_sha256": str},
     "fit": {"start": int, "epochs": int},
     "global_step": int,

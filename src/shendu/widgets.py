@@ -336,7 +336,7 @@ class EffectiveFieldViewer(_Widget):
 
     def __init__(self, model, image):
         self.model, self.image = model, image
-        self.result = receptive.effective_field(model, image)  # the centre unit of channel 0
+        self.result = receptive.effective_field(model, image)  # the most active centre unit
         field = self.result.field
         c, u, v = self.result.unit
         self.c = _slider("channel", c, 0, field.out_channels - 1)

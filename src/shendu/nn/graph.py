@@ -42,26 +42,26 @@ class Concat(Module):
             raise ShenduError("Concat needs at least one branch")
         for i, branch in enumerate(branches):
             setattr(self, str(i), branch)
-        self.channels = None
+        self.offsets = None
 
     def forward(self, x):
         ys = [branch(x) for branch in self._modules.values()]
         if len({(y.shape[0], *y.shape[2:]) for y in ys}) > 1:
             raise ShenduError("Concat: the branches' outputs differ in more than their channels: "
                               + ", ".join(str(y.shape) for y in ys))
-        self.channels = np.cumsum([0] + [y.shape[1] for y in ys])
+        self.offsets = np.cumsum([0] + [y.shape[1] for y in ys])  # where each branch starts
         if ys[0].ndim != 4:
             return np.concatenate(ys, axis=1)
         # Images: written channels-last, as the convolutions produce and consume them, so the
         # next layer needs no copy (an NCHW view of NHWC memory, like every conv output here).
         n, _, h, w = ys[0].shape
-        out = np.empty((n, h, w, self.channels[-1]), ys[0].dtype)
-        for y, c0, c1 in zip(ys, self.channels[:-1], self.channels[1:]):
+        out = np.empty((n, h, w, self.offsets[-1]), ys[0].dtype)
+        for y, c0, c1 in zip(ys, self.offsets[:-1], self.offsets[1:]):
             out[..., c0:c1] = y.transpose(0, 2, 3, 1)
         return out.transpose(0, 3, 1, 2)
 
     def backward(self, dy):
-        c = self._cached(self.channels)
+        c = self._cached(self.offsets)
         branches = list(self._modules.values())
         return sum(branch.backward(dy[:, c0:c1])
                    for branch, c0, c1 in zip(branches, c[:-1], c[1:]))

@@ -236,6 +236,8 @@ class Sequential(Module):
         first, *rest = self._modules.values()
         for layer in reversed(rest):
             dy = layer.backward(dy)
-        if not input_grad and first.accepts_input_grad:
-            return first.backward(dy, input_grad=False)
-        return first.backward(dy) if input_grad else None
+        if input_grad:
+            return first.backward(dy)
+        # The first layer still needs its backward for its own parameters' gradients.
+        first.backward(dy, input_grad=False) if first.accepts_input_grad else first.backward(dy)
+        return None
