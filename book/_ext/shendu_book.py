@@ -59,6 +59,7 @@ def _vendor_assets(app: Sphinx) -> None:
     except shendu_vendor.VendorError as exc:
         raise ExtensionError(f"shendu_book: cannot vendor the site's scripts: {exc}") from exc
     app.config.html_static_path.append(str(site))
+    app.config.html_static_path.append(str(Path(__file__).parent / "static"))  # our own scripts
 
 
 def _note_page_dependencies(app: Sphinx, docname: str, source: list[str]) -> None:

@@ -8,11 +8,10 @@ large convolution with a stack of 3×3 ones, and measure a trained network's eff
 
 Only the ipywidgets 7.7 API is used (Colab ships 7.7.1), so they also run under ipywidgets 8.
 All arithmetic comes from `shendu.receptive`; this module only draws. Each widget draws its
-figure with one method, `_draw(fig)`, both into its Output (as a PNG, so the picture is part of the
-saved widget state and shows in the built book without a kernel) and for `figure()`. Not imported
-by `import shendu`.
+figure with one method, `_draw(fig)`, both into an Image control (a PNG: the picture is part of the
+saved widget state and shows in the built book without a kernel, where an Output widget's
+JavaScript would not load) and for `figure()`. Not imported by `import shendu`.
 """
-import base64
 import dataclasses
 import html
 import io
@@ -52,7 +51,7 @@ class _Widget(W.VBox):
     figsize = (9, 3.6)
 
     def __init__(self, children):
-        self.plot = W.Output()
+        self.plot = W.Image(format="png")
         self._quiet = False
         super().__init__([*children, self.plot])
 
@@ -69,9 +68,7 @@ class _Widget(W.VBox):
     def _redraw(self):
         buffer = io.BytesIO()
         self.figure().savefig(buffer, format="png")
-        png = base64.b64encode(buffer.getvalue()).decode("ascii")
-        self.plot.outputs = ({"output_type": "display_data", "metadata": {},
-                              "data": {"image/png": png, "text/plain": "<Figure>"}},)
+        self.plot.value = buffer.getvalue()
 
     @contextmanager
     def _quietly(self):
