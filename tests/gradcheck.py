@@ -67,3 +67,22 @@ def assert_close(actual, expected, rtol=1e-4):
     scale = max(np.abs(expected).max(initial=0.0), 1e-6)
     err = np.abs(actual - expected).max(initial=0.0) / scale
     assert err <= rtol, f"max error {err:.2e} of scale {scale:.3g} exceeds {rtol:.0e}"
+
+
+def assert_matches_torch(module, reference, x, seed=0):
+    """One forward and backward pass of a shendu module and its PyTorch twin (same weights, same
+    parameter names) on float32 x: outputs, dL/dx, every parameter's gradient and every buffer
+    (BatchNorm's running statistics) agree."""
+    import torch
+
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = module(x), reference(xt)
+    assert_close(y, yt.detach().numpy())
+    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.tensor(dy))
+    assert_close(module.backward(dy), xt.grad.numpy())
+    grads = dict(reference.named_parameters())
+    for name, p in module.named_parameters():
+        assert_close(p.grad, grads[name].grad.numpy())
+    for name, buffer in module.named_buffers():
+        assert_close(buffer, reference.state_dict()[name].numpy())

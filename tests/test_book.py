@@ -89,9 +89,11 @@ def test_config_uses_vendored_scripts():
     """MathJax, require.js and the widget manager come from _static/vendor, never a CDN."""
     sphinx = config()["sphinx"]["config"]
     assert sphinx["mathjax_path"] == shendu_vendor.MATHJAX_PATH
-    assert list(sphinx["nb_ipywidgets_js"]) == [shendu_vendor.REQUIREJS_PATH,
+    # first our shim (book/_ext/static: MathJax 2's Hub for the widget manager), then vendored
+    assert list(sphinx["nb_ipywidgets_js"]) == ["widgets-mathjax.js", shendu_vendor.REQUIREJS_PATH,
                                                shendu_vendor.WIDGETS_CONFIG_PATH,
                                                shendu_vendor.WIDGETS_PATH]
+    assert (ROOT / "book" / "_ext" / "static" / "widgets-mathjax.js").exists()
     for asset in shendu_vendor.ASSETS:
         name, _, version = asset.spec.rpartition("@")
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{asset.spec}: pin an exact version"

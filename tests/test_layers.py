@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import shendu
-from gradcheck import assert_close, check_module_gradients, numerical_grad, rel_error
+from gradcheck import (assert_close, assert_matches_torch, check_module_gradients,
+                       numerical_grad, rel_error)
 from shendu import nn
 
 
@@ -114,20 +115,7 @@ ORACLE = [(make, shape) for make, shape in LAYERS if "Dropout" not in repr(make(
 def test_forward_and_backward_match_pytorch(make, shape):
     shendu.manual_seed(1)
     layer = make()
-    reference = _to_torch(layer)
-    x = rand(*shape, seed=3).astype(np.float32)
-    xt = torch.tensor(x, requires_grad=True)
-    y = layer(x)
-    yt = reference(xt)
-    assert_close(y, yt.detach().numpy())
-    dy = rand(*y.shape, seed=4).astype(np.float32)
-    yt.backward(torch.tensor(dy))
-    assert_close(layer.backward(dy), xt.grad.numpy())
-    torch_params = dict(reference.named_parameters())
-    for name, p in layer.named_parameters():
-        assert_close(p.grad, torch_params[name].grad.numpy())
-    for name, buf in layer.named_buffers():
-        assert_close(buf, reference.state_dict()[name].numpy())
+    assert_matches_torch(layer, _to_torch(layer), rand(*shape, seed=3).astype(np.float32), seed=4)
 
 
 def test_dropout_matches_pytorch_semantics():
