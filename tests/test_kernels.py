@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from shendu.kernels import conv, pool
+from shendu.kernels import conv, norm, pool
 
 CASES = [  # (n, h, w, c, k, stride, pad)
     (2, 5, 5, 1, 3, 1, 0),
@@ -111,3 +111,45 @@ def test_avgpool_matches_reference(n, h, w, c, k, s, p):
     pool.avgpool_backward(dy, k, s, p, dx)
     np.testing.assert_allclose(dx, pool.avgpool_backward_reference(x.shape, dy, k, s, p),
                                rtol=1e-5, atol=1e-6)
+
+
+# -- batch normalisation ---------------------------------------------------------------------
+@pytest.mark.parametrize("m,c", [(1, 3), (7, 5), (2 * norm.BLOCK + 13, 16)])
+def test_batchnorm_kernels_match_numpy(m, c):
+    rng = np.random.default_rng(m)
+    x = (rng.standard_normal((m, c)) * 3 + 100).astype(np.float32)  # a mean far from 0
+    mean, var = norm.batch_stats(x)
+    ref_mean, ref_var = norm.batch_stats_reference(x)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-9, atol=1e-12)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+    gamma, beta = rng.standard_normal((2, c)).astype(np.float32)
+    xhat, y = np.empty_like(x), np.empty_like(x)
+    norm.normalize(x, mean.astype(np.float32), inv_std, gamma, beta, xhat, y)
+    np.testing.assert_allclose(xhat, (x - ref_mean) * inv_std, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y, xhat * gamma + beta, rtol=1e-6, atol=1e-6)
+    dy = rng.standard_normal((m, c)).astype(np.float32)
+    sum_dy, sum_dy_xhat = norm.column_sums(dy, xhat, np.zeros(c))
+    np.testing.assert_allclose(sum_dy, dy.sum(axis=0, dtype=np.float64), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sum_dy_xhat, (dy.astype(np.float64) * xhat).sum(axis=0),
+                               rtol=1e-9, atol=1e-9)
+    dx = np.empty_like(dy)
+    norm.normalize_backward(dy, xhat, (sum_dy / m).astype(np.float32),
+                            (sum_dy_xhat / m).astype(np.float32), gamma * inv_std, dx)
+    np.testing.assert_allclose(dx, norm.normalize_backward_reference(dy, xhat, inv_std, gamma),
+                               rtol=1e-4, atol=1e-4 * np.abs(gamma * inv_std).max())
+
+
+def test_batchnorm_sums_do_not_depend_on_the_thread_count():
+    import numba
+    x = np.random.default_rng(0).standard_normal((5 * norm.BLOCK + 7, 8)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = norm.batch_stats(x)
+        numba.set_num_threads(before)
+        many = norm.batch_stats(x)
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, many):
+        assert a.tobytes() == b.tobytes()

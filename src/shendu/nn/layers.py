@@ -6,7 +6,7 @@ Images are logically NCHW. Convolution and pooling return NCHW-shaped views of c
 import numpy as np
 
 from ..errors import ShenduError
-from ..kernels import conv, pool
+from ..kernels import conv, norm, pool
 from ..rng import generator
 from . import init
 from .module import Module, Parameter
@@ -274,28 +274,36 @@ class _BatchNorm(Module):
         self.cache = None
 
     def _normalize(self, x):  # x: (M, C), one row per position
+        x = np.ascontiguousarray(x)
         if self.training:
-            mean, var = x.mean(axis=0), x.var(axis=0)
+            mean, var = norm.batch_stats(x)
             m = x.shape[0]
-            self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
+            self.running_mean = ((1 - self.momentum) * self.running_mean
+                                 + self.momentum * mean).astype(x.dtype)
             self.running_var = ((1 - self.momentum) * self.running_var
-                                + self.momentum * var * m / max(m - 1, 1))
+                                + self.momentum * var * m / max(m - 1, 1)).astype(x.dtype)
         else:
             mean, var = self.running_mean, self.running_var
         inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
-        xhat = (x - mean) * inv_std
+        xhat, y = np.empty_like(x), np.empty_like(x)
+        norm.normalize(x, mean.astype(x.dtype), inv_std, self.weight.data, self.bias.data, xhat, y)
         self.cache = (xhat, inv_std, self.training) if self.keeps_cache else None
-        return xhat * self.weight.data + self.bias.data
+        return y
 
     def _backward(self, dy):  # dy: (M, C)
         xhat, inv_std, batch_stats = self._cached(self.cache)
-        self.weight.grad = (dy * xhat).sum(axis=0)
-        self.bias.grad = dy.sum(axis=0)
-        dxhat = dy * self.weight.data
+        dy = np.ascontiguousarray(dy)
+        dbeta, dgamma = norm.column_sums(dy, xhat, np.zeros(dy.shape[1]))
+        self.weight.grad = dgamma.astype(dy.dtype)
+        self.bias.grad = dbeta.astype(dy.dtype)
+        scale = self.weight.data * inv_std
         if not batch_stats:  # running statistics are constants
-            return dxhat * inv_std
-        # μ and σ² depend on every x: dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / σ
-        return (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) * inv_std
+            return dy * scale
+        # μ and σ² depend on every x: dx = γ/σ (dy − mean(dy) − x̂ · mean(dy x̂))
+        m, dx = dy.shape[0], np.empty_like(dy)
+        norm.normalize_backward(dy, xhat, (dbeta / m).astype(dy.dtype),
+                                (dgamma / m).astype(dy.dtype), scale, dx)
+        return dx
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
