@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "book" / "_ext"))
+from record_exec_times import toc_entries, toc_notebooks  # noqa: E402  (one _toc.yml reader)
 ROOT = REPO_ROOT
 BOOK_FILES = ("_config.yml", "_toc.yml", "book", "notebooks")
 IGNORE = shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__", "runs")
@@ -70,30 +72,6 @@ def repo_root() -> Path:
 
 
 # --------------------------------------------------------------------------- the toc
-def toc_entries(toc: dict | None = None, root: Path = REPO_ROOT) -> list[str]:
-    """All document paths named in _toc.yml (root first), without extension."""
-    toc = toc if toc is not None else yaml.safe_load((root / "_toc.yml").read_text("utf8"))
-    found = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return found
-
-
-def toc_notebooks(root: Path = REPO_ROOT) -> list[str]:
-    """The chapters: Jupytext-paired notebooks under notebooks/."""
-    return [e for e in toc_entries(root=root) if e.startswith("notebooks/")]
-
-
 def front_matter(path: Path) -> dict:
     text = path.read_text("utf8")
     if not text.startswith("---\n"):

@@ -37,14 +37,16 @@ BUDGETS = {
 }
 
 
-def toc_notebooks(root: Path = ROOT) -> list[str]:
+def toc_entries(toc: dict | None = None, root: Path = ROOT) -> list[str]:
+    """All document paths named in _toc.yml (root first), without extension."""
     import yaml
 
-    found = []
+    toc = toc if toc is not None else yaml.safe_load((root / "_toc.yml").read_text("utf8"))
+    found = [toc["root"]]
 
     def walk(node):
         if isinstance(node, dict):
-            if str(node.get("file", "")).startswith("notebooks/"):
+            if "file" in node:
                 found.append(node["file"])
             for value in node.values():
                 walk(value)
@@ -52,8 +54,13 @@ def toc_notebooks(root: Path = ROOT) -> list[str]:
             for item in node:
                 walk(item)
 
-    walk(yaml.safe_load((root / "_toc.yml").read_text("utf8")))
+    walk({k: v for k, v in toc.items() if k != "root"})
     return found
+
+
+def toc_notebooks(root: Path = ROOT) -> list[str]:
+    """The chapters: Jupytext-paired notebooks under notebooks/."""
+    return [e for e in toc_entries(root=root) if e.startswith("notebooks/")]
 
 
 def _git(*args: str) -> str:
