@@ -135,7 +135,8 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None)
     subprocess.run(train + ["--out", str(root / "never-stopped")], check=True,
                    stdout=subprocess.DEVNULL)
     uninterrupted_s = time.perf_counter() - t0
-    steps = read_checkpoint(root / "never-stopped")[0]["global_step"]
+    reference = read_checkpoint(root / "never-stopped")[0]
+    steps = reference["global_step"]
 
     def reached(step):  # the last checkpoint's step, once it is at least `step`
         try:
@@ -160,21 +161,21 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None)
         cmd = train[:4] + ["--resume", str(root / "killed")]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
-    def sha256(run):
-        return hashlib.sha256((root / run / WEIGHTS).read_bytes()).hexdigest()
 
     def metrics(run):  # every column but the timings, as written (repr: bitwise)
         header, *rows = (root / run / "metrics.csv").read_text().splitlines()
-        keep = [i for i, c in enumerate(header.split(",")) if c not in ("epoch_time", "images_per_s")]
+        keep = [i for i, c in enumerate(header.split(","))
+                if c not in ("epoch_time", "images_per_s")]
         return [[row.split(",")[i] for i in keep] for row in rows]
 
-    history = read_checkpoint(root / "never-stopped")[0]["history"]
+    digests = {run.replace("-", "_"): hashlib.sha256((root / run / WEIGHTS).read_bytes())
+               .hexdigest() for run in ("never-stopped", "killed")}
     return {
         "epochs": epochs, "steps": steps, "checkpoint_every": checkpoint_every, "kills": killed,
-        "weights_sha256": {"never_stopped": sha256("never-stopped"), "killed": sha256("killed")},
-        "identical_weights": sha256("never-stopped") == sha256("killed"),
+        "weights_sha256": digests,
+        "identical_weights": digests["never_stopped"] == digests["killed"],
         "identical_metrics": metrics("never-stopped") == metrics("killed"),
-        "final_test_acc": history[-1]["test_acc"],
+        "final_test_acc": reference["history"][-1]["test_acc"],
         "uninterrupted_s": round(uninterrupted_s, 1),
     }
 

@@ -82,9 +82,9 @@ def _walk(module, x, field, name, rows, fields):
                      else walk("shortcut", module.shortcut)]
         else:
             paths = [walk(key, sub) for key, sub in module._modules.items()]
-        # the block's own forward joins the paths (sum or concatenation) and checks their shapes;
+        # the block joins its paths' outputs (sum or concatenation) and checks their shapes;
         # its parameters and multiply-adds are in the paths' rows
-        y = module(x)
+        y = module.join([out for out, _ in paths])
         joined = [f for _, f in paths]
         field = None if None in joined else max(joined, key=lambda f: f[0])  # the widest path
         return _row(name, module, y, field, parameters=0, macs=0, rows=rows, fields=fields)

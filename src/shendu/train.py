@@ -249,6 +249,10 @@ class Trainer:
                 "augment_seed": augment_seed, "step": 0, "loss_sum": 0.0, "correct": 0,
                 "used": 0, "skipped": 0, "lr": self.optimizer.lr, "time": 0.0}
 
+    def _augment_name(self):
+        """The augmentation as checkpoints record it (its repr: the transforms and strengths)."""
+        return None if self.augment is None else repr(self.augment)
+
     def _epoch_draws(self, generator, n):
         """An epoch's order of the images and the seed of its augmentations. Each step augments
         with a generator made from (seed, step), so a resumed epoch repeats its steps exactly;
@@ -355,7 +359,7 @@ class Trainer:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "trainer": {"batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
                         "skip_nonfinite": self.skip_nonfinite, "settings": self.settings,
-                        "augment": None if self.augment is None else repr(self.augment)},
+                        "augment": self._augment_name()},
             "data": self._data,
             "fit": self._fit,
             "global_step": self.global_step,
@@ -379,7 +383,7 @@ class Trainer:
         elif meta["trainer"]["batch_size"] != self.batch_size:
             problem = (f"it was trained with batch size {meta['trainer']['batch_size']}, this "
                        f"trainer has {self.batch_size}")
-        elif meta["trainer"]["augment"] != (None if self.augment is None else repr(self.augment)):
+        elif meta["trainer"]["augment"] != self._augment_name():
             problem = (f"it was trained with augmentation {meta['trainer']['augment']}, this "
                        f"trainer has {self.augment!r}")
         elif (meta["scheduler"] is None) != (self.scheduler is None):

@@ -18,8 +18,11 @@ class Residual(Module):
         self.shortcut = shortcut
 
     def forward(self, x):
-        y = self.body(x)
-        s = x if self.shortcut is None else self.shortcut(x)
+        return self.join([self.body(x), x if self.shortcut is None else self.shortcut(x)])
+
+    def join(self, outputs):
+        """The block's output from its paths' outputs [body, shortcut]: their sum."""
+        y, s = outputs
         if y.shape != s.shape:
             raise ShenduError(f"Residual: the body gives {y.shape} but the shortcut "
                               f"{'(identity) ' if self.shortcut is None else ''}gives {s.shape}; "
@@ -45,7 +48,10 @@ class Concat(Module):
         self.offsets = None
 
     def forward(self, x):
-        ys = [branch(x) for branch in self._modules.values()]
+        return self.join([branch(x) for branch in self._modules.values()])
+
+    def join(self, ys):
+        """The block's output from its branches' outputs: their concatenation on channels."""
         if len({(y.shape[0], *y.shape[2:]) for y in ys}) > 1:
             raise ShenduError("Concat: the branches' outputs differ in more than their channels: "
                               + ", ".join(str(y.shape) for y in ys))

@@ -285,7 +285,8 @@ class _BatchNorm(Module):
         else:
             mean, var = self.running_mean, self.running_var
         inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
-        xhat, y = np.empty_like(x), np.empty_like(x)
+        y = np.empty_like(x)
+        xhat = np.empty_like(x) if self.keeps_cache else y  # x̂ is only kept for backward
         norm.normalize(x, mean.astype(x.dtype), inv_std, self.weight.data, self.bias.data, xhat, y)
         self.cache = (xhat, inv_std, self.training) if self.keeps_cache else None
         return y

@@ -239,5 +239,8 @@ class Sequential(Module):
         if input_grad:
             return first.backward(dy)
         # The first layer still needs its backward for its own parameters' gradients.
-        first.backward(dy, input_grad=False) if first.accepts_input_grad else first.backward(dy)
+        if first.accepts_input_grad:
+            first.backward(dy, input_grad=False)
+        else:
+            first.backward(dy)
         return None
