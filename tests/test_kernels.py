@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from shendu.kernels import conv, norm, pool
+from shendu.kernels import conv, norm, pool, sample
 
 CASES = [  # (n, h, w, c, k, stride, pad)
     (2, 5, 5, 1, 3, 1, 0),
@@ -153,3 +153,27 @@ def test_batchnorm_sums_do_not_depend_on_the_thread_count():
         numba.set_num_threads(before)
     for a, b in zip(one, many):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 7, 9), (2, 3, 5, 5)])
+def test_bilinear_sampling_matches_reference(shape):
+    rng = np.random.default_rng(0)
+    x = rng.random(shape, np.float32)
+    n, _, h, w = shape
+    rows = rng.uniform(-2, h + 1, (n, 4, 6))  # some outside the image, some exactly on pixels
+    cols = rng.uniform(-2, w + 1, (n, 4, 6))
+    rows[:, 0] = np.round(rows[:, 0])
+    out = np.empty((n, shape[1], 4, 6), np.float32)
+    sample.bilinear(x, rows, cols, out)
+    np.testing.assert_allclose(out, sample.bilinear_reference(x, rows, cols), atol=1e-6)
+
+
+def test_bilinear_reads_pixels_and_midpoints():
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    rows = np.array([[[0, 2, 0.5, 1, -1]]], float)
+    cols = np.array([[[0, 3, 0.5, 3.5, 0]]], float)
+    out = np.empty((1, 1, 1, 5), np.float32)
+    sample.bilinear(x, rows, cols, out)
+    # pixel (0,0); pixel (2,3); mean of the four around (0.5,0.5); half of (1,3) beside the edge;
+    # outside
+    np.testing.assert_allclose(out[0, 0, 0], [0, 11, 2.5, 3.5, 0])

@@ -166,3 +166,47 @@ def test_only_the_ipywidgets_7_api(make):
             yield from kinds(child)
     first, *rest = kinds(make())
     assert set(rest) <= {"IntSlider", "Dropdown", "Button", "HBox", "VBox", "HTML", "Image"}
+
+
+DIGITS = np.zeros((30, 1, 12, 12), np.uint8)
+DIGITS[:, 0, 3:9, 5:7] = 255  # a bar: every transform visibly moves it
+
+
+def test_augmentation_explorer_starts_as_the_identity_and_draws_at_construction():
+    w = widgets.augmentation_explorer(DIGITS)
+    x = DIGITS.astype(np.float32) / 255
+    np.testing.assert_array_equal(w.transform()(x, np.random.default_rng(0)), x)
+    assert shown_png(w) == figure_png(w)
+    fig = w.figure()
+    shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(shown) == 18  # six originals over two rows of copies
+    for copy in shown[6:]:
+        np.testing.assert_array_equal(copy, x[0, 0])
+
+
+def test_augmentation_sliders_build_the_transform_and_redraw():
+    w = widgets.augmentation_explorer(DIGITS, rotation=30)
+    assert "Compose(RandomAffine(degrees=(-30.0, 30.0)))" in w.described.value
+    before = shown_png(w)
+    w.sliders["erasing"].value = 50
+    w.sliders["elastic"].value = 10
+    names = [type(t).__name__ for t in w.transform().transforms]
+    assert names == ["RandomAffine", "ElasticDistortion", "RandomErasing"]
+    assert "RandomErasing(p=0.5" in w.described.value and shown_png(w) != before
+    copies = [ax.images[0].get_array() for ax in w.figure().axes if ax.images][6:]
+    assert all(not np.array_equal(c, DIGITS[0, 0] / 255) for c in copies)
+
+
+def test_augmentation_new_draw_and_batch_mode():
+    w = widgets.augmentation_explorer(DIGITS, shift=3)
+    first = shown_png(w)
+    w.again.click()
+    assert w.draw == 1 and shown_png(w) != first
+    w.mode.value = "what the model sees"
+    assert len([ax for ax in w.figure().axes if ax.images]) == 24
+
+
+@pytest.mark.parametrize("images, strengths", [(DIGITS[:, 0], {}), (DIGITS, {"blur": 3})])
+def test_augmentation_explorer_refuses_bad_input(images, strengths):
+    with pytest.raises(shendu.ShenduError):
+        widgets.augmentation_explorer(images, **strengths)

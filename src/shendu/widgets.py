@@ -1,5 +1,6 @@
-"""Widgets for the chapter "Why go deeper?": build a stack and see what one unit sees, compare one
-large convolution with a stack of 3×3 ones, and measure a trained network's effective field.
+"""Widgets for the chapters "Why go deeper?" (build a stack and see what one unit sees, compare one
+large convolution with a stack of 3×3 ones, measure a trained network's effective field) and
+"Data augmentation" (turn each transform's strength and see the digits change).
 
     >>> from shendu import widgets
     >>> explorer = widgets.receptive_field_explorer(image)
@@ -22,11 +23,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from . import receptive
+from . import augment, receptive
 from .errors import ShenduError
 
 __all__ = ["receptive_field_explorer", "parameter_explorer", "effective_field_viewer",
-           "ReceptiveFieldExplorer", "ParameterExplorer", "EffectiveFieldViewer"]
+           "augmentation_explorer", "ReceptiveFieldExplorer", "ParameterExplorer",
+           "EffectiveFieldViewer", "AugmentationExplorer"]
 
 
 def receptive_field_explorer(image=None, preset="two 3×3"):
@@ -43,6 +45,13 @@ def parameter_explorer(channels=64, kernel_size=7, size=28):
 def effective_field_viewer(model, image):
     """A unit's gradient with respect to `image` beside its theoretical field."""
     return EffectiveFieldViewer(model, image)
+
+
+def augmentation_explorer(images, **strengths):
+    """Sliders for each transform's strength over `images` (N×1×H×W, uint8 or floats in [0, 1]):
+    originals above augmented copies, or random augmented batches ("what the model sees").
+    `strengths` set the starting sliders, e.g. rotation=15."""
+    return AugmentationExplorer(images, **strengths)
 
 
 class _Widget(W.VBox):
@@ -361,3 +370,85 @@ class EffectiveFieldViewer(_Widget):
         ax_grad.set_title("|∂unit/∂pixel|: the effective field" if result.gradient.any() else
                           f"the unit is {result.activation:g} here: no gradient reaches the "
                           "image", fontsize=9)
+
+
+# -- the augmentation explorer -----------------------------------------------------------------
+class AugmentationExplorer(_Widget):
+    """One slider per transform (0 turns it off); `transform()` is what they describe, ready for
+    `Trainer(augment=...)`. "New draw" draws new random numbers for the same settings."""
+
+    figsize = (9, 4.2)
+    SLIDERS = {  # name: (label, maximum)
+        "rotation": ("rotation (±°)", 45), "shift": ("shift (±px)", 8),
+        "scale": ("scale (±%)", 40), "shear": ("shear (±°)", 40),
+        "elastic": ("elastic α (σ 4)", 40), "brightness": ("brightness (±%)", 80),
+        "contrast": ("contrast (±%)", 80), "erasing": ("erasing (% of images)", 100)}
+    MODES = ("originals and copies", "what the model sees")
+    SHOWN, BATCH = 6, 24
+
+    def __init__(self, images, **strengths):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1] != 1 or not len(images):
+            raise ShenduError(f"augmentation_explorer needs images N×1×H×W, got {images.shape}")
+        unknown = set(strengths) - set(self.SLIDERS)
+        if unknown:
+            raise ShenduError(f"unknown strengths {sorted(unknown)}; known: {list(self.SLIDERS)}")
+        self.images = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
+        self.sliders = {name: _slider(label, strengths.get(name, 0), 0, high)
+                        for name, (label, high) in self.SLIDERS.items()}
+        self.mode = W.ToggleButtons(options=self.MODES, value=self.MODES[0])
+        self.again = W.Button(description="new draw")
+        self.draw = 0
+        self.again.on_click(lambda _: self._next())
+        self.described = W.HTML()
+        rows = list(self.sliders.values())
+        super().__init__([W.HBox(rows[:4]), W.HBox(rows[4:]), W.HBox([self.mode, self.again]),
+                          self.described])
+        self._on_change(self._update, self.mode, *rows)
+        self._update()
+
+    def transform(self):
+        """The transforms the sliders describe, in the order they act."""
+        s = {name: slider.value for name, slider in self.sliders.items()}
+        h, w = self.images.shape[2:]
+        steps = []
+        if s["rotation"] or s["shift"] or s["scale"] or s["shear"]:
+            steps.append(augment.RandomAffine(
+                degrees=s["rotation"], translate=(s["shift"] / w, s["shift"] / h),
+                scale=(1 - s["scale"] / 100, 1 + s["scale"] / 100), shear=s["shear"]))
+        if s["elastic"]:
+            steps.append(augment.ElasticDistortion(alpha=s["elastic"], sigma=4))
+        if s["brightness"] or s["contrast"]:
+            steps.append(augment.ColorJitter(s["brightness"] / 100, s["contrast"] / 100))
+        if s["erasing"]:
+            steps.append(augment.RandomErasing(p=s["erasing"] / 100))
+        return augment.Compose(*steps)
+
+    def _next(self):
+        self.draw += 1
+        self._redraw()
+
+    def _update(self):
+        self.described.value = f"<code>{html.escape(repr(self.transform()))}</code>"
+        self._redraw()
+
+    def _draw(self, fig):
+        rng = np.random.default_rng(self.draw)
+        transform = self.transform()
+        if self.mode.value == self.MODES[0]:
+            shown = self.images[:self.SHOWN]
+            rows = [("original", shown)] + [(f"draw {k + 1}", transform(shown, rng))
+                                            for k in range(2)]
+        else:
+            pick = rng.choice(len(self.images), min(self.BATCH, len(self.images)), replace=False)
+            batch = transform(self.images[pick], rng)
+            rows = [("", batch[k:k + self.BATCH // 3]) for k in range(0, len(batch), self.BATCH // 3)]
+        columns = max(len(images) for _, images in rows)
+        axes = fig.subplots(len(rows), columns, squeeze=False)
+        for (label, images), line in zip(rows, axes):
+            for k, ax in enumerate(line):
+                ax.set_axis_off()
+                if k < len(images):
+                    ax.imshow(images[k, 0], cmap="gray", vmin=0, vmax=1)
+            line[0].set_axis_on()
+            line[0].set(xticks=[], yticks=[], ylabel=label)
