@@ -25,3 +25,19 @@ def test_report_compares_with_the_faster_pytorch_layout():
     shendu_infer = next(line for line in lines if "infer" in line and "shendu" in line)
     assert shendu_train.endswith("0.25") and shendu_infer.endswith("0.25")  # 500/2000, 2000/8000
     assert "shendu: 250 MiB" in lines[-1]
+
+
+def test_profile_table_totals_the_step_and_gives_augmentations_share():
+    rows = [("0 Conv2d", 3.0, 5.0), ("loss", 0.5, None), ("data", 0.5, None),
+            ("augment", 0.9, None)]
+    lines = bench.profile_table(rows).splitlines()
+    assert lines[1].split() == ["0", "Conv2d", "3.00", "5.00"]
+    assert lines[-2].split() == ["total", "9.90"]
+    assert lines[-1] == "augmenting the batch costs 10.0% of the rest of the step"  # 0.9 / 9
+
+
+def test_layer_profile_times_every_layer_and_the_pipeline():
+    rows = bench.layer_profile(steps=2)
+    names = [r[0] for r in rows]
+    assert names[0] == "0 Conv2d" and names[-4:] == ["loss", "optimizer", "data", "augment"]
+    assert all(r[1] > 0 and (r[2] is None or r[2] > 0) for r in rows)

@@ -2,6 +2,7 @@
 what the book reads from them."""
 import json
 
+import numpy as np
 import pytest
 
 from shendu import experiments
@@ -52,3 +53,17 @@ def test_resume_identity(tmp_path):
     assert len(figures["kills"]) == 2
     steps = [k["resumed_from_step"] for k in figures["kills"]]
     assert 0 <= steps[0] <= steps[1] <= figures["steps"] == 40
+
+
+def test_augmentation():
+    figures = experiments.augmentation(sizes=(100, 200), seeds=(0, 1), monitor=50)
+    runs = figures["runs"]
+    assert [(r["train_images"], r["recipe"], r["seed"]) for r in runs] == [
+        (n, name, seed) for n in (100, 200) for name in ("plain", "augment") for seed in (0, 1)]
+    assert all(len(r["monitor_acc"]) == 2 for r in runs)  # the quick profile's 2 epochs
+    for key, median in figures["median_test_acc"].items():
+        n, name = key.split()
+        accs = [r["test_acc"] for r in runs if r["train_images"] == int(n) and r["recipe"] == name]
+        assert median == pytest.approx(np.median(accs))
+    assert runs[0]["test_acc"] != runs[2]["test_acc"] or \
+        runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run

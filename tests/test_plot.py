@@ -64,3 +64,20 @@ def test_filters_and_feature_maps():
         expected = model[1](model[0](image[None, None]))
     np.testing.assert_allclose(shown[2], expected[0, 2], rtol=1e-6)
     assert shown[4].shape == (14, 14)  # after the first pooling
+
+
+def test_augmentations_draws_originals_then_draws_of_each_transform():
+    import matplotlib.pyplot as plt
+    from shendu import augment
+    x = np.zeros((2, 1, 8, 8), np.uint8)
+    x[:, 0, 2:6, 3] = 255
+    fig = plot.augmentations(x, {"flip": augment.RandomHorizontalFlip(p=1),
+                                 "erase all": augment.RandomErasing(p=1, scale=(1, 1),
+                                                                    ratio=(1, 1))}, copies=3)
+    shown = [ax.images[0].get_array() for ax in fig.axes]
+    assert len(shown) == 8 and fig.axes[0].get_ylabel() == "flip"
+    np.testing.assert_array_equal(shown[0], x[0, 0] / 255)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(shown[k], x[0, 0, :, ::-1] / 255)
+        assert not shown[4 + k].any()  # the whole image erased
+    plt.close(fig)

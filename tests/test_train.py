@@ -12,7 +12,7 @@ from shendu import datasets, models, nn, optim
 
 matplotlib.use("Agg")
 KEYS = {"epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
-        "skipped"}
+        "skipped", "elapsed"}
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +83,8 @@ def test_fit_learns_and_fills_the_run_directory(mnist, registered, tmp_path):
     assert history[-1]["test_acc"] > 0.75 and history[-1]["train_acc"] > 0.75
     assert all(h["lr"] == 1e-3 and h["epoch_time"] > 0 and h["images_per_s"] > 0 for h in history)
     assert all(abs(h["images_per_s"] * h["epoch_time"] - 1000) < 1e-6 for h in history)
+    elapsed = [0.0] + [h["elapsed"] for h in history]  # steps and tests, summed from the start
+    assert all(elapsed[k + 1] - elapsed[k] >= h["epoch_time"] for k, h in enumerate(history))
 
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -246,6 +248,42 @@ def test_evaluate_and_predict_proba(batch_size):
     assert p.dtype == np.float32
     np.testing.assert_allclose(p, expected, rtol=1e-6)
     assert model.training  # the caller's mode is restored
+
+
+def test_fit_stops_at_the_first_epoch_that_reaches_the_target(mnist, registered):
+    def run(**kwargs):
+        shendu.manual_seed(0)
+        model = models.get("mlp")
+        trainer = shendu.Trainer(model, optim.Adam(model.parameters()), batch_size=50,
+                                 progress=False)
+        return [h["test_acc"] for h in trainer.fit(*mnist, epochs=6, **kwargs)]
+    full = run()
+    target = full[2]
+    first = next(k for k, acc in enumerate(full) if acc >= target)
+    assert run(target_accuracy=target) == full[:first + 1]
+    assert run(target_accuracy=1.0) == full  # never reached: every epoch
+    with pytest.raises(shendu.ShenduError, match="target_accuracy"):
+        run(target_accuracy=1.5)
+
+
+def test_ensembles_and_test_time_augmentation_average_probabilities():
+    from shendu import augment
+    rng = np.random.default_rng(0)
+    x = rng.random((7, 1, 2, 3), np.float32)
+    members = []
+    for seed in (1, 2):
+        shendu.manual_seed(seed)
+        members.append(nn.Sequential(nn.Flatten(), nn.Linear(6, 4)))
+    p = [shendu.predict_proba(m, x) for m in members]
+    np.testing.assert_allclose(shendu.predict_proba(members, x), (p[0] + p[1]) / 2, rtol=1e-6)
+    flipped = shendu.predict_proba(members[0], x[..., ::-1].copy())
+    tta = shendu.predict_proba(members[0], x, tta=augment.RandomHorizontalFlip(p=1), copies=2,
+                               batch_size=3)
+    np.testing.assert_allclose(tta, (p[0] + 2 * flipped) / 3, rtol=1e-6)
+    t = rng.integers(0, 4, 7)
+    assert shendu.evaluate(members, x, t) == np.mean(((p[0] + p[1]) / 2).argmax(axis=1) == t)
+    with pytest.raises(shendu.ShenduError, match="at least one"):
+        shendu.predict_proba([], x)
 
 
 def test_evaluate_checks_its_inputs():

@@ -175,14 +175,16 @@ def _timer(totals, key):
 
 
 def layer_profile(batch=100, steps=20):
-    """Milliseconds per training step in each layer's forward and backward, the optimizer and
-    the data pipeline (gathering a shuffled batch of uint8 images and scaling it to float32)."""
-    from . import datasets
+    """Milliseconds per training step in each layer's forward and backward, the optimizer, the
+    data pipeline (gathering a shuffled batch of uint8 images and scaling it to float32) and
+    the `augment` recipe's augmentation of the batch."""
+    from . import datasets, recipes
     (x_all, t_all), _ = datasets.load_mnist()
     order = np.random.default_rng(0).permutation(len(x_all))
     model, loss_fn = models.DeepConvNet(), nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters())
     layers = list(model)
+    transform = recipes.get("augment").augmentation()
     totals = {}
     for step in range(steps + 1):
         if step == 1:
@@ -190,6 +192,8 @@ def layer_profile(batch=100, steps=20):
         with _timer(totals, "data"):
             idx = order[step * batch:(step + 1) * batch]
             h, t = x_all[idx].astype(np.float32) / 255, t_all[idx]
+        with _timer(totals, "augment"):
+            h = transform(h, np.random.default_rng(step))
         for i, layer in enumerate(layers):
             with _timer(totals, (i, "forward")):
                 h = layer(h)
@@ -203,7 +207,8 @@ def layer_profile(batch=100, steps=20):
             opt.step()
     rows = [(f"{i} {type(layer).__name__}", 1e3 * totals[i, "forward"] / steps,
              1e3 * totals[i, "backward"] / steps) for i, layer in enumerate(layers)]
-    rows += [(key, 1e3 * totals[key] / steps, None) for key in ("loss", "optimizer", "data")]
+    rows += [(key, 1e3 * totals[key] / steps, None)
+             for key in ("loss", "optimizer", "data", "augment")]
     return rows
 
 
@@ -258,13 +263,21 @@ def report(results):
     return "\n".join(lines)
 
 
+def profile_table(rows):
+    """`layer_profile`'s rows as a table, with the step's total and augmentation's share of it."""
+    lines = [f"{'layer':20} {'forward ms':>10} {'backward ms':>11}"]
+    lines += [f"{name:20} {fwd:10.2f} {'' if bwd is None else f'{bwd:11.2f}'}"
+              for name, fwd, bwd in rows]
+    total = sum(r[1] + (r[2] or 0) for r in rows)
+    augment = dict((r[0], r[1]) for r in rows)["augment"]
+    lines += [f"{'total':20} {total:10.2f}",
+              f"augmenting the batch costs {augment / (total - augment):.1%} of the rest of the step"]
+    return "\n".join(lines)
+
+
 def main(args):
     if args.profile:
-        rows = layer_profile()
-        print(f"{'layer':20} {'forward ms':>10} {'backward ms':>11}")
-        for name, fwd, bwd in rows:
-            print(f"{name:20} {fwd:10.2f} {'' if bwd is None else f'{bwd:11.2f}'}")
-        print(f"{'total':20} {sum(r[1] for r in rows) + sum(r[2] or 0 for r in rows):10.2f}")
+        print(profile_table(layer_profile()))
         return
     results = run(repeats=args.repeats, memory=not args.no_memory)
     print(report(results))

@@ -1,9 +1,10 @@
 """The command line, for runs too long for a notebook: `python -m shendu` or `shendu`.
 
-    shendu train [--model deepconvnet] [--recipe book] [--epochs N] [--batch-size N] [--lr X]
-                 [--seed N] [--subset N] [--out RUN_DIR] [--checkpoint-every N]
+    shendu train [--recipe book] [--model NAME] [--epochs N] [--batch-size N] [--lr X]
+                 [--seed N] [--subset N] [--target-accuracy X] [--out RUN_DIR]
+                 [--checkpoint-every N]
     shendu train --resume RUN_DIR [--checkpoint-every N]
-    shendu evaluate RUN_DIR [--json]
+    shendu evaluate RUN_DIR... [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28] [--classes 10]
     shendu experiment NAME [--readme]
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, bench, datasets, experiments, models, optim
+from . import __version__, bench, datasets, experiments, models, recipes
 from .errors import ShenduError
 from .images import load_image
 from .io import CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, read_checkpoint
@@ -33,10 +34,7 @@ from .rng import manual_seed
 from .summarize import summary
 from .train import Trainer, evaluate, predict_proba
 
-# A recipe is the optimizer and settings a chapter trains with; flags override each setting.
-RECIPES = {
-    "book": {"optimizer": optim.Adam, "lr": 1e-3, "batch_size": 100, "epochs": 20},
-}
+TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # datasets as prose names them
 
 
 def main(argv=None):
@@ -57,29 +55,36 @@ def _train(args):
     if args.resume is not None:
         settings, out = _resumed_settings(args), args.resume
     else:
-        recipe = RECIPES[args.recipe or "book"]
-        settings = {"model": args.model or "deepconvnet", "recipe": args.recipe or "book",
+        recipe = recipes.get(args.recipe or "book")
+        settings = {"model": args.model or recipe.model, "recipe": args.recipe or "book",
                     "seed": 0 if args.seed is None else args.seed, "subset": args.subset,
                     "checkpoint_every": args.checkpoint_every,
-                    **{k: recipe[k] if getattr(args, k) is None else getattr(args, k)
+                    "target_accuracy": args.target_accuracy,
+                    **{k: getattr(recipe, k) if getattr(args, k) is None else getattr(args, k)
                        for k in ("epochs", "batch_size", "lr")}}
+    recipe = recipes.get(settings["recipe"])
     manual_seed(settings["seed"])
-    model = models.get(settings["model"])
+    model = models.get(settings["model"], **(recipe.model_options
+                                             if settings["model"] == recipe.model else {}))
     name = settings["model"] = model.config["model"]
     if args.resume is None:
         out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (out / WEIGHTS).exists() or (out / CHECKPOINT).exists():  # never overwrite a run
             raise ShenduError(f"{out} already holds a run: choose another --out, or continue it "
                               f"with --resume {out}")
-    (x, t), test = datasets.load_mnist()
+    (x, t), test = datasets.load(recipe.dataset)
     if settings["subset"] is not None:
         x, t = x[:settings["subset"]], t[:settings["subset"]]
-    optimizer = RECIPES[settings["recipe"]]["optimizer"](model.parameters(), lr=settings["lr"])
     epochs = settings["epochs"]
+    optimizer, scheduler = recipe.optimizer(model, -(-len(x) // settings["batch_size"]),
+                                            lr=settings["lr"], epochs=epochs)
+    target = settings["target_accuracy"]
     print(f"{'resuming' if args.resume else 'training'} {name} "
-          f"({model.num_parameters():,} parameters) on {len(x)} MNIST images: "
-          f"{type(optimizer).__name__} lr {settings['lr']:g}, batch {settings['batch_size']}, "
-          f"{epochs} epoch{'s' if epochs > 1 else ''}, seed {settings['seed']} -> {out}",
+          f"({model.num_parameters():,} parameters) on {len(x)} {TITLES[recipe.dataset]} images, recipe "
+          f"{settings['recipe']}: {type(optimizer).__name__} lr {settings['lr']:g}"
+          f"{' one-cycle' if scheduler else ''}, batch {settings['batch_size']}, "
+          f"{epochs} epoch{'s' if epochs > 1 else ''}"
+          f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']} -> {out}",
           flush=True)
 
     def report(m):
@@ -89,13 +94,19 @@ def _train(args):
               flush=True)
 
     trainer = _CommandLineTrainer(model, optimizer, batch_size=settings["batch_size"],
-                                  seed=settings["seed"], run_dir=out,
+                                  scheduler=scheduler, seed=settings["seed"], run_dir=out,
                                   progress=sys.stderr.isatty(),
-                                  checkpoint_every=settings["checkpoint_every"], settings=settings)
-    history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report, resume=args.resume)
+                                  checkpoint_every=settings["checkpoint_every"], settings=settings,
+                                  augment=recipe.augmentation())
+    history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report, resume=args.resume,
+                          target_accuracy=target)
     if trainer.stopped is not None:
         return 128 + trainer.stopped  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-    print(f"test accuracy {100 * history[-1]['test_acc']:.2f}%; model, config and metrics in {out}")
+    last = history[-1]
+    if target and last["test_acc"] >= target:
+        print(f"reached {target:.2%} after epoch {last['epoch']}, {last['elapsed']:.1f} s of "
+              "training and testing")
+    print(f"test accuracy {100 * last['test_acc']:.2f}%; model, config and metrics in {out}")
 
 
 class _CommandLineTrainer(Trainer):
@@ -105,7 +116,8 @@ class _CommandLineTrainer(Trainer):
 
 # What `train` records in its checkpoints' "settings", to resume from them.
 _SETTINGS = {"model": str, "recipe": str, "epochs": int, "batch_size": int, "lr": float,
-             "seed": int, "subset": (int, None), "checkpoint_every": (int, None)}
+             "seed": int, "subset": (int, None), "checkpoint_every": (int, None),
+             "target_accuracy": (float, None)}
 
 
 def _resumed_settings(args):
@@ -118,14 +130,15 @@ def _resumed_settings(args):
         raise CheckpointError(f"{args.resume} was not trained by `shendu train`: continue it in "
                               "Python with Trainer.fit(..., resume=...)")
     check_json(settings, _SETTINGS, f"{args.resume / CHECKPOINT} (settings)")
-    if settings["recipe"] not in RECIPES:
+    if settings["recipe"] not in recipes.RECIPES:
         raise CheckpointError(f"{args.resume}: unknown recipe {settings['recipe']!r} in its "
-                              f"settings; known: {', '.join(sorted(RECIPES))}")
+                              f"settings; known: {', '.join(recipes.names())}")
     if (settings["seed"] < 0 or not settings["lr"] > 0
             or any(settings[k] is not None and settings[k] < 1
                    for k in ("epochs", "batch_size", "subset", "checkpoint_every"))):
         raise CheckpointError(f"{args.resume}: its settings are out of range: {settings}")
-    for flag in ("model", "recipe", "epochs", "batch_size", "lr", "seed", "subset"):
+    for flag in ("model", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
+                 "target_accuracy"):
         given = getattr(args, flag)
         if flag == "model" and given is not None:
             given = given.lower()  # as models.get reads it
@@ -140,24 +153,47 @@ def _resumed_settings(args):
     return settings
 
 
+def _recipe_of(run_dir):
+    """The name of the recipe a run directory was trained with, and the recipe (`book` for a
+    model that `shendu train` did not make)."""
+    try:
+        meta, _ = read_checkpoint(run_dir)
+        name = meta["trainer"]["settings"]["recipe"]
+    except (CheckpointError, KeyError, TypeError):
+        name = "book"
+    return name, recipes.get(name)
+
+
 def _evaluate(args):
-    model = load(args.run_dir)
-    _, (x, t) = datasets.load_mnist()
-    accuracy = evaluate(model, x, t)
+    members = [load(run_dir) for run_dir in args.run_dirs]  # an ensemble when more than one
+    name, recipe = _recipe_of(args.run_dirs[0])
+    tta = recipe.augmentation() if args.tta else None
+    if args.tta and tta is None:
+        raise ShenduError(f"--tta augments as the run was trained, and recipe {name} has no "
+                          "augmentation")
+    _, (x, t) = datasets.load(recipe.dataset)
+    accuracy = evaluate(members if len(members) > 1 else members[0], x, t, tta=tta,
+                        copies=args.tta or 1)
     if args.json:
-        print(json.dumps({"accuracy": accuracy, "n": len(x), "dataset": "mnist", "split": "test"}))
+        print(json.dumps({"accuracy": accuracy, "n": len(x), "dataset": recipe.dataset,
+                          "split": "test", "models": len(members), "tta": args.tta or 0}))
     else:
-        print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} MNIST test images")
+        how = [f"{len(members)} models' averaged probabilities"] * (len(members) > 1) + \
+              [f"{args.tta} augmented views"] * bool(args.tta)
+        print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} {TITLES[recipe.dataset]} test images"
+              + (f" ({' and '.join(how)})" if how else ""))
 
 
 def _predict(args):
     model = load(args.run_dir)
+    classes = (datasets.FASHION_CLASSES if _recipe_of(args.run_dir)[1].dataset == "fashion-mnist"
+               else datasets.MNIST_CLASSES)
     images = [load_image(path) for path in args.images]  # every image checked before any work
     proba = predict_proba(model, images)
     results = []
     for path, p in zip(args.images, proba):
         k = int(p.argmax())
-        label = datasets.MNIST_CLASSES[k] if k < len(datasets.MNIST_CLASSES) else str(k)
+        label = classes[k] if k < len(classes) else str(k)
         results.append({"path": str(path), "class": k, "label": label,
                         "probability": float(p[k])})
     if args.json:
@@ -194,6 +230,14 @@ def _number(kind, allow_zero=False):
     return parse
 
 
+def _fraction(text):
+    """An argparse type: a number in (0, 1]."""
+    value = _number(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1 (an accuracy), got {text}")
+    return value
+
+
 def _shape(text):
     """'1x28x28' → (1, 28, 28)."""
     try:
@@ -211,10 +255,11 @@ def _parser():
     parser.add_argument("--version", action="version", version=f"shendu {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("train", help="train a model on MNIST into a run directory")
-    p.add_argument("--model", help="model name (default: deepconvnet)")
-    p.add_argument("--recipe", choices=sorted(RECIPES),
-                   help="optimizer and settings (book: Adam lr 0.001, batch 100, 20 epochs)")
+    p = commands.add_parser("train", help="train a model by a recipe into a run directory")
+    p.add_argument("--model", help="model name (default: the recipe's)")
+    p.add_argument("--recipe", choices=recipes.names(),
+                   help="; ".join(f"{name}: {recipes.RECIPES[name].about}" for name in recipes.names())
+                   + " (default: book)")
     p.add_argument("--epochs", type=_number(int), help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=_number(int), help="batch size (default: the recipe's)")
     p.add_argument("--lr", type=_number(float), help="learning rate (default: the recipe's)")
@@ -224,14 +269,19 @@ def _parser():
                    help="train on the first N training images only (the test set stays whole)")
     p.add_argument("--out", type=Path, metavar="RUN_DIR",
                    help="run directory (default: runs/<model>-<timestamp>)")
+    p.add_argument("--target-accuracy", type=_fraction, metavar="X",
+                   help="stop after the first epoch whose test accuracy reaches X (e.g. 0.994)")
     p.add_argument("--checkpoint-every", type=_number(int), metavar="N",
                    help="also write a full checkpoint every N steps (default: after each epoch)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR, with its settings")
     p.set_defaults(command=_train)
 
-    p = commands.add_parser("evaluate", help="test accuracy of a trained model on MNIST")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p = commands.add_parser("evaluate", help="test accuracy of trained models (more than one: "
+                                             "their ensemble)")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--tta", type=_number(int), metavar="N",
+                   help="also average over N views augmented as the run was trained")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(command=_evaluate)
 

@@ -161,11 +161,10 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None)
         cmd = train[:4] + ["--resume", str(root / "killed")]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
-
     def metrics(run):  # every column but the timings, as written (repr: bitwise)
         header, *rows = (root / run / "metrics.csv").read_text().splitlines()
         keep = [i for i, c in enumerate(header.split(","))
-                if c not in ("epoch_time", "images_per_s")]
+                if c not in ("epoch_time", "images_per_s", "elapsed")]
         return [[row.split(",")[i] for i in keep] for row in rows]
 
     digests = {run.replace("-", "_"): hashlib.sha256((root / run / WEIGHTS).read_bytes())
@@ -281,6 +280,38 @@ def fashion_zoo():
         runs[name] = {**_run_figures(model, history, losses), "settings": settings,
                       "epochs": epochs}
     return {"dataset": "fashion-mnist", "augment": repr(flips), "runs": runs}
+
+@experiment
+def augmentation(sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=1000):
+    """What augmentation is worth, by how much data there is: DeepConvNet by the `augment`
+    recipe and by the same recipe without its transforms (alike in all else: epochs, schedule,
+    seeds), on the first 1,000, 5,000 and all 60,000 MNIST training images, each with every
+    seed. Accuracy after each epoch on the first `monitor` test images; at the end, on all."""
+    import dataclasses
+    from . import datasets, recipes
+    from .train import evaluate
+    (x, t), (x_test, t_test) = datasets.load_mnist()
+    recipe = recipes.get("augment")
+    twins = {"plain": dataclasses.replace(recipe, transforms=()), "augment": recipe}
+    runs = []
+    for n in sizes:
+        for name, twin in twins.items():
+            for seed in seeds:
+                model, history = twin.fit((x[:n], t[:n]), (x_test[:monitor], t_test[:monitor]),
+                                          seed=seed)
+                runs.append({"train_images": min(n, len(x)), "recipe": name, "seed": seed,
+                             "test_acc": evaluate(model, x_test, t_test),
+                             "train_time_s": round(sum(h["epoch_time"] for h in history), 1),
+                             "monitor_acc": [h["test_acc"] for h in history]})
+                print(f"{n} images, {name}, seed {seed}: {runs[-1]['test_acc']:.2%}",
+                      file=sys.stderr, flush=True)
+    medians = {f"{n} {name}": float(np.median([r["test_acc"] for r in runs
+                                               if r["train_images"] == min(n, len(x))
+                                               and r["recipe"] == name]))
+               for n in sizes for name in twins}
+    return {"recipe": recipe.about, "epochs": recipe.epochs, "monitor_images": monitor,
+            "runs": runs, "median_test_acc": medians}
+
 
 def readme_block(record):
     """The README's results paragraph, written from a results file (never typed by hand)."""

@@ -14,7 +14,7 @@ from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "filters", "feature_maps", "block_diagram",
-           "run_curves"]
+           "run_curves", "augmentations"]
 
 
 def training_curves(history):
@@ -159,10 +159,11 @@ def block_diagram(block, title=None):
     return fig
 
 
-def run_curves(runs, smooth=25):
+def run_curves(runs, smooth=25, unit="step"):
     """Training loss per step (a moving average over `smooth` steps) and, where recorded, the
     error on held-out images, for several runs of an experiment's results: {name: figures}.
-    Residual networks are drawn solid, their plain twins dashed, one colour per depth."""
+    Residual networks are drawn solid, their plain twins dashed, one colour per depth. `unit`
+    names what the losses are counted in (a step, or an epoch for per-epoch losses)."""
     probes = any(r.get("probe_errors") for r in runs.values())
     fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(10 if probes else 5.5, 3.6),
                              squeeze=False, layout="constrained")
@@ -178,10 +179,30 @@ def run_curves(runs, smooth=25):
         if probes and run.get("probe_errors"):
             steps, errors = zip(*run["probe_errors"])
             axes[0, 1].plot(steps, 100 * np.asarray(errors), marker="o", ms=3, **style)
-    axes[0, 0].set(xlabel="step", ylabel="training loss", title="Training loss")
+    axes[0, 0].set(xlabel=unit, ylabel="training loss", title="Training loss")
     if probes:
-        axes[0, 1].set(xlabel="step", ylabel="test error (%)", title="Test error")
+        axes[0, 1].set(xlabel=unit, ylabel="test error (%)", title="Test error")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend()
+    return fig
+
+
+def augmentations(images, transforms, copies=5, seed=0):
+    """One row per named transform ({name: transform}): an original image, then `copies`
+    augmented versions of it, each a new draw. `images` holds one image per row, N×1×H×W,
+    uint8 or floats in [0, 1]."""
+    images = np.asarray(images)
+    images = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
+    rows = len(transforms)
+    fig, axes = plt.subplots(rows, copies + 1, figsize=(1.1 * (copies + 1) + 1.2, 1.1 * rows),
+                             squeeze=False, layout="constrained")
+    rng = np.random.default_rng(seed)
+    for line, image, (name, transform) in zip(axes, images, transforms.items()):
+        views = [image] + list(transform(np.repeat(image[None], copies, axis=0), rng))
+        for ax, view in zip(line, views):
+            ax.imshow(view[0], cmap="gray", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
+        line[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    axes[0, 0].set_title("original", fontsize=9)
     return fig

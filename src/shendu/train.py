@@ -36,7 +36,7 @@ from .io import (CHECKPOINT, CheckpointError, check_json, read_checkpoint, remov
 __all__ = ["Trainer", "evaluate", "predict_proba", "profile", "METRICS"]
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
-           "skipped"]
+           "skipped", "elapsed"]
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 1000, 2  # the `quick` profile's caps
 
 
@@ -89,23 +89,46 @@ def inference(model):
         model.train(was_training)
 
 
-def _logits(model, x, batch_size):
+def _logits(model, x, batch_size, view=None):
+    """The outputs for all of x, a batch at a time; `view(batch, start)` changes each input."""
+    with inference(model):
+        return np.concatenate([
+            model(_as_input(x[i:i + batch_size]) if view is None
+                  else view(_as_input(x[i:i + batch_size]), i))
+            for i in range(0, len(x), batch_size)])
+
+
+def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
+    """Class probabilities (N, classes), float32: the softmax of the outputs in eval mode.
+
+    `model` may be a list of models: an ensemble, whose members' probabilities are averaged.
+    With `tta` (test-time augmentation: a transform from `shendu.augment`), each image's
+    probabilities are averaged over the image itself and `copies` transformed views of it,
+    drawn from `seed` (the same for every member, so members see the same views)."""
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not members:
+        raise ShenduError("an ensemble needs at least one model")
     x, _ = _check_data(x)
     batch_size = _positive_int("batch_size", batch_size)
-    with inference(model):
-        return np.concatenate([model(_as_input(x[i:i + batch_size]))
-                               for i in range(0, len(x), batch_size)])
+    views = [None]
+    if tta is not None:
+        copies = _positive_int("copies", copies)
+        views += [lambda images, start, k=k: tta(images, np.random.default_rng([seed, k, start]))
+                  for k in range(copies)]
+    total = sum(nn.softmax(_logits(member, x, batch_size, view)).astype(np.float64)
+                for member in members for view in views)
+    return (total / (len(members) * len(views))).astype(np.float32)
 
 
-def predict_proba(model, x, batch_size=500):
-    """Class probabilities (N, classes), float32: the softmax of the outputs in eval mode."""
-    return nn.softmax(_logits(model, x, batch_size)).astype(np.float32, copy=False)
-
-
-def evaluate(model, x, t, batch_size=500):
-    """Accuracy in [0, 1] of the model (in eval mode) on images x with integer labels t."""
+def evaluate(model, x, t, batch_size=500, tta=None, copies=4, seed=0):
+    """Accuracy in [0, 1] on images x with integer labels t, of a model in eval mode, or an
+    ensemble or test-time augmentation as in `predict_proba`."""
     x, t = _check_data(x, t)
-    return float(np.mean(_logits(model, x, batch_size).argmax(axis=1) == t))
+    if tta is None and not isinstance(model, (list, tuple)):
+        return float(np.mean(_logits(model, x, _positive_int("batch_size", batch_size))
+                             .argmax(axis=1) == t))
+    return float(np.mean(predict_proba(model, x, batch_size, tta, copies, seed).argmax(axis=1)
+                         == t))
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -156,9 +179,12 @@ class Trainer:
         self._epoch = None  # the epoch in progress: its order, position and sums so far
         self._data = None  # size and digest of the training set of the unfinished fit
 
-    def fit(self, train, test, epochs=1, on_epoch=None, on_step=None, resume=None):
+    def fit(self, train, test, epochs=1, on_epoch=None, on_step=None, resume=None,
+            target_accuracy=None):
         """Train for `epochs` epochs on `train = (x, t)`, measuring accuracy on `test = (x, t)`
-        after each; returns the history, a list with a dict of METRICS per epoch. `on_epoch` is
+        after each; returns the history, a list with a dict of METRICS per epoch ("elapsed" is
+        the seconds of training and testing since the run began). With `target_accuracy`, the
+        fit ends after the first epoch whose test accuracy reaches it. `on_epoch` is
         called with each epoch's metrics, `on_step` after each step with a dict of "epoch",
         "step", "steps" (in the epoch), "global_step" and "loss". In the quick profile, data and
         epochs are capped.
@@ -174,6 +200,8 @@ class Trainer:
         """
         (x, t), (x_test, t_test) = _check_data(*train), _check_data(*test)
         epochs = _positive_int("epochs", epochs)
+        if target_accuracy is not None and not 0 < target_accuracy <= 1:
+            raise ShenduError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
         if profile() == "quick":
             print(f"SHENDU_PROFILE=quick: {min(len(x), QUICK_TRAIN)} of {len(x)} training images, "
                   f"{min(len(x_test), QUICK_TEST)} of {len(x_test)} test images, "
@@ -202,6 +230,8 @@ class Trainer:
                         metrics = self._end_epoch(len(x), x_test, t_test)
                         if on_epoch is not None:
                             _call(on_epoch, metrics, stop)
+                        if target_accuracy is not None and metrics["test_acc"] >= target_accuracy:
+                            break
                 if stop.signum is not None:
                     self.stopped = stop.signum
                     self._save_checkpoint()
@@ -300,13 +330,17 @@ class Trainer:
 
     def _end_epoch(self, n, x_test, t_test):
         e = self._epoch
+        began = time.perf_counter()
+        test_acc = evaluate(self.model, x_test, t_test)
+        before = self.history[-1]["elapsed"] if self.history else 0.0
         metrics = {"epoch": e["number"],
                    "train_loss": e["loss_sum"] / e["used"] if e["used"] else math.nan,
                    "train_acc": e["correct"] / e["used"] if e["used"] else math.nan,
-                   "test_acc": evaluate(self.model, x_test, t_test), "lr": e["lr"],
+                   "test_acc": test_acc, "lr": e["lr"],
                    "epoch_time": e["time"],  # seconds in steps, across interruptions
                    "images_per_s": n / e["time"] if e["time"] > 0 else math.nan,
-                   "skipped": e["skipped"]}
+                   "skipped": e["skipped"],
+                   "elapsed": before + e["time"] + time.perf_counter() - began}
         if self.scheduler is not None and not self.per_batch:
             self.scheduler.step()
         self.history.append(metrics)
@@ -444,7 +478,8 @@ _CHECKPOINT_FIELDS = {
     "epoch": (None, {"number": int, "rng_start": dict, "step": int, "loss_sum": float,
                      "correct": int, "used": int, "skipped": int, "lr": float, "time": float}),
     "history": [{"epoch": int, "train_loss": float, "train_acc": float, "test_acc": float,
-                 "lr": float, "epoch_time": float, "images_per_s": float, "skipped": int}],
+                 "lr": float, "epoch_time": float, "images_per_s": float, "skipped": int,
+                 "elapsed": float}],
 }
 
 

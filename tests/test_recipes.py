@@ -1,0 +1,112 @@
+"""Recipes (each builds its model, optimizer, schedule and augmentation), and the command line
+that trains by them: --recipe, --target-accuracy, ensembles and test-time augmentation."""
+import json
+
+import numpy as np
+import pytest
+
+import shendu
+from shendu import augment, cli, datasets, models, optim, recipes
+from test_errors import clinet
+
+
+@pytest.mark.parametrize("name", recipes.names())
+def test_every_recipe_builds_what_it_says(name):
+    recipe = recipes.get(name)
+    model = recipe.build_model()
+    assert model.config["model"] == recipe.model and recipe.about
+    opt, schedule = recipe.optimizer(model, steps_per_epoch=10)
+    assert isinstance(opt, optim.SGD if recipe.optimizer_name == "sgd" else optim.Adam)
+    assert opt.lr == pytest.approx(recipe.lr / 25 if recipe.one_cycle else recipe.lr)
+    assert (schedule is not None) == recipe.one_cycle
+    if schedule is not None:
+        assert schedule.total_steps == 10 * recipe.epochs
+    assert (recipe.augmentation() is None) == (not recipe.transforms)
+    assert recipe.dataset in datasets.names()
+
+
+def test_the_book_recipe_is_the_chapters():
+    book = recipes.get("book")
+    assert (book.model, book.optimizer_name, book.lr, book.batch_size, book.epochs) == \
+        ("deepconvnet", "adam", 1e-3, 100, 20)
+    assert not book.one_cycle and not book.transforms and book.weight_decay == 0
+
+
+def test_unknown_recipe():
+    with pytest.raises(shendu.ShenduError, match="unknown recipe 'magic'; choose one of: augment"):
+        recipes.get("magic")
+
+
+@pytest.fixture
+def runs(monkeypatch, tmp_path, capsys):
+    """Two small runs by the `augment` recipe, with a target accuracy the first epoch reaches."""
+    monkeypatch.setitem(models._REGISTRY, "clinet", clinet)
+    dirs = []
+    for seed in (0, 1):
+        run = tmp_path / f"run{seed}"
+        assert cli.main(["train", "--recipe", "augment", "--model", "clinet", "--subset", "200",
+                         "--batch-size", "20", "--epochs", "3", "--seed", str(seed),
+                         "--target-accuracy", "0.2", "--out", str(run)]) == 0
+        dirs.append(run)
+    return dirs, capsys.readouterr().out
+
+
+def test_train_by_recipe_stops_at_the_target(runs):
+    dirs, out = runs
+    assert "recipe augment: Adam lr 0.003 one-cycle, batch 20, 3 epochs or until 20.00%" in out
+    assert "reached 20.00% after epoch 1" in out
+    rows = (dirs[0] / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "elapsed" and len(rows) == 2  # stopped after one epoch
+    meta, _ = shendu.io.read_checkpoint(dirs[0])
+    assert meta["trainer"]["augment"].startswith("Compose(RandomAffine(degrees=(-10.0, 10.0)")
+    assert meta["scheduler"]["total_steps"] == 30  # the recipe's 3 epochs of 10 steps
+    assert meta["trainer"]["settings"]["target_accuracy"] == 0.2
+
+
+def test_evaluate_an_ensemble_with_test_time_augmentation(runs, capsys):
+    dirs, _ = runs
+    _, (x, t) = datasets.load_mnist()
+    members = [shendu.load(d) for d in dirs]
+    recipe = recipes.get("augment")
+    views = [np.mean([shendu.predict_proba(m, x) for m in members], axis=0)]
+    for k in range(2):  # the two views evaluate draws, as predict_proba documents them
+        draw = lambda images, start, k=k: recipe.augmentation()(  # noqa: E731
+            images, np.random.default_rng([0, k, start]))
+        augmented = np.concatenate([draw(x[i:i + 500].astype(np.float32) / 255, i)
+                                    for i in range(0, len(x), 500)])
+        views.append(np.mean([shendu.predict_proba(m, augmented) for m in members], axis=0))
+    expected = np.mean(np.mean(views, axis=0).argmax(axis=1) == t)
+    assert cli.main(["evaluate", *map(str, dirs), "--tta", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["models"] == 2 and report["tta"] == 2 and report["dataset"] == "mnist"
+    assert report["accuracy"] == pytest.approx(expected, abs=1e-4)  # float32 rounding at most
+    assert cli.main(["evaluate", *map(str, dirs)]) == 0
+    assert "(2 models' averaged probabilities)" in capsys.readouterr().out
+
+
+def test_tta_needs_a_recipe_with_augmentation(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(models._REGISTRY, "clinet", clinet)
+    run = tmp_path / "book"
+    assert cli.main(["train", "--model", "clinet", "--subset", "20", "--batch-size", "10",
+                     "--epochs", "1", "--out", str(run)]) == 0
+    assert cli.main(["evaluate", str(run), "--tta", "2"]) == 2
+    assert capsys.readouterr().err == ("shendu: error: --tta augments as the run was trained, and "
+                                       "recipe book has no augmentation\n")
+
+
+def test_target_accuracy_must_be_a_fraction():
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--target-accuracy", "99.4"])
+
+
+def test_recipe_fit_trains_a_new_model_repeatably(monkeypatch):
+    monkeypatch.setitem(models._REGISTRY, "clinet", clinet)
+    small = recipes.Recipe("test", model="clinet", epochs=2, batch_size=10, one_cycle=True,
+                           transforms=(augment.RandomAffine(degrees=10),))
+    (x, t), (x_test, t_test) = datasets.load_mnist()
+    data = (x[:40], t[:40]), (x_test[:20], t_test[:20])
+    (a, history), (b, _) = small.fit(*data, seed=3), small.fit(*data, seed=3)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.array_equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    c, _ = small.fit(*data, seed=4, epochs=1)
+    assert not np.array_equal(a.state_dict()["2.weight"], c.state_dict()["2.weight"])
