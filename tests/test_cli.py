@@ -226,7 +226,8 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(stopped):
                                     f"train --resume {run}")
     assert meta["trainer"]["settings"] == {"model": "deepconvnet", "recipe": "book", "epochs": 2,
                                            "batch_size": 10, "lr": 0.001, "seed": 0,
-                                           "subset": 200, "checkpoint_every": 1}
+                                           "subset": 200, "checkpoint_every": 1,
+                                           "target_accuracy": None}
     assert not (run / "model.safetensors").exists()  # no epoch finished
 
 
