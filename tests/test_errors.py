@@ -135,7 +135,7 @@ RESUME_CASES = {
         (run / "checkpoint.json").read_bytes()[:100]), "not valid JSON"),
     "not a checkpoint": (lambda run: (run / "checkpoint.json").write_text('{"model": "x"}'),
                          "is not a shendu checkpoint"),
-    "a newer version": (lambda run: edit_json(run, version=2), "has version 2"),
+    "a newer version": (lambda run: edit_json(run, version=3), "has version 3"),
     "arrays elsewhere": (lambda run: edit_json(run, arrays="../../etc/passwd"),
                          "does not name a valid arrays file"),
     "arrays missing": (lambda run: arrays_of(run).unlink(), "is missing"),

@@ -11,23 +11,26 @@ from test_errors import clinet
 
 
 @pytest.mark.parametrize("name", recipes.names())
-def test_every_recipe_builds_what_it_says(name):
+def test_every_recipe_builds_what_it_says(name, monkeypatch):
+    monkeypatch.delenv("SHENDU_PROFILE", raising=False)
     recipe = recipes.get(name)
     model = recipe.build_model()
     assert model.config["model"] == recipe.model and recipe.about
-    opt, schedule = recipe.optimizer(model, steps_per_epoch=10)
-    assert isinstance(opt, optim.SGD if recipe.optimizer_name == "sgd" else optim.Adam)
+    trainer = recipe.trainer(model, train_size=1000)
+    opt, schedule = trainer.optimizer, trainer.scheduler
+    assert isinstance(opt, optim.SGD if recipe.optimizer == "sgd" else optim.Adam)
     assert opt.lr == pytest.approx(recipe.lr / 25 if recipe.one_cycle else recipe.lr)
+    assert opt.weight_decay == recipe.weight_decay and trainer.batch_size == recipe.batch_size
     assert (schedule is not None) == recipe.one_cycle
-    if schedule is not None:
-        assert schedule.total_steps == 10 * recipe.epochs
-    assert (recipe.augmentation() is None) == (not recipe.transforms)
+    if schedule is not None:  # sized for the recipe's epochs over 1,000 images
+        assert schedule.total_steps == recipe.epochs * -(-1000 // recipe.batch_size)
+    assert (trainer.augment is None) == (not recipe.transforms)
     assert recipe.dataset in datasets.names()
 
 
 def test_the_book_recipe_is_the_chapters():
     book = recipes.get("book")
-    assert (book.model, book.optimizer_name, book.lr, book.batch_size, book.epochs) == \
+    assert (book.model, book.optimizer, book.lr, book.batch_size, book.epochs) == \
         ("deepconvnet", "adam", 1e-3, 100, 20)
     assert not book.one_cycle and not book.transforms and book.weight_decay == 0
 
@@ -79,7 +82,9 @@ def test_evaluate_an_ensemble_with_test_time_augmentation(runs, capsys):
     assert cli.main(["evaluate", *map(str, dirs), "--tta", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["models"] == 2 and report["tta"] == 2 and report["dataset"] == "mnist"
-    assert report["accuracy"] == pytest.approx(expected, abs=1e-4)  # float32 rounding at most
+    assert report["accuracy"] == shendu.evaluate(members, x, t, tta=recipe.augmentation(),
+                                                 copies=2)
+    assert report["accuracy"] == pytest.approx(expected, abs=2e-4)  # float32 sums: a tie or two
     assert cli.main(["evaluate", *map(str, dirs)]) == 0
     assert "(2 models' averaged probabilities)" in capsys.readouterr().out
 
@@ -94,9 +99,34 @@ def test_tta_needs_a_recipe_with_augmentation(monkeypatch, tmp_path, capsys):
                                        "recipe book has no augmentation\n")
 
 
-def test_target_accuracy_must_be_a_fraction():
-    with pytest.raises(SystemExit):
+def test_a_run_that_reached_its_target_is_finished(runs, capsys):
+    run = runs[0][0]
+    weights = (run / "model.safetensors").read_bytes()
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    assert "reached 20.00% after epoch 1" in capsys.readouterr().out
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # still one epoch
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
+def test_an_ensemble_needs_one_dataset_and_one_augmentation(runs, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(models._REGISTRY, "clinet", clinet)
+    book = tmp_path / "book"
+    assert cli.main(["train", "--model", "clinet", "--subset", "20", "--batch-size", "10",
+                     "--epochs", "1", "--out", str(book)]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(runs[0][0]), str(book)]) == 0  # both MNIST: fine
+    assert cli.main(["evaluate", str(runs[0][0]), str(book), "--tta", "2"]) == 2
+    assert capsys.readouterr().err == (
+        f"shendu: error: {book} was trained by recipe book, {runs[0][0]} by augment: an "
+        "ensemble needs one dataset and, with --tta, one augmentation\n")
+
+
+def test_target_accuracy_must_be_a_fraction(capsys):
+    with pytest.raises(SystemExit) as e:
         cli.main(["train", "--target-accuracy", "99.4"])
+    assert e.value.code == 2
+    assert "argument --target-accuracy: must be at most 1 (an accuracy), got 99.4" in \
+        capsys.readouterr().err
 
 
 def test_recipe_fit_trains_a_new_model_repeatably(monkeypatch):

@@ -1,6 +1,7 @@
 """The Trainer (learning, metrics, run directory, shuffling, determinism, schedules, the quick
 profile), `evaluate` / `predict_proba`, and the figures drawn from them."""
 import csv
+import time
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -74,8 +75,10 @@ def test_fit_learns_and_fills_the_run_directory(mnist, registered, tmp_path):
     trainer = shendu.Trainer(model, optim.Adam(model.parameters(), lr=1e-3), batch_size=50,
                              run_dir=tmp_path, progress=False)
     rows_written = []  # after each epoch, before the next: the checkpoint and the table so far
+    began = time.perf_counter()
     history = trainer.fit(*mnist, epochs=3, on_epoch=lambda m: rows_written.append(
         len((tmp_path / "metrics.csv").read_text().splitlines()) - 1))
+    took = time.perf_counter() - began
     assert rows_written == [1, 2, 3]
 
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(set(h) == KEYS for h in history)
@@ -85,6 +88,7 @@ def test_fit_learns_and_fills_the_run_directory(mnist, registered, tmp_path):
     assert all(abs(h["images_per_s"] * h["epoch_time"] - 1000) < 1e-6 for h in history)
     elapsed = [0.0] + [h["elapsed"] for h in history]  # steps and tests, summed from the start
     assert all(elapsed[k + 1] - elapsed[k] >= h["epoch_time"] for k, h in enumerate(history))
+    assert elapsed[-1] <= took
 
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -284,6 +288,16 @@ def test_ensembles_and_test_time_augmentation_average_probabilities():
     assert shendu.evaluate(members, x, t) == np.mean(((p[0] + p[1]) / 2).argmax(axis=1) == t)
     with pytest.raises(shendu.ShenduError, match="at least one"):
         shendu.predict_proba([], x)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    with pytest.raises(shendu.ShenduError, match="one gives 3 classes, another 4"):
+        shendu.predict_proba([members[0], other], x)
+
+
+def test_planned_steps_follow_the_profile(monkeypatch):
+    assert shendu.planned_steps(60000, 100, 20) == 12000
+    assert shendu.planned_steps(1001, 100, 3) == 33
+    monkeypatch.setenv("SHENDU_PROFILE", "quick")
+    assert shendu.planned_steps(60000, 100, 20) == 40  # 2,000 images, 2 epochs
 
 
 def test_evaluate_checks_its_inputs():

@@ -12,7 +12,7 @@ from .images import load_image
 from .io import CheckpointError, load, save
 from .rng import manual_seed
 from .summarize import summary
-from .train import Trainer, evaluate, predict_proba, profile
+from .train import Trainer, evaluate, planned_steps, predict_proba, profile
 
 __version__ = "0.1.0"
 __all__ = ["nn", "optim", "models", "ShenduError", "CheckpointError", "manual_seed", "Trainer",

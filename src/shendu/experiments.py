@@ -186,11 +186,11 @@ def _train(model, train, test, epochs, max_lr, batch_size=128, augment=None, pro
     5e-4 and a one-cycle schedule. Returns the history, every step's loss and, every
     `probe_every` steps, (step, error on the `probe` images) when a probe set is given."""
     from . import optim
-    from .train import Trainer, evaluate
+    from .train import Trainer, evaluate, planned_steps
     opt = optim.SGD(model.parameters(), lr=max_lr, momentum=0.9, nesterov=True,
                     weight_decay=5e-4)
     schedule = optim.OneCycleLR(opt, max_lr=max_lr,
-                                total_steps=epochs * -(-len(train[0]) // batch_size))
+                                total_steps=planned_steps(len(train[0]), batch_size, epochs))
     trainer = Trainer(model, opt, batch_size=batch_size, scheduler=schedule, seed=0,
                       progress=False, augment=augment)
     losses, probes = [], []
@@ -280,6 +280,7 @@ def fashion_zoo():
         runs[name] = {**_run_figures(model, history, losses), "settings": settings,
                       "epochs": epochs}
     return {"dataset": "fashion-mnist", "augment": repr(flips), "runs": runs}
+
 
 @experiment
 def augmentation(sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=1000):

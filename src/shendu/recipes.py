@@ -1,16 +1,15 @@
 """Recipes: a model and the way to train it, by name (`shendu train --recipe NAME`), or in Python:
 
     recipe = recipes.get("augment")
-    model, history = recipe.fit(train, test, seed=0)       # all of it, in one call; or by parts:
+    model, history = recipe.fit(train, test, seed=0)
+    # or by parts, to keep the trainer (a run directory, checkpoints, callbacks):
     model = recipe.build_model()
-    optimizer, scheduler = recipe.optimizer(model, steps_per_epoch=600)
-    trainer = shendu.Trainer(model, optimizer, batch_size=recipe.batch_size,
-                             scheduler=scheduler, augment=recipe.augmentation())
+    trainer = recipe.trainer(model, train_size=len(train[0]), run_dir="runs/augment")
 
 A recipe is only settings; what each reaches is measured by experiments that write results
 files, never claimed here.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import augment, models, optim
 from .errors import ShenduError
@@ -23,9 +22,8 @@ __all__ = ["Recipe", "RECIPES", "get", "names"]
 class Recipe:
     about: str
     model: str = "deepconvnet"
-    model_options: dict = field(default_factory=dict)
     dataset: str = "mnist"
-    optimizer_name: str = "adam"  # "adam", or "sgd" with Nesterov momentum 0.9
+    optimizer: str = "adam"  # "adam", or "sgd" with Nesterov momentum 0.9
     lr: float = 1e-3  # with one_cycle, the peak
     batch_size: int = 100
     epochs: int = 20
@@ -34,35 +32,37 @@ class Recipe:
     transforms: tuple = ()  # what each training batch goes through (shendu.augment)
 
     def build_model(self):
-        return models.get(self.model, **self.model_options)
-
-    def optimizer(self, model, steps_per_epoch, lr=None, epochs=None):
-        """(optimizer, scheduler or None) for `model`; `lr` and `epochs` override the recipe's."""
-        lr, epochs = lr or self.lr, epochs or self.epochs
-        if self.optimizer_name == "sgd":
-            opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                            weight_decay=self.weight_decay)
-        else:
-            opt = optim.Adam(model.parameters(), lr=lr, weight_decay=self.weight_decay)
-        schedule = (optim.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-                    if self.one_cycle else None)
-        return opt, schedule
+        return models.get(self.model)
 
     def augmentation(self):
         return augment.Compose(*self.transforms) if self.transforms else None
 
+    def trainer(self, model, train_size, epochs=None, lr=None, batch_size=None, seed=0,
+                trainer_class=None, **options):
+        """A Trainer for `model` with this recipe's optimizer, schedule (sized for `epochs` on
+        `train_size` images) and augmentation; `epochs`, `lr` and `batch_size` override the
+        recipe's, `options` go to the Trainer."""
+        from .train import Trainer, planned_steps
+        epochs, lr = epochs or self.epochs, lr or self.lr
+        batch_size = batch_size or self.batch_size
+        if self.optimizer == "sgd":
+            opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                            weight_decay=self.weight_decay)
+        else:
+            opt = optim.Adam(model.parameters(), lr=lr, weight_decay=self.weight_decay)
+        schedule = (optim.OneCycleLR(opt, max_lr=lr,
+                                     total_steps=planned_steps(train_size, batch_size, epochs))
+                    if self.one_cycle else None)
+        return (trainer_class or Trainer)(model, opt, batch_size=batch_size, scheduler=schedule,
+                                          seed=seed, augment=self.augmentation(), **options)
+
     def fit(self, train, test, seed=0, epochs=None, **fit_options):
         """Train a new model by this recipe: `shendu.manual_seed(seed)` and the Trainer's seed
         make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`."""
-        from .train import Trainer
-        epochs = epochs or self.epochs
         manual_seed(seed)
         model = self.build_model()
-        optimizer, scheduler = self.optimizer(model, -(-len(train[0]) // self.batch_size),
-                                              epochs=epochs)
-        trainer = Trainer(model, optimizer, batch_size=self.batch_size, scheduler=scheduler,
-                          seed=seed, progress=False, augment=self.augmentation())
-        return model, trainer.fit(train, test, epochs=epochs, **fit_options)
+        trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False)
+        return model, trainer.fit(train, test, epochs=epochs or self.epochs, **fit_options)
 
 
 RECIPES = {
@@ -76,7 +76,7 @@ RECIPES = {
     "fashion": Recipe(
         "ResNet-20 on Fashion-MNIST with 2-pixel crops, flips and random erasing; SGD with "
         "Nesterov momentum, weight decay 5e-4 and a one-cycle schedule up to lr 0.1, 15 epochs",
-        model="resnet20", dataset="fashion-mnist", optimizer_name="sgd", lr=0.1, batch_size=128,
+        model="resnet20", dataset="fashion-mnist", optimizer="sgd", lr=0.1, batch_size=128,
         epochs=15, weight_decay=5e-4, one_cycle=True,
         transforms=(augment.RandomCrop(2), augment.RandomHorizontalFlip(),
                     augment.RandomErasing())),
@@ -88,6 +88,6 @@ def names():
 
 
 def get(name):
-    if name not in RECIPES:
+    if not isinstance(name, str) or name not in RECIPES:
         raise ShenduError(f"unknown recipe {name!r}; choose one of: {', '.join(names())}")
     return RECIPES[name]

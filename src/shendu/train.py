@@ -33,7 +33,7 @@ from .errors import ShenduError
 from .io import (CHECKPOINT, CheckpointError, check_json, read_checkpoint, remove_temporaries,
                  save, write_atomic, write_checkpoint)
 
-__all__ = ["Trainer", "evaluate", "predict_proba", "profile", "METRICS"]
+__all__ = ["Trainer", "evaluate", "predict_proba", "profile", "planned_steps", "METRICS"]
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
            "skipped", "elapsed"]
@@ -47,6 +47,14 @@ def profile():
     if value not in ("full", "quick"):
         raise ShenduError(f"SHENDU_PROFILE must be 'full' or 'quick', got {value!r}")
     return value
+
+
+def planned_steps(n, batch_size, epochs):
+    """The steps `fit` will take for `epochs` epochs on n images, in the current profile (what a
+    per-step schedule such as one-cycle must be told)."""
+    if profile() == "quick":
+        n, epochs = min(n, QUICK_TRAIN), min(epochs, QUICK_EPOCHS)
+    return epochs * _steps(n, batch_size)
 
 
 # -- inference ---------------------------------------------------------------------------------
@@ -89,13 +97,10 @@ def inference(model):
         model.train(was_training)
 
 
-def _logits(model, x, batch_size, view=None):
-    """The outputs for all of x, a batch at a time; `view(batch, start)` changes each input."""
+def _logits(model, x, batch_size):
     with inference(model):
-        return np.concatenate([
-            model(_as_input(x[i:i + batch_size]) if view is None
-                  else view(_as_input(x[i:i + batch_size]), i))
-            for i in range(0, len(x), batch_size)])
+        return np.concatenate([model(_as_input(x[i:i + batch_size]))
+                               for i in range(0, len(x), batch_size)])
 
 
 def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
@@ -110,14 +115,23 @@ def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
         raise ShenduError("an ensemble needs at least one model")
     x, _ = _check_data(x)
     batch_size = _positive_int("batch_size", batch_size)
-    views = [None]
-    if tta is not None:
-        copies = _positive_int("copies", copies)
-        views += [lambda images, start, k=k: tta(images, np.random.default_rng([seed, k, start]))
-                  for k in range(copies)]
-    total = sum(nn.softmax(_logits(member, x, batch_size, view)).astype(np.float64)
-                for member in members for view in views)
-    return (total / (len(members) * len(views))).astype(np.float32)
+    copies = _positive_int("copies", copies) if tta is not None else 0
+    batches = []
+    for start in range(0, len(x), batch_size):
+        images = _as_input(x[start:start + batch_size])
+        views = [images] + [tta(images, np.random.default_rng([seed, k, start]))
+                            for k in range(copies)]
+        total = None
+        for member in members:
+            with inference(member):
+                for view in views:
+                    p = nn.softmax(member(view)).astype(np.float64)
+                    if total is not None and p.shape != total.shape:
+                        raise ShenduError(f"the ensemble's models disagree: one gives {p.shape[1]} "
+                                          f"classes, another {total.shape[1]}")
+                    total = p if total is None else total + p
+        batches.append(total / (len(members) * len(views)))
+    return np.concatenate(batches).astype(np.float32)
 
 
 def evaluate(model, x, t, batch_size=500, tta=None, copies=4, seed=0):
@@ -224,14 +238,13 @@ class Trainer:
         try:
             with _stop_requests() as stop:
                 self._save_checkpoint()  # also proves the run directory writable before any work
-                while len(self.history) < start + epochs and stop.signum is None:
+                while (len(self.history) < start + epochs and stop.signum is None
+                       and not _reached(self.history[start:], target_accuracy)):
                     self._train_steps(x, t, start + epochs, stop, on_step)
                     if stop.signum is None:
                         metrics = self._end_epoch(len(x), x_test, t_test)
                         if on_epoch is not None:
                             _call(on_epoch, metrics, stop)
-                        if target_accuracy is not None and metrics["test_acc"] >= target_accuracy:
-                            break
                 if stop.signum is not None:
                     self.stopped = stop.signum
                     self._save_checkpoint()
@@ -481,6 +494,12 @@ _CHECKPOINT_FIELDS = {
                  "lr": float, "epoch_time": float, "images_per_s": float, "skipped": int,
                  "elapsed": float}],
 }
+
+
+def _reached(history, target):
+    """Whether the fit with this history (its own epochs) has reached its target accuracy: the
+    loop's condition, so a resumed fit that had already reached it trains no further."""
+    return target is not None and bool(history) and history[-1]["test_acc"] >= target
 
 
 def _steps(n, batch_size):
