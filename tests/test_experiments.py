@@ -67,3 +67,20 @@ def test_augmentation():
         assert median == pytest.approx(np.median(accs))
     assert runs[0]["test_acc"] != runs[2]["test_acc"] or \
         runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run
+
+
+def test_the_fashion_recipe_is_the_zoos_resnet_run():
+    """notebook 04 reports fashion_zoo's ResNet-20 as the `fashion` recipe's result."""
+    from shendu import augment, datasets, manual_seed, models, recipes
+    (x, t), (x_test, t_test) = datasets.load_fashion_mnist()
+    data = (x[:256], t[:256]), (x_test[:100], t_test[:100])
+    recipe = recipes.get("fashion")
+    assert experiments.FASHION_ZOO[recipe.model] == {"epochs": recipe.epochs}
+    manual_seed(0)
+    zoo_model = models.get(recipe.model)
+    flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
+    experiments._train(zoo_model, *data, recipe.epochs, max_lr=0.1, augment=flips)
+    model, _ = recipe.fit(*data, seed=0)
+    assert repr(recipe.augmentation()) == repr(flips)
+    for name, array in model.state_dict().items():
+        assert array.tobytes() == zoo_model.state_dict()[name].tobytes(), name

@@ -73,13 +73,12 @@ RECIPES = {
         lr=3e-3, epochs=30, one_cycle=True,
         transforms=(augment.RandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1),
                                          shear=10),)),
-    "fashion": Recipe(
-        "ResNet-20 on Fashion-MNIST with 2-pixel crops, flips and random erasing; SGD with "
-        "Nesterov momentum, weight decay 5e-4 and a one-cycle schedule up to lr 0.1, 15 epochs",
+    "fashion": Recipe(  # ResNet-20's run in the experiment fashion_zoo, exactly
+        "ResNet-20 on Fashion-MNIST with 2-pixel crops and flips; SGD with Nesterov momentum, "
+        "weight decay 5e-4 and a one-cycle schedule up to lr 0.1, batch 128, 15 epochs",
         model="resnet20", dataset="fashion-mnist", optimizer="sgd", lr=0.1, batch_size=128,
         epochs=15, weight_decay=5e-4, one_cycle=True,
-        transforms=(augment.RandomCrop(2), augment.RandomHorizontalFlip(),
-                    augment.RandomErasing())),
+        transforms=(augment.RandomCrop(2), augment.RandomHorizontalFlip())),
 }
 
 
