@@ -39,11 +39,16 @@ def test_very_deep():
     assert all(len(run["step_losses"]) == 3 for run in figures["runs"].values())
 
 
-def test_fashion_zoo(monkeypatch):
+def test_fashion_zoo(monkeypatch, tmp_path):
+    import shendu
+    from shendu import datasets
     monkeypatch.setattr(experiments, "FASHION_ZOO", {"resnet20": {"width": 0.25, "epochs": 1}})
-    run = experiments.fashion_zoo()["runs"]["resnet20"]
+    run = experiments.fashion_zoo(root=tmp_path)["runs"]["resnet20"]
     assert run["epochs"] == 1 and run["settings"] == {"width": 0.25}
     assert len(run["step_losses"]) == 16  # the quick profile's 2,000 images in batches of 128
+    _, (x_test, t_test) = datasets.load_fashion_mnist()  # the saved model is the one measured
+    saved = shendu.load(tmp_path / "resnet20")
+    assert shendu.evaluate(saved, x_test[:1000], t_test[:1000]) == run["final_test_acc"]
 
 
 def test_resume_identity(tmp_path):

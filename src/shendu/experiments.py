@@ -264,10 +264,13 @@ FASHION_ZOO = {  # small-input versions, sized for two cores (ResNet, the slowes
 
 
 @experiment
-def fashion_zoo():
+def fashion_zoo(root=None):
     """VGG, GoogLeNet and ResNet trained on Fashion-MNIST with the same recipe (random crops of
-    2 pixels and horizontal flips; SGD one-cycle): parameters, time and test accuracy."""
-    from . import augment, datasets, manual_seed, models
+    2 pixels and horizontal flips; SGD one-cycle): parameters, time and test accuracy. Each
+    trained model is saved in `root`/NAME (default runs/fashion-zoo/NAME), to evaluate again
+    later (with test-time augmentation, or as an ensemble)."""
+    from . import augment, datasets, manual_seed, models, save
+    root = REPO / "runs" / "fashion-zoo" if root is None else Path(root)
     train, test = datasets.load_fashion_mnist()
     flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
     runs = {}
@@ -277,6 +280,7 @@ def fashion_zoo():
         manual_seed(0)
         model = models.get(name, **settings)
         history, losses, _ = _train(model, train, test, epochs, max_lr=0.1, augment=flips)
+        save(model, root / name)
         runs[name] = {**_run_figures(model, history, losses), "settings": settings,
                       "epochs": epochs}
     return {"dataset": "fashion-mnist", "augment": repr(flips), "runs": runs}
