@@ -185,20 +185,19 @@ def _train(model, train, test, epochs, max_lr, batch_size=128, augment=None, pro
     """The recipe of the chapter's comparisons: SGD with Nesterov momentum 0.9, weight decay
     5e-4 and a one-cycle schedule. Returns the history, every step's loss and, every
     `probe_every` steps, (step, error on the `probe` images) when a probe set is given."""
-    from . import optim
-    from .train import Trainer, evaluate, planned_steps
-    opt = optim.SGD(model.parameters(), lr=max_lr, momentum=0.9, nesterov=True,
-                    weight_decay=5e-4)
-    schedule = optim.OneCycleLR(opt, max_lr=max_lr,
-                                total_steps=planned_steps(len(train[0]), batch_size, epochs))
-    trainer = Trainer(model, opt, batch_size=batch_size, scheduler=schedule, seed=0,
-                      progress=False, augment=augment)
+    from .recipes import Recipe
+    from .train import evaluate
+    recipe = Recipe("the chapter's comparisons", optimizer="sgd", lr=max_lr,
+                    batch_size=batch_size, weight_decay=5e-4, one_cycle=True,
+                    transforms=augment.transforms if augment is not None else ())
+    trainer = recipe.trainer(model, len(train[0]), epochs=epochs, progress=False)
     losses, probes = [], []
 
     def on_step(progress):
         losses.append(round(progress["loss"], 5))
         if probe is not None and progress["global_step"] % probe_every == 0:
             probes.append((progress["global_step"], round(1 - evaluate(model, *probe), 5)))
+
     def on_epoch(metrics):  # a long run shows where it is
         print(f"{type(model).__name__} epoch {metrics['epoch']}/{epochs}: loss "
               f"{metrics['train_loss']:.4f}, test {metrics['test_acc']:.2%}, "
