@@ -471,24 +471,26 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
     return _load(FASHION_MNIST, root, download)
 
 
+_DATASETS = {ds.name: ds for ds in (MNIST, FASHION_MNIST)}
+
+
 def names() -> list[str]:
     """The datasets `load` knows."""
-    return sorted(_LOADERS)
+    return sorted(_DATASETS)
+
+
+def _named(name: str) -> _Dataset:
+    if name not in _DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
+    return _DATASETS[name]
 
 
 def describe(name: str) -> tuple[str, list[str]]:
     """A dataset's title (as prose names it) and class names."""
-    ds = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}.get(name)
-    if ds is None:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
+    ds = _named(name)
     return ds.title or ds.name, ds.classes
 
 
 def load(name: str, root: str | os.PathLike | None = None, download: bool = True):
     """A dataset by name ("mnist", "fashion-mnist"): ``((x_train, t_train), (x_test, t_test))``."""
-    if name not in _LOADERS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
-    return _LOADERS[name](root, download)
-
-
-_LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+    return _load(_named(name), root, download)
