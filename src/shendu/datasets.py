@@ -471,18 +471,20 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
     return _load(FASHION_MNIST, root, download)
 
 
-_DATASETS = {ds.name: ds for ds in (MNIST, FASHION_MNIST)}
+def _datasets() -> dict[str, _Dataset]:
+    # Read at each call, not frozen at import: tests replace MNIST to take sources away.
+    return {ds.name: ds for ds in (MNIST, FASHION_MNIST)}
 
 
 def names() -> list[str]:
     """The datasets `load` knows."""
-    return sorted(_DATASETS)
+    return sorted(_datasets())
 
 
 def _named(name: str) -> _Dataset:
-    if name not in _DATASETS:
+    if name not in _datasets():
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(names())}")
-    return _DATASETS[name]
+    return _datasets()[name]
 
 
 def describe(name: str) -> tuple[str, list[str]]:
