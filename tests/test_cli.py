@@ -126,6 +126,8 @@ def user_error_cases(tmp, untrained):
         "unknown model to train": ["train", "--model", "lenet-9000", "--out", tmp / "x"],
         "run directory in use": ["train", "--out", untrained],
         "nothing to resume": ["train", "--resume", tmp / "nowhere"],
+        "part of a whole experiment": ["experiment", "chapter1", "--only", "x"],
+        "unknown run of an experiment": ["experiment", "fashion_zoo", "--only", "alexnet"],
     }
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from shendu import experiments
+from shendu.errors import ShenduError
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +50,43 @@ def test_fashion_zoo(monkeypatch, tmp_path):
     _, (x_test, t_test) = datasets.load_fashion_mnist()  # the saved model is the one measured
     saved = shendu.load(tmp_path / "resnet20")
     assert shendu.evaluate(saved, x_test[:1000], t_test[:1000]) == run["final_test_acc"]
+
+
+def test_rerunning_some_runs_keeps_the_others(monkeypatch, tmp_path):
+    calls = []
+
+    def toy(only=None):
+        calls.append(only)
+        return {"runs": {name: {"trained_in_call": len(calls)} for name in only or ("a", "b")}}
+    monkeypatch.setitem(experiments._EXPERIMENTS, "toy", toy)
+    with pytest.raises(ShenduError, match="no results"):  # nothing to keep yet
+        experiments.run("toy", out_dir=tmp_path, only=["b"])
+    first = experiments.run("toy", out_dir=tmp_path)["figures"]["runs"]
+    assert first["a"]["made"]["command"] == "python -m shendu experiment toy"
+    experiments.run("toy", out_dir=tmp_path, only=["b"])
+    runs = experiments.load("toy", tmp_path)["figures"]["runs"]
+    assert calls == [None, ["b"]] and list(runs) == ["a", "b"]
+    assert runs["a"] == first["a"]
+    assert runs["b"]["trained_in_call"] == 2
+    assert runs["b"]["made"]["command"] == "python -m shendu experiment toy --only b"
+
+
+def test_runs_of_a_file_without_their_own_provenance_get_the_files(monkeypatch, tmp_path):
+    """Results written before runs recorded their own command, commit and date."""
+    monkeypatch.setitem(experiments._EXPERIMENTS, "toy", lambda only=None: {"runs": {"b": {}}})
+    old = {"figures": {"runs": {"a": {}, "b": {}}}, "command": "python -m shendu experiment toy",
+           "commit": "f4f605d", "date": "2026-11-28T15:53:07+00:00"}
+    (tmp_path / "toy.json").write_text(json.dumps(old))
+    runs = experiments.run("toy", out_dir=tmp_path, only=["b"])["figures"]["runs"]
+    assert runs["a"]["made"] == {key: old[key] for key in ("command", "commit", "date")}
+    assert runs["b"]["made"]["commit"] != "f4f605d"
+
+
+def test_only_is_refused_where_it_means_nothing(monkeypatch, tmp_path):
+    with pytest.raises(ShenduError, match="cannot rerun part"):
+        experiments.run("chapter1", out_dir=tmp_path, only=["x"])
+    with pytest.raises(ShenduError, match="no model alexnet"):
+        experiments.fashion_zoo(root=tmp_path, only=["alexnet"])
 
 
 def test_resume_identity(tmp_path):

@@ -7,7 +7,7 @@
     shendu evaluate RUN_DIR... [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28] [--classes 10]
-    shendu experiment NAME [--readme]
+    shendu experiment NAME [--readme] [--only RUN,...]
     shendu bench [--json FILE] [--profile] [--repeats N] [--no-memory]
 
 User errors (bad files, checkpoints, images, no data) print one line `shendu: error: ...` on
@@ -216,7 +216,7 @@ def _summary(args):
 
 
 def _experiment(args):
-    record = experiments.run(args.name)
+    record = experiments.run(args.name, only=args.only)
     print(json.dumps(record["figures"], indent=1)[:2000])
     if args.readme and not experiments.update_readme(record):
         raise ShenduError(f"README.md has no <!-- results:{args.name} --> block to update")
@@ -311,6 +311,8 @@ def _parser():
     p = commands.add_parser("experiment", help="run a long experiment, write notebooks/results/NAME.json")
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(experiments.names())}")
     p.add_argument("--readme", action="store_true", help="also rewrite README.md's results block")
+    p.add_argument("--only", type=lambda text: text.split(","), metavar="RUN[,RUN...]",
+                   help="rerun only these of the experiment's runs, keep the others' results")
     p.set_defaults(command=_experiment)
 
     p = commands.add_parser("bench", help="shendu vs PyTorch on this machine, side by side")

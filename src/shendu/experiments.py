@@ -4,6 +4,7 @@ Each writes `notebooks/results/NAME.json` with its figures and how they were mad
 commit, machine, date, versions), so every quoted number can be traced and regenerated.
 """
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -56,23 +57,43 @@ def _commit():
         return None
 
 
-def run(name, out_dir=RESULTS):
-    """Run one experiment and write its results file; returns the results."""
+def run(name, out_dir=RESULTS, only=None):
+    """Run one experiment and write its results file; returns the results.
+
+    An experiment of named runs (one that takes `only`) can rerun some of them: the others are
+    kept from the results file, and every run records the command, commit and date that made it.
+    """
     if name not in _EXPERIMENTS:
         raise ShenduError(f"unknown experiment {name!r}; choose one of: {', '.join(names())}")
     from . import __version__
     from .train import profile
+    fn = _EXPERIMENTS[name]
+    named_runs = "only" in inspect.signature(fn).parameters
+    if only and not named_runs:
+        raise ShenduError(f"experiment {name!r} cannot rerun part of itself: run it whole")
+    previous = load(name, out_dir) if only else None  # before hours of training, not after
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
-    figures = _EXPERIMENTS[name]()
+    figures = fn(only=only) if only else fn()
+    command = f"python -m shendu experiment {name}" + (f" --only {','.join(only)}" if only else "")
+    made = {"command": command, "commit": _commit(), "date": started.isoformat(timespec="seconds")}
+    if named_runs:
+        for entry in figures["runs"].values():
+            entry["made"] = made
+    if previous:
+        kept = previous["figures"]["runs"]
+        for entry in kept.values():
+            entry.setdefault("made", {key: previous[key] for key in made})
+        figures["runs"] = {key: figures["runs"].get(key) or kept[key]
+                           for key in {**kept, **figures["runs"]}}
     record = {
         "experiment": name,
         "figures": figures,
-        "command": f"python -m shendu experiment {name}",
-        "commit": _commit(),
+        "command": command,
+        "commit": made["commit"],
         "machine": machine(),
         "profile": profile(),
-        "date": started.isoformat(timespec="seconds"),
+        "date": made["date"],
         "wall_time_s": round(time.perf_counter() - t0, 1),
         "versions": {"shendu": __version__, "python": sys.version.split()[0],
                      "numpy": np.__version__, "numba": numba.__version__},
@@ -256,25 +277,30 @@ def very_deep(depth=152, steps=200, batch_size=32, width=0.5):
 
 
 FASHION_ZOO = {  # small-input versions, sized for two cores (ResNet, the slowest, gets most)
-    "resnet20": {"epochs": 15},
+    "resnet20": {"epochs": 30},
     "vgg11_bn": {"width": 0.25, "epochs": 10},
     "googlenet": {"width": 0.25, "batch_norm": True, "epochs": 6},
 }
 
 
 @experiment
-def fashion_zoo(root=None):
+def fashion_zoo(root=None, only=None):
     """VGG, GoogLeNet and ResNet trained on Fashion-MNIST with the same recipe (random crops of
-    2 pixels and horizontal flips; SGD one-cycle): parameters, time and test accuracy. Each
-    trained model is saved in `root`/NAME (default runs/fashion-zoo/NAME), to evaluate again
-    later (with test-time augmentation, or as an ensemble)."""
+    2 pixels and horizontal flips; SGD one-cycle): parameters, time and test accuracy. `only`
+    names the models to train (default: all). Each trained model is saved in `root`/NAME
+    (default runs/fashion-zoo/NAME), to evaluate again later (with test-time augmentation, or
+    as an ensemble)."""
     from . import augment, datasets, manual_seed, models, save
+    unknown = set(only or ()) - set(FASHION_ZOO)
+    if unknown:
+        raise ShenduError(f"fashion_zoo has no model {', '.join(sorted(unknown))}; "
+                          f"choose from: {', '.join(FASHION_ZOO)}")
     root = REPO / "runs" / "fashion-zoo" if root is None else Path(root)
     train, test = datasets.load_fashion_mnist()
     flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
     runs = {}
-    for name, settings in FASHION_ZOO.items():
-        settings = dict(settings)
+    for name in only or FASHION_ZOO:
+        settings = dict(FASHION_ZOO[name])
         epochs = settings.pop("epochs")
         manual_seed(0)
         model = models.get(name, **settings)

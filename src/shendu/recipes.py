@@ -75,9 +75,9 @@ RECIPES = {
                                          shear=10),)),
     "fashion": Recipe(  # ResNet-20's run in the experiment fashion_zoo, exactly
         "ResNet-20 on Fashion-MNIST with 2-pixel crops and flips; SGD with Nesterov momentum, "
-        "weight decay 5e-4 and a one-cycle schedule up to lr 0.1, batch 128, 15 epochs",
+        "weight decay 5e-4 and a one-cycle schedule up to lr 0.1, batch 128, 30 epochs",
         model="resnet20", dataset="fashion-mnist", optimizer="sgd", lr=0.1, batch_size=128,
-        epochs=15, weight_decay=5e-4, one_cycle=True,
+        epochs=30, weight_decay=5e-4, one_cycle=True,
         transforms=(augment.RandomCrop(2), augment.RandomHorizontalFlip())),
 }
 
