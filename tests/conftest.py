@@ -20,6 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The CUDA kernels are tested in numba's CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 asks for a
+# real GPU. numba.cuda reads the setting once, when it is first imported, so it is set here,
+# before any test module is imported (a numba imported even earlier, by a plugin, re-reads it).
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+if "numba" in sys.modules:
+    sys.modules["numba"].core.config.reload_config()
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "book" / "_ext"))
 from record_exec_times import toc_entries, toc_notebooks  # noqa: E402  (one _toc.yml reader)
