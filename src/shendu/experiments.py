@@ -84,8 +84,7 @@ def run(name, out_dir=RESULTS, only=None):
         kept = previous["figures"]["runs"]
         for entry in kept.values():
             entry.setdefault("made", {key: previous[key] for key in made})
-        figures["runs"] = {key: figures["runs"].get(key) or kept[key]
-                           for key in {**kept, **figures["runs"]}}
+        figures["runs"] = {**kept, **figures["runs"]}  # the file's order, new runs replacing
     record = {
         "experiment": name,
         "figures": figures,
