@@ -127,3 +127,26 @@ def test_the_fashion_recipe_is_the_zoos_resnet_run():
     assert repr(recipe.augmentation()) == repr(flips)
     for name, array in model.state_dict().items():
         assert array.tobytes() == zoo_model.state_dict()[name].tobytes(), name
+
+
+def test_recipes(monkeypatch, tmp_path):
+    import shendu
+    from shendu import datasets, nn
+    monkeypatch.setattr(experiments, "TARGET", 0.2)  # reached at the first epoch, unlike 99.4%
+    figures = experiments.recipes(only=["book"], seeds=(0, 1), root=tmp_path)
+    book = figures["runs"]["book"]
+    assert [r["seed"] for r in book["runs"]] == [0, 1] and book["epochs"] == 20
+    assert book["median_test_acc"] == pytest.approx(np.median([r["test_acc"] for r in book["runs"]]))
+    for run in book["runs"]:
+        assert len(run["test_acc_by_epoch"]) == 2  # the quick profile's epochs
+        assert run["test_acc"] == run["test_acc_by_epoch"][-1] > 0.2
+        assert 0 < run["time_to_target_s"] <= run["wall_time_s"]
+    # The ensemble by hand: the saved members' softmax outputs averaged.
+    _, (x_test, t_test) = datasets.load_mnist()
+    members = [shendu.load(tmp_path / f"book-{seed}") for seed in (0, 1)]
+    p = np.concatenate([sum(nn.softmax(m(x_test[i:i + 500].astype(np.float32) / 255))
+                            .astype(np.float64) for m in members) / 2
+                        for i in range(0, len(x_test), 500)])
+    wrong = np.flatnonzero(p.argmax(axis=1) != t_test)
+    assert book["ensemble_errors"] == [[int(i), int(t_test[i]), int(p[i].argmax())] for i in wrong]
+    assert book["ensemble_test_acc"] == pytest.approx(1 - len(wrong) / len(t_test))

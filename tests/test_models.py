@@ -59,6 +59,25 @@ def test_depth_is_the_number_in_the_name(name, layers):
 SMALL = sorted(set(models.names()) - {"deepconvnet"})
 
 
+def test_bncnn_counts_and_shapes():
+    """Deotte's network, counted by hand: convolutions without biases (BatchNorm follows),
+    BatchNorm's γ and β, the classifier."""
+    convs = 1 * 32 * 9 + 32 * 32 * 9 + 32 * 32 * 25 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 64 * 25 \
+        + 64 * 128 * 16
+    norms = 2 * (3 * 32 + 3 * 64 + 128)
+    model = models.get("bncnn")
+    assert model.num_parameters() == convs + norms + 128 * 10 + 10 == 325_994
+    shapes, x = [], np.zeros((2, 1, 28, 28), np.float32)
+    for layer in model.eval():
+        x = layer(x)
+        if isinstance(layer, nn.Conv2d):
+            shapes.append(x.shape[2:])
+    assert shapes == [(26, 26), (24, 24), (12, 12), (10, 10), (8, 8), (4, 4), (1, 1)]
+    assert x.shape == (2, 10)
+    with pytest.raises(shendu.ShenduError, match="25×25"):
+        models.get("bncnn", input_shape=(1, 24, 24))
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["mnist", "cifar"])
 @pytest.mark.parametrize("name", SMALL)
 def test_small_images(name, shape):
