@@ -1,5 +1,5 @@
 """The CUDA path end to end, against the CPU path: every layer's forward and backward, the loss,
-optimizer steps on a small network, moving models.
+optimizer steps on a small network, moving models, saving them, and a Trainer's epoch.
 
 They run in numba's CUDA simulator (tests/conftest.py sets NUMBA_ENABLE_CUDASIM=1 unless it is
 set), and on a GPU with NUMBA_ENABLE_CUDASIM=0. The simulator runs every GPU thread as a Python
@@ -170,6 +170,13 @@ def test_no_grad_keeps_nothing_for_backward():
         model.backward(gpu.array(_rand(2, 3)))
 
 
+def test_summary_of_a_cuda_model():
+    shendu.manual_seed(0)
+    model = tiny_net()
+    rows = shendu.summary(model, (1, 6, 6))
+    assert shendu.summary(model.to("cuda"), (1, 6, 6)) == rows
+
+
 def test_errors_name_the_device():
     model = nn.Sequential(nn.Linear(3, 2)).to("cuda")
     with pytest.raises(ShenduError, match="weights on cuda but its input on cpu"):
@@ -256,6 +263,26 @@ def test_load_state_dict_puts_values_on_the_models_device():
         np.testing.assert_array_equal(value, source.state_dict()[name])
 
 
+@pytest.fixture
+def tiny(monkeypatch):
+    """tiny_net by name (models.get gives it the config that saving needs)."""
+    monkeypatch.setitem(models._REGISTRY, "tiny", tiny_net)
+    return lambda **kw: models.get("tiny", input_shape=(1, 6, 6), **kw)
+
+
+def test_save_and_load_a_cuda_trained_model(tmp_path, tiny):
+    shendu.manual_seed(0)
+    model = tiny(num_classes=3).to("cuda")
+    x, t = np.random.default_rng(1).random((3, 1, 6, 6), dtype=np.float32), np.array([0, 2, 1])
+    _train(model, lambda ps: optim.Adam(ps, lr=0.01), x, t, steps=1)
+    shendu.save(model, tmp_path / "run")
+    loaded = shendu.load(tmp_path / "run")
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[name], value)
+    model.eval()
+    _close(shendu.predict_proba(loaded, x), shendu.predict_proba(model, x))
+
+
 def test_without_a_gpu_the_model_stays_on_the_cpu(monkeypatch, capsys):
     monkeypatch.setattr(gpu, "available", lambda: False)
     model = tiny_net()
@@ -269,3 +296,33 @@ def test_cuda_available_means_a_real_gpu():
     assert shendu.cuda_available() is (not gpu.SIMULATED)
     with pytest.raises(ShenduError, match="unknown device"):
         tiny_net().to("gpu")
+
+
+def test_a_trainer_epoch_on_cuda_matches_the_cpu(tmp_path, tiny):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 1, 6, 6), dtype=np.uint8)
+    t = rng.integers(0, 4, 6)
+    histories = {}
+    for device in ("cpu", "cuda"):
+        shendu.manual_seed(0)
+        model = tiny().to(device)
+        trainer = shendu.Trainer(model, optim.Adam(model.parameters(), lr=0.01), batch_size=4,
+                                 run_dir=tmp_path / device, progress=False)
+        histories[device] = trainer.fit((x, t), (x[:5], t[:5]), epochs=1)
+        assert kernels.of(model.parameters()[0].data) is kernels.device(device)
+    cpu, dev = histories["cpu"][0], histories["cuda"][0]
+    assert dev.keys() == cpu.keys()
+    assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-5)
+    assert (dev["train_acc"], dev["test_acc"]) == (cpu["train_acc"], cpu["test_acc"])
+    # checkpoints hold host arrays: new models resume from them, each on its device, for a
+    # second epoch (the optimizer's moments go to the GPU at its first step)
+    for device in ("cpu", "cuda"):
+        model = tiny().to(device)
+        trainer = shendu.Trainer(model, optim.Adam(model.parameters(), lr=0.01), batch_size=4,
+                                 progress=False)
+        histories[device] = trainer.fit((x, t), (x[:5], t[:5]), epochs=2,
+                                        resume=tmp_path / device)
+    cpu, dev = histories["cpu"][1], histories["cuda"][1]
+    assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-5)
+    for name, value in shendu.load(tmp_path / "cpu").state_dict().items():
+        _close(shendu.load(tmp_path / "cuda").state_dict()[name], value, name)
