@@ -13,6 +13,7 @@ pytest.importorskip("numba_cuda")
 from numba import cuda  # noqa: E402
 from numba.core.errors import NumbaWarning  # noqa: E402
 
+import shendu  # noqa: E402
 from shendu import nn, optim  # noqa: E402
 from shendu.kernels import conv, norm, pool  # noqa: E402
 
@@ -189,21 +190,46 @@ def test_elementwise_kernels_match_numpy():
     b = _rand(7, seed=2)
     gpu.add_bias(dx_, cuda.to_device(b))
     np.testing.assert_array_equal(_host(dx_), x + b)
+    b2 = _rand(2, 7, seed=3)
+    np.testing.assert_array_equal(_host(gpu.multiply(cuda.to_device(b2), cuda.to_device(b))),
+                                  b2 * b)  # a vector over the last axis
     for axes in [(0, 3, 1, 2), (0, 2, 3, 1), (3, 2, 1, 0)]:
-        np.testing.assert_array_equal(_host(gpu.permute(dd, axes)), d.transpose(axes))
+        view = gpu.transpose(dd, axes)
+        np.testing.assert_array_equal(_host(gpu.contiguous(view)), d.transpose(axes))
+        # element-wise work on a view of permuted strides, and on two layouts at once
+        np.testing.assert_array_equal(_host(gpu.contiguous(gpu.relu_forward(view))),
+                                      np.maximum(d, 0).transpose(axes))
+        np.testing.assert_array_equal(
+            _host(gpu.contiguous(gpu.add(view, gpu.contiguous(view)))), 2 * d.transpose(axes))
+
+
+def test_views_follow_numpy_slicing():
+    a = _rand(2, 5, 4, 6)
+    da = cuda.to_device(a)
+    for index in [np.s_[:, 1:4], np.s_[..., 2:5], np.s_[:, :, ::2, 1::3], np.s_[1:, ::2]]:
+        np.testing.assert_array_equal(_host(gpu.contiguous(gpu.view(da, index))), a[index])
+    dst = cuda.to_device(np.zeros_like(a))
+    gpu.copy_into(gpu.view(dst, np.s_[:, :, ::2, 1::3]), gpu.view(da, np.s_[:, :, 1:3, :2]))
+    expected = np.zeros_like(a)
+    expected[:, :, ::2, 1::3] = a[:, :, 1:3, :2]
+    np.testing.assert_array_equal(_host(dst), expected)
+    with pytest.raises(ValueError, match="copy_into"):
+        gpu.copy_into(dst, gpu.view(da, np.s_[:1]))
 
 
 @pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaWarning",
                             "ignore:overflow:RuntimeWarning")  # the simulator's uint64 arithmetic
-def test_dropout_mask_is_drawn_on_the_device():
-    states = gpu.random_states(seed=7, n=32)
-    masks = [_host(gpu.dropout_mask(states, (64, 33), 0.25)) for _ in range(2)]
+def test_dropout_mask_is_drawn_on_the_device(monkeypatch):
+    monkeypatch.setattr(gpu, "RANDOM_STATES", 32)  # the simulator runs a thread per generator
+    x = cuda.to_device(np.zeros((64, 33), np.float32))
+    shendu.manual_seed(7)
+    masks = [_host(gpu.dropout_mask(x, 0.25)) for _ in range(2)]
     for mask in masks:
         assert set(np.unique(mask)) == {np.float32(0), np.float32(1) / np.float32(0.75)}
         assert abs((mask > 0).mean() - 0.75) < 0.03  # 2112 draws: 0.03 is over 3 σ
     assert (masks[0] != masks[1]).any()  # the generators moved on
-    again = _host(gpu.dropout_mask(gpu.random_states(seed=7, n=32), (64, 33), 0.25))
-    np.testing.assert_array_equal(again, masks[0])  # the same seed, the same mask
+    shendu.manual_seed(7)  # a new seed: the device's generators are seeded again
+    np.testing.assert_array_equal(_host(gpu.dropout_mask(x, 0.25)), masks[0])
 
 
 # -- loss -------------------------------------------------------------------------------------

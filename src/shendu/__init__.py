@@ -10,10 +10,12 @@ from . import models, nn, optim  # noqa: E402
 from .errors import ShenduError
 from .images import load_image
 from .io import CheckpointError, load, save
+from .kernels import cuda_available
 from .rng import manual_seed
 from .summarize import summary
 from .train import Trainer, evaluate, planned_steps, predict_proba, profile
 
 __version__ = "0.1.0"
 __all__ = ["nn", "optim", "models", "ShenduError", "CheckpointError", "manual_seed", "Trainer",
-           "evaluate", "predict_proba", "profile", "save", "load", "load_image", "summary"]
+           "evaluate", "predict_proba", "profile", "save", "load", "load_image", "summary",
+           "cuda_available"]

@@ -1,6 +1,7 @@
 """Model zoo: networks by name, each buildable for any input shape and number of classes."""
 import numpy as np
 
+from . import kernels
 from .errors import ShenduError
 from .kernels.conv import out_size
 from .nn import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear,
@@ -234,17 +235,19 @@ class PadShortcut(Module):
         self.shape = None
 
     def forward(self, x):
+        K, s = kernels.of(x), self.stride
         self.shape = x.shape
-        kept = x[:, :, ::self.stride, ::self.stride]
+        kept = K.view(x, np.s_[:, :, ::s, ::s])
         n, c, h, w = kept.shape
-        y = np.zeros((n, c + self.extra, h, w), x.dtype)
-        y[:, :c] = kept
+        y = K.zeros((n, c + self.extra, h, w), x.dtype)
+        K.copy_into(K.view(y, np.s_[:, :c]), kept)
         return y
 
     def backward(self, dy):
+        K, s = kernels.of(dy), self.stride
         n, c, h, w = self._cached(self.shape)
-        dx = np.zeros((n, c, h, w), dy.dtype)
-        dx[:, :, ::self.stride, ::self.stride] = dy[:, :c]
+        dx = K.zeros((n, c, h, w), dy.dtype)
+        K.copy_into(K.view(dx, np.s_[:, :, ::s, ::s]), K.view(dy, np.s_[:, :c]))
         return dx
 
     def extra_repr(self):

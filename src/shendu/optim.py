@@ -1,6 +1,9 @@
 """Optimizers and learning-rate schedules, with PyTorch's update rules.
 
-Each `step()` reads `p.grad` of every parameter and updates `p.data` in place.
+Each `step()` reads `p.grad` of every parameter and updates `p.data` in place, where the
+parameter lives: SGD, Adam and AdamW run on the CPU and on CUDA (the formulas are
+kernels.cpu.sgd_step and adam_step, and their CUDA kernels); per-parameter state follows its
+parameter there at the next step.
 
 `state_dict()` / `load_state_dict()` save and restore everything later steps depend on, so a
 resumed run continues exactly: plain values (hyperparameters, counters; JSON-safe) and, for
@@ -11,6 +14,7 @@ import numbers
 
 import numpy as np
 
+from . import kernels
 from .errors import ShenduError
 
 
@@ -54,12 +58,12 @@ class Optimizer:
 
     def zero_grad(self):
         for p in self.params:
-            p.grad[...] = 0
+            kernels.of(p.grad).fill(p.grad, 0)
 
     def state_dict(self):
         """{"type": class name, hyperparameters and `steps`..., "buffers": {"m.0": array, ...}}
-        (copies; entries not created yet are left out)."""
-        arrays = {f"{name}.{i}": a.copy() for name in self.buffers
+        (NumPy copies; entries not created yet are left out)."""
+        arrays = {f"{name}.{i}": kernels.host_copy(a) for name in self.buffers
                   for i, a in enumerate(getattr(self, name)) if a is not None}
         return {**_plain_state(self, ("params", *self.buffers)), "buffers": arrays}
 
@@ -106,12 +110,9 @@ class SGD(Optimizer):
             raise ShenduError("Nesterov momentum needs momentum > 0")
 
     def update(self, i, p):
-        g = self._grad(p)
-        if self.momentum:
-            v = self.velocity[i]
-            self.velocity[i] = v = g.copy() if v is None else self.momentum * v + g
-            g = g + self.momentum * v if self.nesterov else v
-        p.data -= self.lr * g
+        K, v = kernels.of(p.data), self.velocity[i]
+        self.velocity[i] = K.sgd_step(p.data, p.grad, None if v is None else K.array(v), self.lr,
+                                      self.momentum, self.nesterov, self.weight_decay)
 
 
 class AdaGrad(Optimizer):
@@ -123,13 +124,14 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.eps = eps
         self._check()
-        self.h = [np.zeros_like(p.data) for p in self.params]
+        self.h = [np.zeros(p.shape, p.data.dtype) for p in self.params]
 
     def _check(self):
         super()._check()
         _require("eps", self.eps, low_ok=True)
 
     def update(self, i, p):
+        _cpu_only(self, p)
         g = self._grad(p)
         self.h[i] += g * g
         p.data -= self.lr * g / (np.sqrt(self.h[i]) + self.eps)
@@ -144,7 +146,7 @@ class RMSprop(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.alpha, self.eps = alpha, eps
         self._check()
-        self.h = [np.zeros_like(p.data) for p in self.params]
+        self.h = [np.zeros(p.shape, p.data.dtype) for p in self.params]
 
     def _check(self):
         super()._check()
@@ -152,6 +154,7 @@ class RMSprop(Optimizer):
         _require("eps", self.eps, low_ok=True)
 
     def update(self, i, p):
+        _cpu_only(self, p)
         g = self._grad(p)
         self.h[i] *= self.alpha
         self.h[i] += (1 - self.alpha) * g * g
@@ -170,8 +173,8 @@ class Adam(Optimizer):
         self.betas, self.eps = betas, eps
         self._check()
         self.betas = tuple(betas)
-        self.m = [np.zeros_like(p.data) for p in self.params]
-        self.v = [np.zeros_like(p.data) for p in self.params]
+        self.m = [np.zeros(p.shape, p.data.dtype) for p in self.params]
+        self.v = [np.zeros(p.shape, p.data.dtype) for p in self.params]
 
     def _check(self):
         super()._check()
@@ -182,20 +185,10 @@ class Adam(Optimizer):
         _require("eps", self.eps, low_ok=True)
 
     def update(self, i, p):
-        b1, b2 = self.betas
-        if self.decoupled:
-            p.data *= 1 - self.lr * self.weight_decay
-            g = p.grad
-        else:
-            g = self._grad(p)
-        m, v = self.m[i], self.v[i]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        t = self.steps
-        step = self.lr / (1 - b1 ** t)
-        p.data -= step * m / (np.sqrt(v / (1 - b2 ** t)) + self.eps)
+        K = kernels.of(p.data)
+        self.m[i], self.v[i] = K.array(self.m[i]), K.array(self.v[i])
+        K.adam_step(p.data, p.grad, self.m[i], self.v[i], self.steps, self.lr, self.betas,
+                    self.eps, self.weight_decay, self.decoupled)
 
 
 class AdamW(Adam):
@@ -205,6 +198,12 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def _cpu_only(optimizer, p):
+    if kernels.of(p.data) is not kernels.cpu:
+        raise ShenduError(f"{type(optimizer).__name__} has no CUDA update yet: use SGD, Adam or "
+                          "AdamW, or keep the model on the CPU")
 
 
 # -- learning-rate schedules: call step() once per epoch (StepLR, CosineAnnealingLR) or once per

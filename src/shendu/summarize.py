@@ -9,12 +9,14 @@ its shortcut's layers and a row for their sum, a Concat into each branch's layer
 the concatenation; any other container is one row. The receptive field of each feature map (field
 size and effective stride, in input pixels) comes from `shendu.receptive`.
 """
+import math
+
 import numpy as np
 
 from . import receptive
 from .errors import ShenduError
 from .nn import Concat, Conv2d, Linear, Residual, Sequential
-from .train import inference
+from .train import device_of, inference
 
 __all__ = ["summary", "Summary"]
 
@@ -62,7 +64,8 @@ def summary(model, input_shape=None):
             raise ShenduError("summary needs input_shape (C, H, W) for a model without a config")
     rows, fields = [], []
     with inference(model):
-        _walk(model, np.zeros((1, *input_shape), np.float32), (1, 1, 0), "", rows, fields)
+        image = device_of(model).array(np.zeros((1, *input_shape), np.float32))
+        _walk(model, image, (1, 1, 0), "", rows, fields)
     return Summary(rows, fields, input_shape)
 
 
@@ -114,7 +117,7 @@ def _multiply_adds(layer, y):
     """Multiply-adds for one image: each output of a convolution sums in·k² products, each
     output of an affine layer in_features; other layers' arithmetic is negligible beside them."""
     if isinstance(layer, Conv2d):
-        return y[0].size * layer.in_channels * layer.kernel_size ** 2
+        return math.prod(y.shape[1:]) * layer.in_channels * layer.kernel_size ** 2
     if isinstance(layer, Linear):
         return layer.in_features * layer.out_features
     return 0

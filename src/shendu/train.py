@@ -9,6 +9,11 @@
 Images may be uint8 (0-255, as the datasets keep them: each batch becomes float32 / 255 when it is
 used, so the whole set never exists in float) or floating point (used as they are).
 
+A model moved by `.to("cuda")` trains and predicts on the GPU: the data stays on the host, and
+each batch is converted (and augmented) there, then copied to the device; only the logits come
+back, for accuracy. A batch is small beside the work done on it, and augmentation draws a new
+batch each step anyway, so the set is not copied to the device once.
+
 Interrupted (Ctrl-C, a notebook's interrupt button, SIGTERM)? `fit` stops between two steps,
 saves a checkpoint and returns; run the same `fit` again and it continues. From a new session,
 `trainer.fit(..., resume="runs/demo")` continues from the run directory's checkpoint, ending with
@@ -28,7 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import nn, rng
+from . import kernels, nn, rng
 from .errors import ShenduError
 from .io import (CHECKPOINT, CheckpointError, check_json, read_checkpoint, remove_temporaries,
                  save, write_atomic, write_checkpoint)
@@ -97,9 +102,22 @@ def inference(model):
         model.train(was_training)
 
 
+def device_of(model):
+    """The kernel module where the model's parameters live (kernels.cpu for a model without any):
+    its input goes there."""
+    params = model.parameters()
+    return kernels.of(params[0].data) if params else kernels.cpu
+
+
+def _outputs(model, images, K):
+    """The model's outputs (NumPy) on a batch of float images, sent to its device K."""
+    return kernels.to_host(model(K.array(images)))
+
+
 def _logits(model, x, batch_size):
+    K = device_of(model)
     with inference(model):
-        return np.concatenate([model(_as_input(x[i:i + batch_size]))
+        return np.concatenate([_outputs(model, _as_input(x[i:i + batch_size]), K)
                                for i in range(0, len(x), batch_size)])
 
 
@@ -123,9 +141,10 @@ def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
                             for k in range(copies)]
         total = None
         for member in members:
+            K = device_of(member)
             with inference(member):
                 for view in views:
-                    p = nn.softmax(member(view)).astype(np.float64)
+                    p = nn.softmax(_outputs(member, view, K)).astype(np.float64)
                     if total is not None and p.shape != total.shape:
                         raise ShenduError(f"the ensemble's models disagree: one gives {p.shape[1]} "
                                           f"classes, another {total.shape[1]}")
@@ -270,12 +289,13 @@ class Trainer:
         if self._epoch is None:
             self._epoch = self._new_epoch(len(x))
         e, steps = self._epoch, _steps(len(x), self.batch_size)
+        K = device_of(self.model)
         self.model.train()
         with tqdm(total=len(x), initial=min(e["step"] * self.batch_size, len(x)),
                   desc=f"epoch {e['number']}/{last}", unit="img", disable=not self.progress,
                   leave=True) as bar:
             while e["step"] < steps and stop.signum is None:
-                loss = self._step(x, t, e)
+                loss = self._step(x, t, e, K)
                 bar.update(min(e["step"] * self.batch_size, len(x)) - bar.n)
                 if e["used"]:
                     bar.set_postfix(loss=f"{e['loss_sum'] / e['used']:.4f}", refresh=False)
@@ -303,16 +323,16 @@ class Trainer:
         order = generator.permutation(n)
         return order, None if self.augment is None else int(generator.integers(2 ** 63))
 
-    def _step(self, x, t, e):
-        """One step on the epoch's next batch; returns its loss."""
+    def _step(self, x, t, e, K):
+        """One step on the epoch's next batch, the model's device being K; returns its loss."""
         began = time.perf_counter()
         batch = e["order"][e["step"] * self.batch_size:(e["step"] + 1) * self.batch_size]
         # A step that is not taken must not move BatchNorm's running statistics either.
-        buffers = {name: np.array(b) for name, b in self.model.named_buffers()}
+        buffers = {name: K.copy(b) for name, b in self.model.named_buffers()}
         images = _as_input(x[batch])
         if self.augment is not None:
             images = self.augment(images, np.random.default_rng([e["augment_seed"], e["step"]]))
-        logits = self.model(images)
+        logits = self.model(K.array(images))
         loss = self.loss_fn(logits, t[batch])
         if math.isfinite(loss):
             dlogits = self.loss_fn.backward()
@@ -322,7 +342,8 @@ class Trainer:
                 self.model.backward(dlogits)
             self.optimizer.step()
             e["loss_sum"] += loss * len(batch)
-            e["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == t[batch]))
+            e["correct"] += int(np.count_nonzero(kernels.to_host(logits).argmax(axis=1)
+                                                 == t[batch]))
             e["used"] += len(batch)
         else:
             self.model.load_state_dict(buffers, strict=False)

@@ -1,9 +1,13 @@
 """The engine's kernels for CUDA GPUs, written with numba.cuda (the numba-cuda package).
 
-The same operations, names, argument orders and semantics as the CPU modules (conv, pool, norm),
-on numba.cuda device arrays of float32 with images in NHWC, so that a layer can pick its kernel
-module by device; and, for what the CPU does with plain NumPy, the matrix product, a few
-element-wise operations, dropout's mask, the loss and the optimizer updates.
+The same names, argument orders and semantics as kernels.cpu, on numba.cuda device arrays of
+float32 with images in NHWC, so that a layer picks its kernel module by device
+(`kernels.of(x)`): convolution, pooling, BatchNorm, the matrix product, element-wise operations,
+dropout's mask, the loss and the optimizer updates, and the array helpers the layers use.
+
+Layers pass images as NCHW views of NHWC memory (strides permuted, no copy), as on the CPU. An
+array whose elements fill its memory in some order of its axes is "dense"; element-wise kernels
+run over that memory flat, operands of different layouts being brought to one first.
 
 Three patterns, each written once:
 - one thread per element (THREADS threads a block), for element-wise work and pooling;
@@ -23,11 +27,17 @@ import math
 
 import numpy as np
 from numba import cuda, float32, float64
+from numba.cuda.cudadrv import devicearray
 from numba.cuda.random import create_xoroshiro128p_states, xoroshiro128p_uniform_float32
+from numpy.lib.stride_tricks import as_strided
 
+from ..rng import generator
 from .conv import out_size
 from .norm import BLOCK
 
+DEVICE = "cuda"
+# numba.cuda's simulator (NUMBA_ENABLE_CUDASIM=1) has FakeCUDAArrays over NumPy arrays instead
+SIMULATED = not hasattr(devicearray, "DeviceNDArray")
 THREADS = 256  # threads per block, one thread per element
 TILE = 16      # edge of a tile; tiled kernels run blocks of TILE × TILE threads
 RANDOM_STATES = 64 * THREADS  # generators for dropout's mask, one per thread
@@ -40,6 +50,125 @@ def available():
         return bool(cuda.is_available())
     except Exception:  # a broken driver or toolkit is "not available", not a crash
         return False
+
+
+# -- arrays -----------------------------------------------------------------------------------
+def _view(x, shape, strides, offset=0):
+    """A view of x's memory from byte `offset` on, with this shape and these strides (bytes)."""
+    if SIMULATED:  # the same view of the NumPy array under the FakeCUDAArray
+        item = x.dtype.itemsize
+        start = as_strided(x._ary, (offset // item + 1,), (item,))[-1:]
+        return devicearray.FakeCUDAArray(as_strided(start, shape, strides))
+    return devicearray.DeviceNDArray(shape, strides, x.dtype,
+                                     gpu_data=x.gpu_data.view(offset) if offset else x.gpu_data)
+
+
+def _is_dense(x):
+    """Whether x's elements fill its memory (C-contiguous, or a permutation of its axes)."""
+    size = x.dtype.itemsize
+    for extent, stride in sorted(zip(x.shape, x.strides), key=lambda axis: axis[1]):
+        if extent > 1 and stride != size:
+            return False
+        size *= extent
+    return True
+
+
+def _flat(x):
+    """A dense x's memory as a 1-D array."""
+    return _view(x, (x.size,), (x.dtype.itemsize,))
+
+
+def _dense(x):
+    return x if _is_dense(x) else contiguous(x)
+
+
+def array(a):
+    """a on the device: itself when it is there, else a copy of the (NumPy) array."""
+    return a if getattr(a, "__cuda_ndarray__", False) else cuda.to_device(np.ascontiguousarray(a))
+
+
+def empty(shape, dtype):
+    return cuda.device_array(shape, dtype)
+
+
+def empty_like(x):
+    """A new array shaped like x, with x's memory layout when x is dense (an NCHW view of NHWC
+    memory stays one), else C-contiguous."""
+    if not _is_dense(x):
+        return empty(x.shape, x.dtype)
+    return _view(empty(x.size, x.dtype), x.shape, x.strides)
+
+
+def zeros(shape, dtype=np.float64):
+    out = empty(shape, dtype)
+    fill(out, 0)
+    return out
+
+
+def fill(a, value):
+    """a = value, a dense."""
+    _fill[_elementwise(a.size)](_flat(a), a.dtype.type(value))
+
+
+def transpose(x, axes):
+    """x with its axes reordered, as np.transpose: a view (no copy)."""
+    return _view(x, tuple(x.shape[a] for a in axes), tuple(x.strides[a] for a in axes))
+
+
+def view(x, index):
+    """x[index] for basic slices (slice objects and at most one Ellipsis), as a view computed
+    from x's strides: numba's own indexing visits every element of a strided result in Python."""
+    index = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (x.ndim - len(index) + 1) + index[at + 1:]
+    index += (slice(None),) * (x.ndim - len(index))
+    shape, strides, offset = [], [], 0
+    for extent, stride, part in zip(x.shape, x.strides, index):
+        start, stop, step = part.indices(extent)
+        shape.append(len(range(start, stop, step)))
+        strides.append(stride * step)
+        offset += start * stride
+    return _view(x, tuple(shape), tuple(strides), offset)
+
+
+def _4d(x):
+    """x (at most 4-D) as a 4-D view, leading axes of length 1 added."""
+    extra = 4 - x.ndim
+    return _view(x, (1,) * extra + tuple(x.shape), (x.dtype.itemsize,) * extra + tuple(x.strides))
+
+
+def copy_into(dst, src):
+    """dst[...] = src: arrays of the same shape (at most 4-D), any strides. Returns dst."""
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"copy_into: {tuple(src.shape)} into {tuple(dst.shape)}")
+    _copy[_elementwise(dst.size)](_4d(src), _4d(dst))
+    return dst
+
+
+def copy(a):
+    return copy_into(empty_like(a), a)
+
+
+def contiguous(x):
+    """x as a C-contiguous array: itself when it is one, else a copy."""
+    return x if x.is_c_contiguous() else copy_into(empty(x.shape, x.dtype), x)
+
+
+def _in_layout(b, a):
+    """b's values in the memory layout of the dense a (b itself when it has it already)."""
+    return b if tuple(b.strides) == tuple(a.strides) else copy_into(empty_like(a), b)
+
+
+def on_host(f, *args):
+    """f(*args) with NumPy on host copies of the device arrays among args (and in tuples among
+    them), its array results copied to the device: BatchNorm's arithmetic on vectors of one value
+    per channel, a few hundred bytes, whose formulas are so written once."""
+    def host(a):
+        if isinstance(a, tuple):
+            return tuple(map(host, a))
+        return a.copy_to_host() if getattr(a, "__cuda_ndarray__", False) else a
+    return tuple(array(r) if isinstance(r, np.ndarray) else r for r in f(*map(host, args)))
 
 
 # -- launch configurations --------------------------------------------------------------------
@@ -100,10 +229,10 @@ def _add(a, b, out):
 
 @cuda.jit
 def _multiply(a, b, out):
-    """out = a · b."""
+    """out = a · b, b as long as a or repeated along it."""
     i = cuda.grid(1)
     if i < out.size:
-        out[i] = a[i] * b[i]
+        out[i] = a[i] * b[i % b.size]
 
 
 @cuda.jit
@@ -115,57 +244,55 @@ def _add_bias(y, b):
 
 
 @cuda.jit
-def _permute(x, strides, y):
-    """y[i₀, i₁, i₂, i₃] = x[Σ_d i_d · strides[d]]: x flat, `strides` its strides (in elements)
-    taken in y's axis order."""
+def _copy(x, y):
+    """y = x, for 4-D arrays of the same shape and any strides."""
     k = cuda.grid(1)
     if k < y.size:
         i = _unravel(k, y.shape)
-        y[i] = x[i[0] * strides[0] + i[1] * strides[1] + i[2] * strides[2] + i[3] * strides[3]]
+        y[i] = x[i]
 
 
 def relu_forward(x):
     """max(x, 0), a new device array."""
-    y = cuda.device_array_like(x)
-    _relu[_elementwise(x.size)](x.ravel(), y.ravel())
+    x = _dense(x)
+    y = empty_like(x)
+    _relu[_elementwise(x.size)](_flat(x), _flat(y))
     return y
 
 
-def relu_backward(dy, x):
-    """dL/dx = dy where x > 0 (x the forward input, or its output: both are > 0 at the same
+def relu_backward(dy, y):
+    """dL/dx = dy where y > 0 (y the forward output, or its input: both are > 0 at the same
     places)."""
-    dx = cuda.device_array_like(dy)
-    _relu_backward[_elementwise(dy.size)](dy.ravel(), x.ravel(), dx.ravel())
+    y = _dense(y)
+    dx = empty_like(y)
+    _relu_backward[_elementwise(y.size)](_flat(_in_layout(dy, y)), _flat(y), _flat(dx))
     return dx
 
 
 def add(a, b):
     """a + b (same shapes), a new device array: a residual connection."""
-    out = cuda.device_array_like(a)
-    _add[_elementwise(a.size)](a.ravel(), b.ravel(), out.ravel())
+    a = _dense(a)
+    out = empty_like(a)
+    _add[_elementwise(a.size)](_flat(a), _flat(_in_layout(b, a)), _flat(out))
     return out
 
 
 def multiply(a, b):
-    """a · b (same shapes), a new device array: dropout applies its mask with it."""
-    out = cuda.device_array_like(a)
-    _multiply[_elementwise(a.size)](a.ravel(), b.ravel(), out.ravel())
+    """a · b, a new device array: b of a's shape (dropout's mask), or a vector over a's last
+    axis (BatchNorm's γ/σ)."""
+    if b.ndim == 1 and a.ndim > 1:
+        a, b = contiguous(a), contiguous(b)  # the last axis innermost
+    else:
+        a = _dense(a)
+        b = _in_layout(b, a)
+    out = empty_like(a)
+    _multiply[_elementwise(a.size)](_flat(a), _flat(b), _flat(out))
     return out
 
 
 def add_bias(y, b):
-    """y += b over y's last axis, in place (Linear's and Conv2d's bias)."""
+    """y += b over y's last axis, in place (Linear's and Conv2d's bias); y C-contiguous."""
     _add_bias[_elementwise(y.size)](y.ravel(), b)
-
-
-def permute(x, axes):
-    """A contiguous copy of the 4-D x with its axes reordered, as np.transpose(x, axes):
-    (0, 3, 1, 2) turns NHWC memory into NCHW (the order in which Flatten lists features),
-    (0, 2, 3, 1) back."""
-    strides = tuple(x.strides[a] // x.dtype.itemsize for a in axes)
-    y = cuda.device_array(tuple(x.shape[a] for a in axes), x.dtype)
-    _permute[_elementwise(y.size)](x.ravel(), strides, y)
-    return y
 
 
 # -- matrix product ---------------------------------------------------------------------------
@@ -465,7 +592,7 @@ def maxpool_forward(x, k, stride, pad, y, arg):
 
 def maxpool_backward(dy, arg, dx):
     """Each output's gradient goes back to the one input that won its window."""
-    _fill[_elementwise(dx.size)](dx.ravel(), float32(0))
+    fill(dx, 0)
     _maxpool_backward[_elementwise(dy.size)](dy, arg, dx)
 
 
@@ -475,6 +602,45 @@ def avgpool_forward(x, k, stride, pad, y):
 
 def avgpool_backward(dy, k, stride, pad, dx):
     _avgpool_backward[_elementwise(dx.size)](dy, k, stride, pad, dx)
+
+
+@cuda.jit
+def _channel_means(x, y):
+    """One thread per (image, channel): y[n, c] = the mean of x[n, :, :, c] (x NHWC)."""
+    t = cuda.grid(1)
+    if t < y.size:
+        img, ch = t // y.shape[1], t % y.shape[1]
+        total = float32(0)
+        for r in range(x.shape[1]):
+            for s in range(x.shape[2]):
+                total += x[img, r, s, ch]
+        y[img, ch] = total / float32(x.shape[1] * x.shape[2])
+
+
+@cuda.jit
+def _spread_means(dy, dx):
+    """One thread per input: dx[n, r, s, c] = dy[n, c] / (H·W) (dx NHWC)."""
+    t = cuda.grid(1)
+    if t < dx.size:
+        img, r, s, ch = _unravel(t, dx.shape)
+        dx[img, r, s, ch] = dy[img, ch] / float32(dx.shape[1] * dx.shape[2])
+
+
+def global_avgpool_forward(x):
+    """(N, C, H, W) → (N, C): each channel's mean."""
+    n, c, _, _ = x.shape
+    x = contiguous(transpose(x, (0, 2, 3, 1)))  # NHWC
+    y = empty((n, c), np.float32)
+    _channel_means[_elementwise(y.size)](x, y)
+    return y
+
+
+def global_avgpool_backward(dy, shape):
+    """dL/dx (N, C, H, W) = dy / (H·W) at every position, an NCHW view of NHWC memory."""
+    n, c, h, w = shape
+    dx = empty((n, h, w, c), np.float32)
+    _spread_means[_elementwise(dx.size)](contiguous(dy), dx)
+    return transpose(dx, (0, 3, 1, 2))
 
 
 # -- batch normalisation ----------------------------------------------------------------------
@@ -532,12 +698,6 @@ def _column_reduction(a, b, shift, count, dtype):
     return out1, out2
 
 
-def _zeros(n):
-    out = cuda.device_array(n, np.float64)
-    _fill[_elementwise(n)](out, float64(0))
-    return out
-
-
 def column_sums(a, b, shift):
     """Σ_i a[i] and Σ_i (a[i] − shift) · b[i], per column, in float64."""
     return _column_reduction(a, b, shift, 1, np.float64)
@@ -545,13 +705,13 @@ def column_sums(a, b, shift):
 
 def sum_rows(a):
     """Σ_i a[i] per column of a (M, C), in a's dtype (summed in float64): bias gradients."""
-    return _column_reduction(a, a, _zeros(a.shape[1]), 1, a.dtype)[0]
+    return _column_reduction(a, a, zeros(a.shape[1]), 1, a.dtype)[0]
 
 
 def batch_stats(x):
     """Mean and biased variance of each column of x (M, C), float64, in two passes (no
     cancellation: Σ (x − μ) x = Σ (x − μ)²)."""
-    mean = _column_reduction(x, x, _zeros(x.shape[1]), len(x), np.float64)[0]
+    mean = _column_reduction(x, x, zeros(x.shape[1]), len(x), np.float64)[0]
     return mean, _column_reduction(x, x, mean, len(x), np.float64)[1]
 
 
@@ -594,17 +754,28 @@ def _dropout_mask(states, p, scale, mask):
             mask[k] = scale if xoroshiro128p_uniform_float32(states, t) >= p else float32(0)
 
 
-def random_states(seed, n=RANDOM_STATES):
+def random_states(seed, n):
     """n xoroshiro128+ generators on the device (independent subsequences of one seed), for
-    dropout_mask; each mask drawn advances them."""
+    dropout masks; each mask drawn advances them."""
     return create_xoroshiro128p_states(n, seed=seed)
 
 
-def dropout_mask(states, shape, p):
-    """Inverted dropout's mask, drawn on the device: 0 with probability p, else 1 / (1 − p)."""
-    mask = cuda.device_array(shape, np.float32)
+# The device's generators and the shendu generator they were seeded from: a new one (from
+# shendu.manual_seed, or a checkpoint's state restored) seeds them again, so seeded runs repeat.
+_random = {"seeded_from": None, "states": None}
+
+
+def dropout_mask(x, p):
+    """Inverted dropout's mask for x (in x's memory layout), drawn on the device: 0 with
+    probability p, else 1 / (1 − p)."""
+    host = generator()
+    if _random["seeded_from"] is not host:
+        _random.update(seeded_from=host,
+                       states=random_states(int(host.integers(2 ** 63)), RANDOM_STATES))
+    states = _random["states"]
+    mask = empty_like(x)
     scale = np.float32(1) / np.float32(1 - p)  # as NumPy computes keep.astype(float32) / (1 − p)
-    _dropout_mask[_elementwise(states.size)](states, np.float32(p), scale, mask.ravel())
+    _dropout_mask[_elementwise(states.size)](states, np.float32(p), scale, _flat(mask))
     return mask
 
 
@@ -633,10 +804,11 @@ def _cross_entropy(z, t, q_other, q_label, rows, loss, dz):
 
 
 def cross_entropy(logits, t, label_smoothing=0.0):
-    """Softmax cross-entropy of logits (N, K) against integer labels t (N,) in [0, K), the target
-    smoothed towards uniform (q = (1 − ε) onehot + ε / K), as nn.CrossEntropyLoss: returns the
-    mean loss (a Python float) and dL/dlogits (a device array)."""
+    """Softmax cross-entropy of logits (N, K) against integer labels t (N,) in [0, K) (host or
+    device), the target smoothed towards uniform (q = (1 − ε) onehot + ε / K), as
+    nn.CrossEntropyLoss: returns the mean loss (a Python float) and dL/dlogits (a device array)."""
     n, k = logits.shape
+    t = array(t)
     q_other = np.float32(label_smoothing / k)
     q_label = q_other + np.float32(1 - label_smoothing)
     loss = cuda.device_array(n, np.float32)

@@ -1,8 +1,11 @@
 """Blocks that are not a chain: a shortcut around a body (ResNet) and parallel branches
 (GoogLeNet). Their backward passes are the chain rule at a fork: where one input feeds two paths,
 its gradient is the sum of the two paths' gradients."""
+from functools import reduce
+
 import numpy as np
 
+from .. import kernels
 from ..errors import ShenduError
 from .module import Module
 
@@ -23,15 +26,16 @@ class Residual(Module):
     def join(self, outputs):
         """The block's output from its paths' outputs [body, shortcut]: their sum."""
         y, s = outputs
-        if y.shape != s.shape:
-            raise ShenduError(f"Residual: the body gives {y.shape} but the shortcut "
-                              f"{'(identity) ' if self.shortcut is None else ''}gives {s.shape}; "
-                              "a body that changes the shape needs a projection shortcut")
-        return y + s
+        if tuple(y.shape) != tuple(s.shape):
+            raise ShenduError(f"Residual: the body gives {tuple(y.shape)} but the shortcut "
+                              f"{'(identity) ' if self.shortcut is None else ''}gives "
+                              f"{tuple(s.shape)}; a body that changes the shape needs a "
+                              "projection shortcut")
+        return kernels.of(y).add(y, s)
 
     def backward(self, dy):
         dx = self.body.backward(dy)
-        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))
+        return kernels.of(dx).add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))
 
 
 class Concat(Module):
@@ -54,23 +58,23 @@ class Concat(Module):
         """The block's output from its branches' outputs: their concatenation on channels."""
         if len({(y.shape[0], *y.shape[2:]) for y in ys}) > 1:
             raise ShenduError("Concat: the branches' outputs differ in more than their channels: "
-                              + ", ".join(str(y.shape) for y in ys))
+                              + ", ".join(str(tuple(y.shape)) for y in ys))
         self.offsets = np.cumsum([0] + [y.shape[1] for y in ys])  # where each branch starts
-        if ys[0].ndim != 4:
-            return np.concatenate(ys, axis=1)
-        # Images: written channels-last, as the convolutions produce and consume them, so the
-        # next layer needs no copy (an NCHW view of NHWC memory, like every conv output here).
-        n, _, h, w = ys[0].shape
-        out = np.empty((n, h, w, self.offsets[-1]), ys[0].dtype)
+        K = kernels.of(ys[0])
+        # Channels last: images as the convolutions produce and consume them, so the next layer
+        # needs no copy (an NCHW view of NHWC memory, like every conv output here).
+        last = (0, 2, 3, 1) if ys[0].ndim == 4 else (0, 1)
+        out = K.empty((*K.transpose(ys[0], last).shape[:-1], self.offsets[-1]), ys[0].dtype)
         for y, c0, c1 in zip(ys, self.offsets[:-1], self.offsets[1:]):
-            out[..., c0:c1] = y.transpose(0, 2, 3, 1)
-        return out.transpose(0, 3, 1, 2)
+            K.copy_into(K.view(out, np.s_[..., c0:c1]), K.transpose(y, last))
+        return K.transpose(out, np.argsort(last))
 
     def backward(self, dy):
         c = self._cached(self.offsets)
+        K = kernels.of(dy)
         branches = list(self._modules.values())
-        return sum(branch.backward(dy[:, c0:c1])
-                   for branch, c0, c1 in zip(branches, c[:-1], c[1:]))
+        return reduce(K.add, [branch.backward(K.view(dy, np.s_[:, c0:c1]))
+                              for branch, c0, c1 in zip(branches, c[:-1], c[1:])])
 
     def __len__(self):
         return len(self._modules)

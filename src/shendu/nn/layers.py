@@ -2,36 +2,53 @@
 
 Images are logically NCHW. Convolution and pooling return NCHW-shaped views of channels-last
 (NHWC) memory, as PyTorch's `channels_last` does, so consecutive layers pass data without copies.
+
+Each layer runs where its input lives: `K = kernels.of(x)` is kernels.cpu for NumPy arrays and
+kernels.cuda for CUDA device arrays (a model moved by `.to("cuda")`), the same functions.
 """
+import math
+
 import numpy as np
 
+from .. import kernels
 from ..errors import ShenduError
-from ..kernels import conv, norm, pool
-from ..rng import generator
+from ..kernels import conv
 from . import init
 from .module import Module, Parameter
 
 
 def _nhwc(x):
     """A logically NCHW array as contiguous NHWC memory (free when it already is channels-last)."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    K = kernels.of(x)
+    return K.contiguous(K.transpose(x, (0, 2, 3, 1)))
 
 
 def _nchw(x):
-    return x.transpose(0, 3, 1, 2)
+    return kernels.of(x).transpose(x, (0, 3, 1, 2))
 
 
 def _check_input(layer, x, ndim, channels=None):
     """Wrong inputs fail here, naming the layer and the shapes, not deep inside a kernel."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise ShenduError(f"{layer!r} expects floating-point input (images scaled to [0, 1]), "
-                          f"got dtype {x.dtype}")
+    K = kernels.of(x)
+    x = np.asarray(x) if K is kernels.cpu else x
+    if x.dtype.kind != "f" or (K is not kernels.cpu and x.dtype != np.float32):
+        raise ShenduError(f"{layer!r} expects floating-point input (images scaled to [0, 1]; "
+                          f"float32 on CUDA), got dtype {x.dtype}")
     if x.ndim != ndim or (channels is not None and x.shape[1] != channels):
         want = "(N, C, H, W)" if ndim == 4 else "(N, features)"
         want = want.replace("C", str(channels)).replace("features", str(channels))
-        raise ShenduError(f"{layer!r} expects input of shape {want}, got {x.shape}")
+        raise ShenduError(f"{layer!r} expects input of shape {want}, got {tuple(x.shape)}")
+    weight = layer._params.get("weight")
+    if weight is not None and kernels.of(weight.data) is not K:
+        raise ShenduError(f"{layer!r} has its weights on {kernels.of(weight.data).DEVICE} but its "
+                          f"input on {K.DEVICE}: move the input there, or the model with .to()")
     return x
+
+
+def _cpu_only(layer, x):
+    if kernels.of(x) is not kernels.cpu:
+        raise ShenduError(f"{type(layer).__name__} has no CUDA kernel yet: keep the model on the "
+                          "CPU, or use ReLU")
 
 
 class Linear(Module):
@@ -46,18 +63,22 @@ class Linear(Module):
 
     def forward(self, x):
         x = _check_input(self, x, 2, self.in_features)
+        K = kernels.of(x)
         self.x = x if self.keeps_cache else None
-        y = x @ self.weight.data.T
-        return y + self.bias.data if self.bias is not None else y
+        y = K.matmul(x, self.weight.data, transpose_b=True)  # x Wᵀ
+        if self.bias is not None:
+            K.add_bias(y, self.bias.data)
+        return y
 
     accepts_input_grad = True
 
     def backward(self, dy, input_grad=True):
         x = self._cached(self.x)
-        self.weight.grad = dy.T @ x
+        K = kernels.of(dy)
+        self.weight.grad = K.matmul(dy, x, transpose_a=True)  # dyᵀ x
         if self.bias is not None:
-            self.bias.grad = dy.sum(axis=0)
-        return dy @ self.weight.data if input_grad else None
+            self.bias.grad = K.sum_rows(dy)
+        return K.matmul(dy, self.weight.data) if input_grad else None
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -80,12 +101,13 @@ class Conv2d(Module):
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         self.x = x if self.keeps_cache else None
         b = self.bias.data if self.bias is not None else None
-        return _nchw(conv.conv_forward(x, self.weight.data, b, self.stride, self.padding))
+        return _nchw(kernels.of(x).conv_forward(x, self.weight.data, b, self.stride,
+                                                self.padding))
 
     accepts_input_grad = True
 
     def backward(self, dy, input_grad=True):
-        dx, self.weight.grad, db = conv.conv_backward(
+        dx, self.weight.grad, db = kernels.of(dy).conv_backward(
             _nhwc(dy), self._cached(self.x), self.weight.data, self.stride, self.padding, input_grad)
         if self.bias is not None:
             self.bias.grad = db
@@ -111,8 +133,9 @@ class _Pool2d(Module):
         k, s, p = self.kernel_size, self.stride, self.padding
         oh, ow = conv.out_size(h, k, s, p), conv.out_size(w, k, s, p)
         if oh < 1 or ow < 1:
-            raise ShenduError(f"{self!r}: input {x.shape} is smaller than the pooling window")
-        return np.empty((n, oh, ow, c), x.dtype)
+            raise ShenduError(f"{self!r}: input {tuple(x.shape)} is smaller than the pooling "
+                              "window")
+        return kernels.of(x).empty((n, oh, ow, c), x.dtype)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -123,16 +146,18 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         x = _check_input(self, x, 4)
+        K = kernels.of(x)
         y = self._output(x)
-        arg = np.empty(y.shape, np.int32)
-        pool.maxpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y, arg)
+        arg = K.empty(y.shape, np.int32)
+        K.maxpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y, arg)
         self.cache = (arg, x.shape) if self.keeps_cache else None
         return _nchw(y)
 
     def backward(self, dy):
         arg, (n, c, h, w) = self._cached(self.cache)
-        dx = np.empty((n, h, w, c), dy.dtype)
-        pool.maxpool_backward(_nhwc(dy), arg, dx)
+        K = kernels.of(dy)
+        dx = K.empty((n, h, w, c), dy.dtype)
+        K.maxpool_backward(_nhwc(dy), arg, dx)
         return _nchw(dx)
 
 
@@ -142,14 +167,15 @@ class AvgPool2d(_Pool2d):
     def forward(self, x):
         x = _check_input(self, x, 4)
         y = self._output(x)
-        pool.avgpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y)
+        kernels.of(x).avgpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y)
         self.cache = x.shape if self.keeps_cache else None
         return _nchw(y)
 
     def backward(self, dy):
         n, c, h, w = self._cached(self.cache)
-        dx = np.empty((n, h, w, c), dy.dtype)
-        pool.avgpool_backward(_nhwc(dy), self.kernel_size, self.stride, self.padding, dx)
+        K = kernels.of(dy)
+        dx = K.empty((n, h, w, c), dy.dtype)
+        K.avgpool_backward(_nhwc(dy), self.kernel_size, self.stride, self.padding, dx)
         return _nchw(dx)
 
 
@@ -163,11 +189,10 @@ class GlobalAvgPool2d(Module):
     def forward(self, x):
         x = _check_input(self, x, 4)
         self.shape = x.shape
-        return x.mean(axis=(2, 3))
+        return kernels.of(x).global_avgpool_forward(x)
 
     def backward(self, dy):
-        n, c, h, w = self._cached(self.shape)
-        return np.broadcast_to((dy / (h * w))[:, :, None, None], (n, c, h, w)).copy()
+        return kernels.of(dy).global_avgpool_backward(dy, self._cached(self.shape))
 
 
 class Flatten(Module):
@@ -179,25 +204,26 @@ class Flatten(Module):
 
     def forward(self, x):
         self.shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return kernels.of(x).contiguous(x).reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy):
-        return dy.reshape(self._cached(self.shape))
+        return kernels.of(dy).contiguous(dy).reshape(self._cached(self.shape))
 
 
 class ReLU(Module):
-    """y = max(x, 0); dy passes where x > 0."""
+    """y = max(x, 0); dy passes where x > 0, that is where y > 0."""
 
     def __init__(self):
         super().__init__()
-        self.mask = None
+        self.y = None
 
     def forward(self, x):
-        self.mask = x > 0 if self.keeps_cache else None
-        return np.maximum(x, 0)
+        y = kernels.of(x).relu_forward(x)
+        self.y = y if self.keeps_cache else None
+        return y
 
     def backward(self, dy):
-        return dy * self._cached(self.mask)
+        return kernels.of(dy).relu_backward(dy, self._cached(self.y))
 
 
 class Sigmoid(Module):
@@ -208,6 +234,7 @@ class Sigmoid(Module):
         self.y = None
 
     def forward(self, x):
+        _cpu_only(self, x)
         y = 1 / (1 + np.exp(-x))
         self.y = y if self.keeps_cache else None
         return y
@@ -225,6 +252,7 @@ class Tanh(Module):
         self.y = None
 
     def forward(self, x):
+        _cpu_only(self, x)
         y = np.tanh(x)
         self.y = y if self.keeps_cache else None
         return y
@@ -249,12 +277,12 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self.scale = None
             return x
-        keep = generator().random(x.shape, dtype=np.float32) >= self.p
-        self.scale = keep.astype(x.dtype) / (1 - self.p)
-        return x * self.scale
+        K = kernels.of(x)
+        self.scale = K.dropout_mask(x, self.p)
+        return K.multiply(x, self.scale)
 
     def backward(self, dy):
-        return dy if self.scale is None else dy * self.scale
+        return dy if self.scale is None else kernels.of(dy).multiply(dy, self.scale)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -274,40 +302,54 @@ class _BatchNorm(Module):
         self.cache = None
 
     def _normalize(self, x):  # x: (M, C), one row per position
-        x = np.ascontiguousarray(x)
-        if self.training:
-            mean, var = norm.batch_stats(x)
-            m = x.shape[0]
-            self.running_mean = ((1 - self.momentum) * self.running_mean
-                                 + self.momentum * mean).astype(x.dtype)
-            self.running_var = ((1 - self.momentum) * self.running_var
-                                + self.momentum * var * m / max(m - 1, 1)).astype(x.dtype)
-        else:
-            mean, var = self.running_mean, self.running_var
-        inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
-        y = np.empty_like(x)
-        xhat = np.empty_like(x) if self.keeps_cache else y  # x̂ is only kept for backward
-        norm.normalize(x, mean.astype(x.dtype), inv_std, self.weight.data, self.bias.data, xhat, y)
+        K = kernels.of(x)
+        x = K.contiguous(x)
+        batch = K.batch_stats(x) if self.training else None
+        mean, inv_std, self.running_mean, self.running_var = K.on_host(
+            self._statistics, batch, self.running_mean, self.running_var, len(x), x.dtype)
+        y = K.empty_like(x)
+        xhat = K.empty_like(x) if self.keeps_cache else y  # x̂ is only kept for backward
+        K.normalize(x, mean, inv_std, self.weight.data, self.bias.data, xhat, y)
         self.cache = (xhat, inv_std, self.training) if self.keeps_cache else None
         return y
 
+    def _statistics(self, batch, running_mean, running_var, m, dtype):
+        """The μ and 1/√(σ² + ε) to normalise with: the batch's (mean, variance), whose running
+        averages are updated, or in evaluation the running averages themselves."""
+        if batch is None:
+            mean, var = running_mean, running_var
+        else:
+            mean, var = batch
+            running_mean = ((1 - self.momentum) * running_mean
+                            + self.momentum * mean).astype(dtype)
+            running_var = ((1 - self.momentum) * running_var
+                           + self.momentum * var * m / max(m - 1, 1)).astype(dtype)
+        inv_std = (1 / np.sqrt(var + self.eps)).astype(dtype)
+        return mean.astype(dtype), inv_std, running_mean, running_var
+
     def _backward(self, dy):  # dy: (M, C)
         xhat, inv_std, batch_stats = self._cached(self.cache)
-        dy = np.ascontiguousarray(dy)
-        dbeta, dgamma = norm.column_sums(dy, xhat, np.zeros(dy.shape[1]))
-        self.weight.grad = dgamma.astype(dy.dtype)
-        self.bias.grad = dbeta.astype(dy.dtype)
-        scale = self.weight.data * inv_std
+        K = kernels.of(dy)
+        dy = K.contiguous(dy)
+        sums = K.column_sums(dy, xhat, K.zeros(dy.shape[1]))  # Σ dy, Σ dy x̂
+        self.bias.grad, self.weight.grad, scale, mean_dy, mean_dy_xhat = K.on_host(
+            _gradient_terms, sums, self.weight.data, inv_std, len(dy), dy.dtype)
         if not batch_stats:  # running statistics are constants
-            return dy * scale
+            return K.multiply(dy, scale)
         # μ and σ² depend on every x: dx = γ/σ (dy − mean(dy) − x̂ · mean(dy x̂))
-        m, dx = dy.shape[0], np.empty_like(dy)
-        norm.normalize_backward(dy, xhat, (dbeta / m).astype(dy.dtype),
-                                (dgamma / m).astype(dy.dtype), scale, dx)
+        dx = K.empty_like(dy)
+        K.normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx)
         return dx
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+def _gradient_terms(sums, gamma, inv_std, m, dtype):
+    """dL/dβ = Σ dy and dL/dγ = Σ dy x̂ (summed in float64), γ/σ, and the means of dy and dy x̂."""
+    dbeta, dgamma = sums
+    return (dbeta.astype(dtype), dgamma.astype(dtype), gamma * inv_std,
+            (dbeta / m).astype(dtype), (dgamma / m).astype(dtype))
 
 
 class BatchNorm1d(_BatchNorm):

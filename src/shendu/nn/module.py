@@ -3,10 +3,12 @@
 Like DeZero and PyTorch, assigning a Parameter or a Module to an attribute registers it, so
 `parameters()` and `state_dict()` never need hard-coded layer indices.
 """
+import sys
 from contextlib import contextmanager
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ShenduError
 
 _GRAD_MODE = [None]  # None: cache for backward only in training mode; True/False: forced
@@ -129,7 +131,7 @@ class Module:
 
     def zero_grad(self):
         for p in self.parameters():
-            p.grad[...] = 0
+            kernels.of(p.grad).fill(p.grad, 0)
 
     # -- modes --------------------------------------------------------------------------------
     def train(self, mode=True):
@@ -141,12 +143,33 @@ class Module:
         return self.train(False)
 
     def to(self, device):
-        if device != "cpu":
-            raise ShenduError(f"device {device!r} is not available: shendu runs on 'cpu'")
+        """Move every parameter (data and gradient) and buffer to `device`, "cpu" or "cuda"
+        (numba.cuda device arrays, float32), in place; returns the module. Where numba.cuda finds
+        no GPU, .to("cuda") says so in one line on stderr and the model stays on the CPU."""
+        K = kernels.device(device)
+        if K is None:
+            print("shendu: no CUDA GPU found; the model stays on the CPU", file=sys.stderr)
+            return self
+        if K is not kernels.cpu:
+            wide = [(name, a.dtype) for name, a in self._arrays() if a.dtype != np.float32]
+            if wide:
+                raise ShenduError(f"the CUDA kernels compute in float32, but {wide[0][0]} is "
+                                  f"{wide[0][1]}: call .astype(np.float32) first")
+        for m in self.modules():
+            for p in m._params.values():
+                p.data, p.grad = K.array(p.data), K.array(p.grad)
+            for name in m._buffers:
+                object.__setattr__(m, name, K.array(getattr(m, name)))
         return self
 
+    def _arrays(self):
+        return self.named_buffers() + [(name, p.data) for name, p in self.named_parameters()]
+
     def astype(self, dtype):
-        """Cast every parameter and buffer (float64 for gradient checks)."""
+        """Cast every parameter and buffer (float64 for gradient checks), on the CPU."""
+        if any(kernels.of(a) is not kernels.cpu for _, a in self._arrays()):
+            raise ShenduError("astype needs the model on the CPU (.to('cpu')): the CUDA kernels "
+                              "compute in float32")
         for m in self.modules():
             for p in m._params.values():
                 p.data = p.data.astype(dtype)
@@ -157,13 +180,15 @@ class Module:
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self):
-        """Parameters and buffers by dotted name, in the canonical layout (copies)."""
-        state = {name: p.data.copy() for name, p in self.named_parameters()}
-        state.update({name: np.array(b) for name, b in self.named_buffers()})
+        """Parameters and buffers by dotted name, in the canonical layout: NumPy copies, wherever
+        the model is."""
+        state = {name: kernels.host_copy(p.data) for name, p in self.named_parameters()}
+        state.update({name: kernels.host_copy(b) for name, b in self.named_buffers()})
         return state
 
     def load_state_dict(self, state, strict=True):
-        """Set weights from a name → array mapping; names and shapes are checked first."""
+        """Set weights from a name → array mapping; names and shapes are checked first. The
+        values go where the model is (its device, its dtype)."""
         targets = {name: (m, attr) for prefix, m in self.named_modules()
                    for attr in [*m._params, *m._buffers]
                    for name in [f"{prefix}.{attr}" if prefix else attr]}
@@ -184,7 +209,7 @@ class Module:
         for name in set(targets) & set(state):
             m, attr = targets[name]
             old = _current(m, attr)
-            value = np.array(state[name], dtype=old.dtype)
+            value = kernels.of(old).array(np.array(kernels.to_host(state[name]), dtype=old.dtype))
             if attr in m._params:
                 m._params[attr].data = value
             else:

@@ -1,0 +1,147 @@
+"""The engine's kernels on the CPU: NumPy arrays, the Numba kernels of conv, pool and norm, and
+NumPy for the rest.
+
+kernels.cuda has the same names with the same semantics on device arrays, so that a layer picks
+its module by where its input lives (`K = kernels.of(x)`) and is written once. Most entries here
+are the NumPy expressions the layers used to hold; the results are the same, bit for bit.
+"""
+import numpy as np
+
+from ..rng import generator
+from .conv import conv_backward, conv_forward  # noqa: F401  (kernels of both devices)
+from .norm import batch_stats, column_sums, normalize, normalize_backward  # noqa: F401
+from .pool import (avgpool_backward, avgpool_forward, maxpool_backward,  # noqa: F401
+                   maxpool_forward)
+
+DEVICE = "cpu"
+
+
+# -- arrays -----------------------------------------------------------------------------------
+def array(a):
+    """a as a NumPy array: itself when it is one, a copy of a device array, np.asarray else."""
+    return a.copy_to_host() if getattr(a, "__cuda_ndarray__", False) else np.asarray(a)
+
+
+empty, empty_like, zeros = np.empty, np.empty_like, np.zeros
+transpose, contiguous = np.transpose, np.ascontiguousarray
+
+
+def view(x, index):
+    """x[index] (basic slicing: a view)."""
+    return x[index]
+
+
+def copy(a):
+    return np.array(a)
+
+
+def copy_into(dst, src):
+    """dst[...] = src (same shapes)."""
+    np.copyto(dst, src)
+    return dst
+
+
+def fill(a, value):
+    a[...] = value
+
+
+def on_host(f, *args):
+    """f(*args): NumPy arithmetic on small arrays (kernels.cuda runs it on host copies)."""
+    return f(*args)
+
+
+# -- layers' arithmetic -----------------------------------------------------------------------
+def matmul(a, b, transpose_a=False, transpose_b=False):
+    """op(a) · op(b), op = transpose where asked."""
+    return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+
+
+def add_bias(y, b):
+    """y += b over y's last axis, in place."""
+    y += b
+
+
+def sum_rows(a):
+    return a.sum(axis=0)
+
+
+def add(a, b):
+    return a + b
+
+
+def multiply(a, b):
+    """a · b, b of a's shape or a vector over a's last axis."""
+    return a * b
+
+
+def relu_forward(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """dL/dx = dy where the output y (or the input) is > 0."""
+    return dy * (y > 0)
+
+
+def global_avgpool_forward(x):
+    """(N, C, H, W) → (N, C): each channel's mean."""
+    return x.mean(axis=(2, 3))
+
+
+def global_avgpool_backward(dy, shape):
+    """dL/dx (N, C, H, W) = dy / (H·W) at every position."""
+    n, c, h, w = shape
+    return np.broadcast_to((dy / (h * w))[:, :, None, None], shape).copy()
+
+
+def dropout_mask(x, p):
+    """Inverted dropout's mask for x, drawn from shendu's generator: 0 with probability p, else
+    1 / (1 − p)."""
+    keep = generator().random(x.shape, dtype=np.float32) >= p
+    return keep.astype(x.dtype) / (1 - p)
+
+
+# -- loss -------------------------------------------------------------------------------------
+def log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)  # exp never overflows
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(logits, t, label_smoothing=0.0):
+    """The mean loss −(1/N) Σ q · log softmax(z) (a Python float) and dL/dlogits = (softmax − q)
+    / N, for logits (N, K) and valid integer labels t, the target q = (1 − ε) onehot + ε / K."""
+    n, k = logits.shape
+    q = np.full((n, k), label_smoothing / k, logits.dtype)
+    q[np.arange(n), t] += 1 - label_smoothing
+    logp = log_softmax(logits)
+    return float(-(q * logp).sum() / n), (np.exp(logp) - q) / n
+
+
+# -- optimizer updates (in place) ---------------------------------------------------------------
+def sgd_step(p, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """g = grad + wd·p; v ← μ v + g (v = g at the first step, velocity None); p ← p − lr ·
+    (g + μ v if Nesterov else v), or p − lr·g without momentum. Returns the velocity (None
+    without momentum)."""
+    g = grad + weight_decay * p if weight_decay else grad
+    if momentum:
+        velocity = g.copy() if velocity is None else momentum * velocity + g
+        g = g + momentum * velocity if nesterov else velocity
+    p -= lr * g
+    return velocity if momentum else None
+
+
+def adam_step(p, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              decoupled=False):
+    """Step t (1, 2, ...) of Adam on p with the moments m and v; decoupled: AdamW's decay."""
+    b1, b2 = betas
+    if decoupled:
+        p *= 1 - lr * weight_decay
+        g = grad
+    else:
+        g = grad + weight_decay * p if weight_decay else grad
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * g * g
+    step = lr / (1 - b1 ** t)
+    p -= step * m / (np.sqrt(v / (1 - b2 ** t)) + eps)
