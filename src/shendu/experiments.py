@@ -61,7 +61,8 @@ def run(name, out_dir=RESULTS, only=None):
     """Run one experiment and write its results file; returns the results.
 
     An experiment of named runs (one that takes `only`) can rerun some of them: the others are
-    kept from the results file, and every run records the command, commit and date that made it.
+    kept from the results file (if there is one yet), and every run records the command, commit
+    and date that made it.
     """
     if name not in _EXPERIMENTS:
         raise ShenduError(f"unknown experiment {name!r}; choose one of: {', '.join(names())}")
@@ -71,7 +72,8 @@ def run(name, out_dir=RESULTS, only=None):
     named_runs = "only" in inspect.signature(fn).parameters
     if only and not named_runs:
         raise ShenduError(f"experiment {name!r} cannot rerun part of itself: run it whole")
-    previous = load(name, out_dir) if only else None  # before hours of training, not after
+    # Read before hours of training, not after.
+    previous = load(name, out_dir) if only and (Path(out_dir) / f"{name}.json").exists() else None
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
     figures = fn(only=only) if only else fn()
