@@ -142,3 +142,31 @@ def test_recipe_fit_trains_a_new_model_repeatably(monkeypatch):
     assert all(np.array_equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     c, _ = small.fit(*data, seed=4, epochs=1)
     assert not np.array_equal(a.state_dict()["2.weight"], c.state_dict()["2.weight"])
+
+
+def test_an_interrupt_stops_recipe_fit_and_the_experiment_around_it(monkeypatch, tmp_path):
+    """Ctrl-C between two steps (a callback's KeyboardInterrupt is the same request) stops
+    recipe.fit, whose trainer the caller never sees, and so an experiment's loop of runs."""
+    from shendu import experiments
+    from shendu.train import Trainer
+    monkeypatch.setitem(models._REGISTRY, "clinet", clinet)
+    small = recipes.Recipe("test", model="clinet", epochs=2, batch_size=10)
+    (x, t), (x_test, t_test) = datasets.load_mnist()
+
+    def interrupt(progress):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        small.fit((x[:40], t[:40]), (x_test[:20], t_test[:20]), on_step=interrupt)
+
+    fits, fit = [], Trainer.fit
+
+    def interrupted_fit(self, train, test, epochs=1, **options):
+        fits.append(epochs)
+        return fit(self, train, test, epochs=epochs, on_step=interrupt)
+    monkeypatch.setattr(Trainer, "fit", interrupted_fit)
+    monkeypatch.setitem(recipes.RECIPES, "small", small)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.recipes(only=["small"], seeds=(0, 1), root=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.fashion_zoo(only=["resnet20"], root=tmp_path)
+    assert len(fits) == 2 and not list(tmp_path.iterdir())  # one run each, nothing saved

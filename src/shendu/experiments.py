@@ -225,6 +225,8 @@ def _train(model, train, test, epochs, max_lr, batch_size=128, augment=None, pro
               f"{metrics['train_loss']:.4f}, test {metrics['test_acc']:.2%}, "
               f"{metrics['images_per_s']:.0f} images/s", file=sys.stderr, flush=True)
     history = trainer.fit(train, test, epochs=epochs, on_step=on_step, on_epoch=on_epoch)
+    if trainer.stopped is not None:  # Ctrl-C stops the experiment, not only this run
+        raise KeyboardInterrupt
     return history, losses, probes
 
 

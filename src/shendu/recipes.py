@@ -58,11 +58,16 @@ class Recipe:
 
     def fit(self, train, test, seed=0, epochs=None, **fit_options):
         """Train a new model by this recipe: `shendu.manual_seed(seed)` and the Trainer's seed
-        make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`."""
+        make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`.
+        An interrupt (Ctrl-C) stops it with KeyboardInterrupt, and so stops an experiment's loop
+        of runs; `trainer()` gives a run that can be continued."""
         manual_seed(seed)
         model = self.build_model()
         trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False)
-        return model, trainer.fit(train, test, epochs=epochs or self.epochs, **fit_options)
+        history = trainer.fit(train, test, epochs=epochs or self.epochs, **fit_options)
+        if trainer.stopped is not None:  # Ctrl-C: the trainer that could continue is not returned
+            raise KeyboardInterrupt
+        return model, history
 
 
 RECIPES = {
