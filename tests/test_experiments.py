@@ -100,16 +100,23 @@ def test_resume_identity(tmp_path):
 
 def test_augmentation():
     figures = experiments.augmentation(sizes=(100, 200), seeds=(0, 1), monitor=50)
-    runs = figures["runs"]
-    assert [(r["train_images"], r["recipe"], r["seed"]) for r in runs] == [
-        (n, name, seed) for n in (100, 200) for name in ("plain", "augment") for seed in (0, 1)]
-    assert all(len(r["monitor_acc"]) == 2 for r in runs)  # the quick profile's 2 epochs
-    for key, median in figures["median_test_acc"].items():
-        n, name = key.split()
-        accs = [r["test_acc"] for r in runs if r["train_images"] == int(n) and r["recipe"] == name]
-        assert median == pytest.approx(np.median(accs))
-    assert runs[0]["test_acc"] != runs[2]["test_acc"] or \
-        runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run
+    assert list(figures["runs"]) == ["100", "200"]
+    for n, entry in figures["runs"].items():
+        runs = entry["runs"]
+        assert entry["train_images"] == int(n)
+        assert [(r["recipe"], r["seed"]) for r in runs] == [
+            (name, seed) for name in ("plain", "augment") for seed in (0, 1)]
+        assert all(len(r["monitor_acc"]) == 2 for r in runs)  # the quick profile's 2 epochs
+        for name, median in entry["median_test_acc"].items():
+            accs = [r["test_acc"] for r in runs if r["recipe"] == name]
+            assert len(accs) == 2 and median == pytest.approx(np.median(accs))
+        assert runs[0]["test_acc"] != runs[2]["test_acc"] or \
+            runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run
+    part = experiments.augmentation(only=["200"], sizes=(100, 200), seeds=(0,), monitor=50)
+    assert list(part["runs"]) == ["200"]
+    assert part["runs"]["200"]["runs"][0] == figures["runs"]["200"]["runs"][0]  # repeatable
+    with pytest.raises(ShenduError, match="no size 300"):
+        experiments.augmentation(only=["300"], sizes=(100, 200))
 
 
 def test_the_fashion_recipe_is_the_zoos_resnet_run():

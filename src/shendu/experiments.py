@@ -315,35 +315,44 @@ def fashion_zoo(root=None, only=None):
 
 
 @experiment
-def augmentation(sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=1000):
+def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=1000):
     """What augmentation is worth, by how much data there is: DeepConvNet by the `augment`
     recipe and by the same recipe without its transforms (alike in all else: epochs, schedule,
     seeds), on the first 1,000, 5,000 and all 60,000 MNIST training images, each with every
-    seed. Accuracy after each epoch on the first `monitor` test images; at the end, on all."""
+    seed. Accuracy after each epoch on the first `monitor` test images; at the end, on all.
+    The runs are named by their number of images: `only=["1000", "5000"]` trains those."""
     import dataclasses
     from . import datasets, recipes
     from .train import evaluate
+    unknown = set(only or ()) - {str(n) for n in sizes}
+    if unknown:
+        raise ShenduError(f"augmentation has no size {', '.join(sorted(unknown))}; "
+                          f"choose from: {', '.join(str(n) for n in sizes)}")
     (x, t), (x_test, t_test) = datasets.load_mnist()
     recipe = recipes.get("augment")
     twins = {"plain": dataclasses.replace(recipe, transforms=()), "augment": recipe}
-    runs = []
+    results = {}
     for n in sizes:
+        if only and str(n) not in only:
+            continue
+        runs = []
         for name, twin in twins.items():
             for seed in seeds:
                 model, history = twin.fit((x[:n], t[:n]), (x_test[:monitor], t_test[:monitor]),
                                           seed=seed)
-                runs.append({"train_images": min(n, len(x)), "recipe": name, "seed": seed,
+                runs.append({"recipe": name, "seed": seed,
                              "test_acc": evaluate(model, x_test, t_test),
                              "train_time_s": round(sum(h["epoch_time"] for h in history), 1),
                              "monitor_acc": [h["test_acc"] for h in history]})
                 print(f"{n} images, {name}, seed {seed}: {runs[-1]['test_acc']:.2%}",
                       file=sys.stderr, flush=True)
-    medians = {f"{n} {name}": float(np.median([r["test_acc"] for r in runs
-                                               if r["train_images"] == min(n, len(x))
-                                               and r["recipe"] == name]))
-               for n in sizes for name in twins}
+        results[str(n)] = {
+            "train_images": min(n, len(x)), "runs": runs,
+            "median_test_acc": {name: float(np.median([r["test_acc"] for r in runs
+                                                       if r["recipe"] == name]))
+                                for name in twins}}
     return {"recipe": recipe.about, "epochs": recipe.epochs, "monitor_images": monitor,
-            "runs": runs, "median_test_acc": medians}
+            "seeds": list(seeds), "runs": results}
 
 
 TARGET = 0.994  # the chapter's accuracy: each run's time to reach it is recorded
