@@ -331,3 +331,9 @@ def test_misclassified_shows_the_errors_with_label_and_prediction():
     assert titles == ["a → c"] * 3
     assert "4 of 20" in fig._suptitle.get_text()
     plt.close(fig)
+    predicted = t.copy()
+    predicted[[7, 15]] = [0, 2]  # label 2 read as 0, label 0 read as 2
+    fig, shown = plot.errors(x, t, predicted, classes=["a", "b", "c"])
+    assert list(shown) == [7, 15] and "2 of 20" in fig._suptitle.get_text()
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["c → a", "a → c"]
+    plt.close(fig)

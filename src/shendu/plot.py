@@ -13,8 +13,8 @@ import numpy as np
 from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
-__all__ = ["training_curves", "misclassified", "filters", "feature_maps", "block_diagram",
-           "run_curves", "augmentations"]
+__all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
+           "block_diagram", "run_curves", "augmentations"]
 
 
 def training_curves(history):
@@ -34,11 +34,17 @@ def training_curves(history):
 
 
 def misclassified(model, x, t, n=20, classes=None):
-    """The first `n` images the model gets wrong, five to a row, each titled "label → prediction".
-    Returns `(figure, indices)`: the indices into x of the images shown."""
-    x, t = np.asarray(x), np.asarray(t)
+    """The first `n` images the model (or list of models: their ensemble) gets wrong, five to
+    a row, each titled "label → prediction". Returns `(figure, indices)`: the indices into x of
+    the images shown."""
+    return errors(x, t, predict_proba(model, np.asarray(x)).argmax(axis=1), n, classes)
+
+
+def errors(x, t, predicted, n=20, classes=None):
+    """misclassified() for predictions made elsewhere (a results file's): the first `n` images
+    whose predicted label differs from t."""
+    x, t, predicted = np.asarray(x), np.asarray(t), np.asarray(predicted)
     classes = MNIST_CLASSES if classes is None else classes
-    predicted = predict_proba(model, x).argmax(axis=1)
     wrong = np.flatnonzero(predicted != t)
     shown = wrong[:n]
     cols = 5
