@@ -78,6 +78,22 @@ def test_bncnn_counts_and_shapes():
         models.get("bncnn", input_shape=(1, 24, 24))
 
 
+def test_fastnet_counts_and_shapes():
+    convs = 1 * 16 * 25 + 16 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9  # no biases: BatchNorm follows
+    norms = 2 * (16 + 32 + 64 + 64)
+    model = models.get("fastnet")
+    assert model.num_parameters() == convs + norms + 64 * 3 * 3 * 10 + 10 == 66_426
+    shapes, x = [], np.zeros((2, 1, 28, 28), np.float32)
+    for layer in model.eval():
+        x = layer(x)
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            shapes.append(x.shape[1:])
+    assert shapes == [(16, 14, 14), (32, 14, 14), (32, 7, 7), (64, 7, 7), (64, 7, 7), (64, 3, 3)]
+    assert x.shape == (2, 10)
+    with pytest.raises(shendu.ShenduError, match="8×8"):
+        models.get("fastnet", input_shape=(1, 6, 6))
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["mnist", "cifar"])
 @pytest.mark.parametrize("name", SMALL)
 def test_small_images(name, shape):

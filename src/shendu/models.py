@@ -79,6 +79,24 @@ def BNConvNet(num_classes=10, input_shape=(1, 28, 28), width=1.0, dropout=0.4):
                       Dropout(dropout), Linear(channels, num_classes))
 
 
+@register("fastnet")
+def FastNet(num_classes=10, input_shape=(1, 28, 28), width=1.0):
+    """A small network for the least time to 99.4% on two cores (the `fast` recipe): a 5×5
+    convolution of stride 2 looks at the full-size image but leaves a 14×14 map, so the costly
+    full-size stage is a sixteenth of a 3×3 one's; then one 3×3 convolution at 14×14, two at
+    7×7, each pooled stage halving the map; BatchNorm after every convolution. 66,426
+    parameters for 1×28×28 inputs and 10 classes."""
+    c, h, w = input_shape
+    h, w = out_size(h, 5, 2, 2) // 4, out_size(w, 5, 2, 2) // 4
+    if h < 1 or w < 1:
+        raise ShenduError(f"fastnet needs inputs of at least 8×8 pixels, got {input_shape}")
+    c1, c2, c3 = (_scale(channels, width) for channels in (16, 32, 64))
+    return Sequential(*_conv_bn_relu(c, c1, 5, stride=2),
+                      *_conv_bn_relu(c1, c2, 3), MaxPool2d(2),
+                      *_conv_bn_relu(c2, c3, 3), *_conv_bn_relu(c3, c3, 3), MaxPool2d(2),
+                      Flatten(), Linear(c3 * h * w, num_classes))
+
+
 # -- the chapter's representative networks ------------------------------------------------------
 # Each builds at ImageNet size (3×224×224, with the published layers and parameter counts) and
 # for small images (below 64 pixels: MNIST's 28×28, CIFAR's 32×32), where a stride-2 stem would

@@ -78,6 +78,12 @@ RECIPES = {
         lr=3e-3, epochs=30, one_cycle=True,
         transforms=(augment.RandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1),
                                          shear=10),)),
+    "fast": Recipe(  # chosen by time to 99.4% on this course's 2-core machine
+        "fastnet (a 5×5 stride-2 first convolution, four convolutions with BatchNorm, 66k "
+        "parameters), SGD with Nesterov momentum, weight decay 5e-4 and a one-cycle schedule "
+        "up to lr 0.2, batch 128, 3 epochs, no augmentation",
+        model="fastnet", optimizer="sgd", lr=0.2, batch_size=128, epochs=3, weight_decay=5e-4,
+        one_cycle=True),
     "fashion": Recipe(  # ResNet-20's run in the experiment fashion_zoo, exactly
         "ResNet-20 on Fashion-MNIST with 2-pixel crops and flips; SGD with Nesterov momentum, "
         "weight decay 5e-4 and a one-cycle schedule up to lr 0.1, batch 128, 30 epochs",
