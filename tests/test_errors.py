@@ -282,7 +282,7 @@ def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
     assert "choose one of: bncnn, deepconvnet" in cli_error(capsys, "summary", "lenet-9000")
     assert "choose one of: bncnn, deepconvnet" in cli_error(capsys, "train", "--model", "lenet-9000",
                                                      "--out", tmp_path / "x")
-    assert "invalid choice: 'magic' (choose from augment, book, fashion, fast)" in usage_error(
+    assert "invalid choice: 'magic' (choose from augment, best, book, fashion, fast)" in usage_error(
         capsys, "train", "--recipe", "magic").replace("'", "").replace("magic", "'magic'")
     with pytest.raises(datasets.DatasetError, match="unknown dataset 'cifar'; choose one of: "
                                                     "fashion-mnist, mnist"):
