@@ -26,6 +26,7 @@ import yaml
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 if "numba" in sys.modules:
     sys.modules["numba"].core.config.reload_config()
+import shendu  # noqa: E402,F401  (before any test module imports NumPy: its OpenBLAS setting)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "book" / "_ext"))

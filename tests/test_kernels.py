@@ -1,4 +1,6 @@
 """Every Numba kernel against its pure-NumPy reference, on odd shapes, strides and paddings."""
+import os
+
 import numpy as np
 import pytest
 
@@ -177,3 +179,18 @@ def test_bilinear_reads_pixels_and_midpoints():
     # pixel (0,0); pixel (2,3); mean of the four around (0.5,0.5); half of (1,3) beside the edge;
     # outside
     np.testing.assert_allclose(out[0, 0, 0], [0, 11, 2.5, 3.5, 0])
+
+
+def test_threads_wait_asleep_where_shendu_is_imported_first():
+    """Numba's OpenMP workers and OpenBLAS's threads must not spin between two pieces of work:
+    they would take the cores from each other and from a process training beside this one."""
+    import subprocess
+    import sys
+    probe = ("import ctypes, glob, os, shendu, numpy\n"
+             "lib, = glob.glob(os.path.join(numpy.__path__[0], '..', 'numpy.libs', '*openblas*'))\n"
+             "print(ctypes.CDLL(lib).openblas_thread_timeout(), os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["4", "passive"]

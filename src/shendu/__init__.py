@@ -5,6 +5,12 @@ import os
 # the cores OpenBLAS needs for the next matrix product (measured: training 11× slower). Must be
 # set before Numba first starts its threads.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# OpenBLAS's idle threads spin for 2^28 cycles (about 0.1 s) after every matrix product, taking
+# a core from Numba's threads and from any other process training beside this one (measured
+# beside a training run: DeepConvNet's training step about 5× faster with this). With 2^4 they
+# sleep at once. OpenBLAS reads it when NumPy is first imported, so it applies where shendu is
+# imported first: the command line, the experiments, the tests.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import models, nn, optim  # noqa: E402
 from .errors import ShenduError
