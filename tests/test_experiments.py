@@ -157,3 +157,7 @@ def test_recipes(monkeypatch, tmp_path):
     wrong = np.flatnonzero(p.argmax(axis=1) != t_test)
     assert book["ensemble_errors"] == [[int(i), int(t_test[i]), int(p[i].argmax())] for i in wrong]
     assert book["ensemble_test_acc"] == pytest.approx(1 - len(wrong) / len(t_test))
+    # Started again, the finished runs are read back from their run directories, not retrained.
+    weights = (tmp_path / "book-0" / "model.safetensors").read_bytes()
+    assert experiments.recipes(only=["book"], seeds=(0, 1), root=tmp_path) == figures
+    assert (tmp_path / "book-0" / "model.safetensors").read_bytes() == weights

@@ -166,7 +166,18 @@ def test_an_interrupt_stops_recipe_fit_and_the_experiment_around_it(monkeypatch,
     monkeypatch.setattr(Trainer, "fit", interrupted_fit)
     monkeypatch.setitem(recipes.RECIPES, "small", small)
     with pytest.raises(KeyboardInterrupt):
-        experiments.recipes(only=["small"], seeds=(0, 1), root=tmp_path)
+        experiments.recipes(only=["small"], seeds=(0, 1), root=tmp_path / "recipes")
     with pytest.raises(KeyboardInterrupt):
-        experiments.fashion_zoo(only=["resnet20"], root=tmp_path)
-    assert len(fits) == 2 and not list(tmp_path.iterdir())  # one run each, nothing saved
+        experiments.fashion_zoo(only=["resnet20"], root=tmp_path / "zoo")
+    assert len(fits) == 2 and not (tmp_path / "zoo").exists()  # one run each, no model saved
+    # The recipes' interrupted run kept its checkpoint; started again, the experiment continues
+    # it, to what an uninterrupted experiment gives.
+    assert [p.name for p in (tmp_path / "recipes").iterdir()] == ["small-0"]
+    monkeypatch.setattr(Trainer, "fit", fit)
+    again = experiments.recipes(only=["small"], seeds=(0, 1), root=tmp_path / "recipes")
+    whole = experiments.recipes(only=["small"], seeds=(0, 1), root=tmp_path / "whole")
+
+    def accuracies(figures):
+        return [run["test_acc_by_epoch"] for run in figures["runs"]["small"]["runs"]]
+    assert accuracies(again) == accuracies(whole)
+    assert again["runs"]["small"]["ensemble_errors"] == whole["runs"]["small"]["ensemble_errors"]

@@ -363,9 +363,11 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
     """Every recipe of `shendu.recipes` (or those `only` names), each with every seed, on its
     dataset: test accuracy and wall time per run, the time each took to reach TARGET (None if it
     never did), the medians, and the ensemble of the recipe's runs (averaged probabilities):
-    its accuracy and the test images it still gets wrong. Models are saved in
-    `root`/NAME-SEED (default runs/recipes/), to evaluate again later."""
-    from . import datasets, save
+    its accuracy and the test images it still gets wrong. Each run trains in its run directory
+    `root`/NAME-SEED (default runs/recipes/), checkpointed every epoch: stopped (Ctrl-C,
+    SIGTERM), the experiment continues each run where it was when started again, and a finished
+    run is read back, not trained again. The models stay there, to evaluate again later."""
+    from . import datasets
     from . import recipes as recipe_book
     from .train import predict_proba
     root = REPO / "runs" / "recipes" if root is None else Path(root)
@@ -375,8 +377,8 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
         train, (x_test, t_test) = datasets.load(recipe.dataset)
         runs, models = [], []
         for seed in seeds:
-            model, history = recipe.fit(train, (x_test, t_test), seed=seed)
-            save(model, root / f"{name}-{seed}")
+            model, history = recipe.fit(train, (x_test, t_test), seed=seed,
+                                        run_dir=root / f"{name}-{seed}")
             reached = [h["elapsed"] for h in history if h["test_acc"] >= TARGET]
             runs.append({"seed": seed, "test_acc": history[-1]["test_acc"],
                          "wall_time_s": round(history[-1]["elapsed"], 1),

@@ -10,6 +10,7 @@ A recipe is only settings; what each reaches is measured by experiments that wri
 files, never claimed here.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import augment, models, optim
 from .errors import ShenduError
@@ -56,16 +57,22 @@ class Recipe:
         return (trainer_class or Trainer)(model, opt, batch_size=batch_size, scheduler=schedule,
                                           seed=seed, augment=self.augmentation(), **options)
 
-    def fit(self, train, test, seed=0, epochs=None, **fit_options):
+    def fit(self, train, test, seed=0, epochs=None, run_dir=None, **fit_options):
         """Train a new model by this recipe: `shendu.manual_seed(seed)` and the Trainer's seed
         make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`.
-        An interrupt (Ctrl-C) stops it with KeyboardInterrupt, and so stops an experiment's loop
-        of runs; `trainer()` gives a run that can be continued."""
+        With `run_dir` the run keeps its checkpoints there, and a run_dir that holds one is
+        continued exactly where it stopped (a finished run trains no further). An interrupt
+        (Ctrl-C, SIGTERM) stops it with KeyboardInterrupt, and so stops an experiment's loop of
+        runs: with a run_dir, the same call continues it later."""
+        from .io import CHECKPOINT
         manual_seed(seed)
         model = self.build_model()
-        trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False)
-        history = trainer.fit(train, test, epochs=epochs or self.epochs, **fit_options)
-        if trainer.stopped is not None:  # Ctrl-C: the trainer that could continue is not returned
+        trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False,
+                               run_dir=run_dir)
+        resume = run_dir if run_dir is not None and (Path(run_dir) / CHECKPOINT).exists() else None
+        history = trainer.fit(train, test, epochs=epochs or self.epochs, resume=resume,
+                              **fit_options)
+        if trainer.stopped is not None:  # the trainer that could continue is not returned
             raise KeyboardInterrupt
         return model, history
 
