@@ -117,6 +117,14 @@ def load(name, results_dir=RESULTS):
 
 
 @experiment
+def bench():
+    """shendu vs PyTorch on this machine (`python -m shendu bench`), recorded for the appendix
+    "How fast is it?"."""
+    from . import bench as bench_module
+    return bench_module.run()
+
+
+@experiment
 def chapter1():
     """The chapter's run: DeepConvNet, Adam 0.001, batch 100, 20 epochs, full MNIST."""
     from . import datasets, manual_seed, models, optim
