@@ -87,6 +87,9 @@ def test_only_is_refused_where_it_means_nothing(monkeypatch, tmp_path):
         experiments.run("chapter1", out_dir=tmp_path, only=["x"])
     with pytest.raises(ShenduError, match="no model alexnet"):
         experiments.fashion_zoo(root=tmp_path, only=["alexnet"])
+    with pytest.raises(ShenduError, match="unknown recipe 'magic'"):  # before book trains
+        experiments.recipes(only=["book", "magic"], root=tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_resume_identity(tmp_path):

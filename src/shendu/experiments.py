@@ -209,6 +209,14 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None)
     }
 
 
+def _check_only(only, names, problem):
+    """Refuse, before any training, run names in `only` that the experiment does not have."""
+    unknown = set(only or ()) - set(names)
+    if unknown:
+        raise ShenduError(f"{problem} {', '.join(sorted(unknown))}; "
+                          f"choose from: {', '.join(names)}")
+
+
 # -- "Representative networks" -----------------------------------------------------------------
 def _train(model, train, test, epochs, max_lr, batch_size=128, augment=None, probe=None,
            probe_every=25):
@@ -302,10 +310,7 @@ def fashion_zoo(root=None, only=None):
     (default runs/fashion-zoo/NAME), to evaluate again later (with test-time augmentation, or
     as an ensemble)."""
     from . import augment, datasets, manual_seed, models, save
-    unknown = set(only or ()) - set(FASHION_ZOO)
-    if unknown:
-        raise ShenduError(f"fashion_zoo has no model {', '.join(sorted(unknown))}; "
-                          f"choose from: {', '.join(FASHION_ZOO)}")
+    _check_only(only, FASHION_ZOO, "fashion_zoo has no model")
     root = REPO / "runs" / "fashion-zoo" if root is None else Path(root)
     train, test = datasets.load_fashion_mnist()
     flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
@@ -332,10 +337,7 @@ def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=
     import dataclasses
     from . import datasets, recipes
     from .train import evaluate
-    unknown = set(only or ()) - {str(n) for n in sizes}
-    if unknown:
-        raise ShenduError(f"augmentation has no size {', '.join(sorted(unknown))}; "
-                          f"choose from: {', '.join(str(n) for n in sizes)}")
+    _check_only(only, [str(n) for n in sizes], "augmentation has no size")
     (x, t), (x_test, t_test) = datasets.load_mnist()
     recipe = recipes.get("augment")
     twins = {"plain": dataclasses.replace(recipe, transforms=()), "augment": recipe}
@@ -379,9 +381,9 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
     from . import recipes as recipe_book
     from .train import predict_proba
     root = REPO / "runs" / "recipes" if root is None else Path(root)
+    chosen = {name: recipe_book.get(name) for name in only or recipe_book.names()}  # typos first
     results = {}
-    for name in only or recipe_book.names():
-        recipe = recipe_book.get(name)
+    for name, recipe in chosen.items():
         train, (x_test, t_test) = datasets.load(recipe.dataset)
         runs, models = [], []
         for seed in seeds:

@@ -86,7 +86,7 @@ RECIPES = {
         "the chapter's DeepConvNet with random rotations (±10°), shifts (±10%), scaling (±10%) "
         "and shear (±10°), Adam with a one-cycle schedule up to lr 0.003, 30 epochs",
         lr=3e-3, epochs=30, one_cycle=True, transforms=(DIGITS,)),
-    "best": Recipe(  # sized to about 50 minutes a run on two cores
+    "best": Recipe(  # epochs sized by an estimate, not yet measured, to under 60 minutes a run
         "bncnn (seven convolutions with BatchNorm, 326k parameters) with the augment recipe's "
         "rotations, shifts, scaling and shear; Adam with a one-cycle schedule up to lr 0.003, "
         "25 epochs",
