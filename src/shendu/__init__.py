@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 # a core from Numba's threads and from any other process training beside this one (measured
 # beside a training run: DeepConvNet's training step about 5× faster with this). With 2^4 they
 # sleep at once. OpenBLAS reads it when NumPy is first imported, so it applies where shendu is
-# imported first: the command line, the experiments, the tests.
+# imported first: the command line, the experiments, the tests and the notebooks.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from . import models, nn, optim  # noqa: E402
