@@ -164,3 +164,32 @@ def test_recipes(monkeypatch, tmp_path):
     weights = (tmp_path / "book-0" / "model.safetensors").read_bytes()
     assert experiments.recipes(only=["book"], seeds=(0, 1), root=tmp_path) == figures
     assert (tmp_path / "book-0" / "model.safetensors").read_bytes() == weights
+    assert "tta_test_acc" not in book["runs"][0] and "ensemble_tta_test_acc" not in book
+
+
+def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path):
+    """A recipe that augments is also tested with TTA: here every view is the mirror image, so
+    the averaged probabilities are (p(x) + 4 p(mirrored x)) / 5, computed by hand."""
+    import dataclasses
+
+    import shendu
+    from shendu import augment, datasets, nn, recipes
+    mirrored = dataclasses.replace(recipes.get("book"),
+                                   transforms=(augment.RandomHorizontalFlip(p=1),))
+    monkeypatch.setitem(recipes.RECIPES, "mirrored", mirrored)
+    entry = experiments.recipes(only=["mirrored"], seeds=(0, 1), root=tmp_path)["runs"]["mirrored"]
+    _, (x_test, t_test) = datasets.load_mnist()
+    x = x_test.astype(np.float32) / 255
+    members = [shendu.load(tmp_path / f"mirrored-{seed}") for seed in (0, 1)]
+
+    def accuracy(models):
+        p = np.concatenate([sum((nn.softmax(m(v[i:i + 500])).astype(np.float64) * k
+                                 for m in models for v, k in ((x, 1), (x[:, :, :, ::-1], 4))))
+                            for i in range(0, len(x), 500)])
+        return float(np.mean(p.argmax(axis=1) == t_test))
+    assert experiments.TTA_COPIES == 4
+    for run, member in zip(entry["runs"], members):
+        assert run["tta_test_acc"] == pytest.approx(accuracy([member]), abs=1e-4)  # rounding
+    assert entry["ensemble_tta_test_acc"] == pytest.approx(accuracy(members), abs=1e-4)
+    assert entry["median_tta_test_acc"] == pytest.approx(
+        np.median([r["tta_test_acc"] for r in entry["runs"]]))

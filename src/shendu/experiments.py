@@ -366,6 +366,7 @@ def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=
 
 
 TARGET = 0.994  # the chapter's accuracy: each run's time to reach it is recorded
+TTA_COPIES = 4  # test-time augmentation: each test image and 4 views augmented as in training
 
 
 @experiment
@@ -373,19 +374,21 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
     """Every recipe of `shendu.recipes` (or those `only` names), each with every seed, on its
     dataset: test accuracy and wall time per run, the time each took to reach TARGET (None if it
     never did), the medians, and the ensemble of the recipe's runs (averaged probabilities):
-    its accuracy and the test images it still gets wrong. Each run trains in its run directory
+    its accuracy and the test images it still gets wrong. A recipe that augments its training
+    batches is also tested with test-time augmentation (TTA_COPIES views of each test image,
+    augmented the same way), each run and the ensemble. Each run trains in its run directory
     `root`/NAME-SEED (default runs/recipes/), checkpointed every epoch: stopped (Ctrl-C,
     SIGTERM), the experiment continues each run where it was when started again, and a finished
     run is read back, not trained again. The models stay there, to evaluate again later."""
     from . import datasets
     from . import recipes as recipe_book
-    from .train import predict_proba
+    from .train import evaluate, predict_proba
     root = REPO / "runs" / "recipes" if root is None else Path(root)
     chosen = {name: recipe_book.get(name) for name in only or recipe_book.names()}  # typos first
     results = {}
     for name, recipe in chosen.items():
         train, (x_test, t_test) = datasets.load(recipe.dataset)
-        runs, models = [], []
+        runs, models, tta = [], [], recipe.augmentation()
         for seed in seeds:
             model, history = recipe.fit(train, (x_test, t_test), seed=seed,
                                         run_dir=root / f"{name}-{seed}")
@@ -396,6 +399,9 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
                          "images_per_s": round(float(np.median(
                              [h["images_per_s"] for h in history])), 1),
                          "test_acc_by_epoch": [h["test_acc"] for h in history]})
+            if tta is not None:
+                runs[-1]["tta_test_acc"] = evaluate(model, x_test, t_test, tta=tta,
+                                                    copies=TTA_COPIES)
             models.append(model)
             print(f"{name}, seed {seed}: {runs[-1]['test_acc']:.2%} in "
                   f"{runs[-1]['wall_time_s']:.0f} s", file=sys.stderr, flush=True)
@@ -408,6 +414,11 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
             "median_wall_time_s": float(np.median([r["wall_time_s"] for r in runs])),
             "ensemble_test_acc": float(np.mean(predicted == t_test)),
             "ensemble_errors": [[int(i), int(t_test[i]), int(predicted[i])] for i in wrong]}
+        if tta is not None:
+            results[name]["median_tta_test_acc"] = float(np.median([r["tta_test_acc"]
+                                                                    for r in runs]))
+            results[name]["ensemble_tta_test_acc"] = evaluate(models, x_test, t_test, tta=tta,
+                                                              copies=TTA_COPIES)
     return {"target": TARGET, "seeds": list(seeds), "runs": results}
 
 
