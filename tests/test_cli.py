@@ -226,7 +226,8 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(stopped):
     assert err.splitlines()[-1] == (f"Training interrupted (SIGINT) in epoch 1 after step {step} "
                                     f"of 20; checkpoint saved in {run}. Continue with: shendu "
                                     f"train --resume {run}")
-    assert meta["trainer"]["settings"] == {"model": "deepconvnet", "recipe": "book", "epochs": 2,
+    assert meta["trainer"]["settings"] == {"model": "deepconvnet", "model_options": {},
+                                           "recipe": "book", "epochs": 2,
                                            "batch_size": 10, "lr": 0.001, "seed": 0,
                                            "subset": 200, "checkpoint_every": 1,
                                            "target_accuracy": None}
@@ -262,6 +263,29 @@ def test_resume_refuses_flags_that_change_the_run(stopped, tmp_path, capsys, fla
     assert capsys.readouterr().err == f"shendu: error: {message.format(run=run)}: a resumed run " \
         f"{'stays in its directory' if flags[0] == '--out' else 'keeps its settings'}\n"
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("options", [None, {"depth": 9}])
+def test_resume_reads_the_model_options(stopped, tmp_path, capsys, options):
+    """A run from before recipes had model options resumes as it was trained; options the model
+    does not take end with one message, the run untouched."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped[0], run)
+    meta = json.loads((run / io.CHECKPOINT).read_text())
+    if options is None:
+        del meta["trainer"]["settings"]["model_options"]
+    else:
+        meta["trainer"]["settings"]["model_options"] = options
+    (run / io.CHECKPOINT).write_text(json.dumps(meta))
+    before = snapshot(run)
+    status = cli.main(["train", "--resume", str(run)])
+    if options is None:
+        assert status == 0 and shendu.load(run).num_parameters() == 123_552
+    else:
+        assert status == 2 and snapshot(run) == before
+        assert capsys.readouterr().err == ("shendu: error: model 'deepconvnet' has no option "
+                                           "'depth'; its options: num_classes, input_shape, "
+                                           "dropout\n")
 
 
 def without_permission_override():

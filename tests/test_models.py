@@ -92,6 +92,8 @@ def test_fastnet_counts_and_shapes():
     assert x.shape == (2, 10)
     with pytest.raises(shendu.ShenduError, match="8×8"):
         models.get("fastnet", input_shape=(1, 6, 6))
+    wide = 1 * 32 * 25 + 32 * 64 * 9 + 64 * 128 * 9 + 128 * 128 * 9 + 2 * (32 + 64 + 128 + 128)
+    assert models.get("fastnet", width=2).num_parameters() == wide + 128 * 9 * 10 + 10 == 252_650
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["mnist", "cifar"])
@@ -142,3 +144,11 @@ def test_imagenet_forward(name):
     model = models.get(name, num_classes=1000, input_shape=(3, 224, 224), width=0.125).eval()
     y = model(np.random.default_rng(0).random((1, 3, 224, 224), np.float32))
     assert y.shape == (1, 1000) and np.isfinite(y).all()
+
+
+def test_an_option_the_model_does_not_take_is_named():
+    with pytest.raises(shendu.ShenduError, match="model 'deepconvnet' has no option 'width'; "
+                                                 "its options: num_classes, input_shape, dropout"):
+        models.get("deepconvnet", width=2)
+    with pytest.raises(shendu.ShenduError, match="model 'vgg16' has no option 'depth'"):
+        models.get("vgg16", depth=11)  # the depth is the name's

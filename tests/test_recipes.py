@@ -16,6 +16,7 @@ def test_every_recipe_builds_what_it_says(name, monkeypatch):
     recipe = recipes.get(name)
     model = recipe.build_model()
     assert model.config["model"] == recipe.model and recipe.about
+    assert {key: model.config[key] for key, _ in recipe.model_options} == dict(recipe.model_options)
     trainer = recipe.trainer(model, train_size=1000)
     opt, schedule = trainer.optimizer, trainer.scheduler
     assert isinstance(opt, optim.SGD if recipe.optimizer == "sgd" else optim.Adam)
@@ -181,3 +182,16 @@ def test_an_interrupt_stops_recipe_fit_and_the_experiment_around_it(monkeypatch,
         return [run["test_acc_by_epoch"] for run in figures["runs"]["small"]["runs"]]
     assert accuracies(again) == accuracies(whole)
     assert again["runs"]["small"]["ensemble_errors"] == whole["runs"]["small"]["ensemble_errors"]
+
+
+def test_train_by_recipe_builds_the_recipes_model(tmp_path, monkeypatch, capsys):
+    """`best` trains fastnet at width 2: the command line builds the model with the recipe's
+    options, and --model replaces the model and its options together."""
+    monkeypatch.delenv("SHENDU_PROFILE", raising=False)
+    for extra, parameters in (([], 252_650), (["--model", "fastnet"], 66_426)):
+        out = tmp_path / f"run{len(extra)}"
+        assert cli.main(["train", "--recipe", "best", "--subset", "256", "--epochs", "1",
+                         "--out", str(out), *extra]) == 0
+        model = shendu.load(out)
+        assert model.config["model"] == "fastnet" and model.num_parameters() == parameters
+    assert "fastnet (252,650 parameters)" in capsys.readouterr().out

@@ -55,6 +55,7 @@ def _train(args):
     else:
         recipe = recipes.get(args.recipe or "book")
         settings = {"model": args.model or recipe.model, "recipe": args.recipe or "book",
+                    "model_options": {} if args.model else dict(recipe.model_options),
                     "seed": 0 if args.seed is None else args.seed, "subset": args.subset,
                     "checkpoint_every": args.checkpoint_every,
                     "target_accuracy": args.target_accuracy,
@@ -62,7 +63,7 @@ def _train(args):
                        for k in ("epochs", "batch_size", "lr")}}
     recipe = recipes.get(settings["recipe"])
     manual_seed(settings["seed"])
-    model = models.get(settings["model"])
+    model = models.get(settings["model"], **settings.get("model_options", {}))
     name = settings["model"] = model.config["model"]
     if args.resume is None:
         out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -110,7 +111,8 @@ class _CommandLineTrainer(Trainer):
 
 
 # What `train` records in its checkpoints' "settings", to resume from them.
-_SETTINGS = {"model": str, "recipe": str, "epochs": int, "batch_size": int, "lr": float,
+_SETTINGS = {"model": str, "model_options": dict, "recipe": str, "epochs": int,
+             "batch_size": int, "lr": float,
              "seed": int, "subset": (int, None), "checkpoint_every": (int, None),
              "target_accuracy": (float, None)}
 
@@ -124,6 +126,7 @@ def _resumed_settings(args):
     if settings is None:
         raise CheckpointError(f"{args.resume} was not trained by `shendu train`: continue it in "
                               "Python with Trainer.fit(..., resume=...)")
+    settings.setdefault("model_options", {})  # runs from before recipes had model options
     check_json(settings, _SETTINGS, f"{args.resume / CHECKPOINT} (settings)")
     if settings["recipe"] not in recipes.RECIPES:
         raise CheckpointError(f"{args.resume}: unknown recipe {settings['recipe']!r} in its "

@@ -1,4 +1,7 @@
 """Model zoo: networks by name, each buildable for any input shape and number of classes."""
+import functools
+import inspect
+
 import numpy as np
 
 from . import kernels
@@ -26,6 +29,11 @@ def get(name, num_classes=10, input_shape=(1, 28, 28), **kwargs):
     key = name.lower()
     if key not in _REGISTRY:
         raise ShenduError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
+    takes = inspect.signature(_REGISTRY[key]).parameters
+    for option in kwargs:
+        if option not in takes:
+            raise ShenduError(f"model {key!r} has no option {option!r}; its options: "
+                              f"{', '.join(takes)}")
     model = _REGISTRY[key](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
     model.config = {"model": key, "num_classes": num_classes,
                     "input_shape": list(input_shape), **kwargs}
@@ -156,8 +164,8 @@ def VGG(depth=16, num_classes=1000, input_shape=(3, 224, 224), batch_norm=False,
 
 
 for _depth in _VGG:
-    register(f"vgg{_depth}")(lambda depth=_depth, **kw: VGG(depth, **kw))
-    register(f"vgg{_depth}_bn")(lambda depth=_depth, **kw: VGG(depth, batch_norm=True, **kw))
+    register(f"vgg{_depth}")(functools.partial(VGG, _depth))
+    register(f"vgg{_depth}_bn")(functools.partial(VGG, _depth, batch_norm=True))
 
 
 # GoogLeNet's Inception blocks: (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection); "M"
@@ -305,7 +313,7 @@ def ResNet(depth=50, num_classes=1000, input_shape=(3, 224, 224), width=1.0):
 
 
 for _depth in _RESNET:
-    register(f"resnet{_depth}")(lambda depth=_depth, **kw: ResNet(depth, **kw))
+    register(f"resnet{_depth}")(functools.partial(ResNet, _depth))
 
 
 def CifarResNet(depth=20, num_classes=10, input_shape=(3, 32, 32), shortcuts=True, width=1.0):
@@ -329,5 +337,5 @@ def CifarResNet(depth=20, num_classes=10, input_shape=(3, 32, 32), shortcuts=Tru
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register(f"resnet{_depth}")(lambda depth=_depth, **kw: CifarResNet(depth, **kw))
-    register(f"plain{_depth}")(lambda depth=_depth, **kw: CifarResNet(depth, shortcuts=False, **kw))
+    register(f"resnet{_depth}")(functools.partial(CifarResNet, _depth))
+    register(f"plain{_depth}")(functools.partial(CifarResNet, _depth, shortcuts=False))
