@@ -63,7 +63,7 @@ def _train(args):
                        for k in ("epochs", "batch_size", "lr")}}
     recipe = recipes.get(settings["recipe"])
     manual_seed(settings["seed"])
-    model = models.get(settings["model"], **settings.get("model_options", {}))
+    model = models.get(settings["model"], **settings["model_options"])
     name = settings["model"] = model.config["model"]
     if args.resume is None:
         out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
