@@ -170,7 +170,7 @@ def test_recipes(monkeypatch, tmp_path):
     assert "tta_test_acc" not in book["runs"][0] and "ensemble_tta_test_acc" not in book
 
 
-def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path):
+def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path, capsys):
     """A recipe that augments is also tested with TTA: here every view is the mirror image, so
     the averaged probabilities are (p(x) + 4 p(mirrored x)) / 5, computed by hand."""
     import dataclasses
@@ -196,3 +196,13 @@ def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path):
     assert entry["ensemble_tta_test_acc"] == pytest.approx(accuracy(members), abs=1e-4)
     assert entry["median_tta_test_acc"] == pytest.approx(
         np.median([r["tta_test_acc"] for r in entry["runs"]]))
+    # The runs are the command line's too: it evaluates them with their recipe's augmentation,
+    # and continues them (finished: nothing to do).
+    from shendu import cli
+    dirs = [str(tmp_path / f"mirrored-{seed}") for seed in (0, 1)]
+    capsys.readouterr()
+    assert cli.main(["evaluate", *dirs, "--tta", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == entry["ensemble_tta_test_acc"]
+    weights = (tmp_path / "mirrored-1" / "model.safetensors").read_bytes()
+    assert cli.main(["train", "--resume", dirs[1]]) == 0
+    assert (tmp_path / "mirrored-1" / "model.safetensors").read_bytes() == weights

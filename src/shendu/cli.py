@@ -53,14 +53,10 @@ def _train(args):
     if args.resume is not None:
         settings, out = _resumed_settings(args), args.resume
     else:
-        recipe = recipes.get(args.recipe or "book")
-        settings = {"model": args.model or recipe.model, "recipe": args.recipe or "book",
-                    "model_options": {} if args.model else dict(recipe.model_options),
-                    "seed": 0 if args.seed is None else args.seed, "subset": args.subset,
-                    "checkpoint_every": args.checkpoint_every,
-                    "target_accuracy": args.target_accuracy,
-                    **{k: getattr(recipe, k) if getattr(args, k) is None else getattr(args, k)
-                       for k in ("epochs", "batch_size", "lr")}}
+        settings = recipes.settings(
+            args.recipe or "book", 0 if args.seed is None else args.seed, model=args.model,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subset=args.subset,
+            checkpoint_every=args.checkpoint_every, target_accuracy=args.target_accuracy)
     recipe = recipes.get(settings["recipe"])
     manual_seed(settings["seed"])
     model = models.get(settings["model"], **settings["model_options"])
@@ -152,8 +148,9 @@ def _resumed_settings(args):
 
 
 def _recipe_of(run_dir):
-    """The name of the recipe a run directory was trained with (from its checkpoint's settings;
-    `book` for a model that `shendu train` did not make), and the recipe."""
+    """The name of the recipe a run directory was trained with (from its checkpoint's settings,
+    which `shendu train` and the recipes experiment keep; `book` for other models), and the
+    recipe."""
     path = run_dir / CHECKPOINT
     if not path.exists():
         return "book", recipes.get("book")

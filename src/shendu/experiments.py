@@ -379,7 +379,8 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
     augmented the same way), each run and the ensemble. Each run trains in its run directory
     `root`/NAME-SEED (default runs/recipes/), checkpointed every epoch: stopped (Ctrl-C,
     SIGTERM), the experiment continues each run where it was when started again, and a finished
-    run is read back, not trained again. The models stay there, to evaluate again later."""
+    run is read back, not trained again. The models stay there, to evaluate again later
+    (`shendu evaluate runs/recipes/NAME-0 ... --tta 4`)."""
     from . import datasets
     from . import recipes as recipe_book
     from .train import evaluate, predict_proba
@@ -391,7 +392,8 @@ def recipes(only=None, seeds=(0, 1, 2), root=None):
         runs, models, tta = [], [], recipe.augmentation()
         for seed in seeds:
             model, history = recipe.fit(train, (x_test, t_test), seed=seed,
-                                        run_dir=root / f"{name}-{seed}")
+                                        run_dir=root / f"{name}-{seed}",
+                                        settings=recipe_book.settings(name, seed))
             reached = [h["elapsed"] for h in history if h["test_acc"] >= TARGET]
             runs.append({"seed": seed, "test_acc": history[-1]["test_acc"],
                          "wall_time_s": round(history[-1]["elapsed"], 1),

@@ -16,7 +16,7 @@ from . import augment, models, optim
 from .errors import ShenduError
 from .rng import manual_seed
 
-__all__ = ["Recipe", "RECIPES", "get", "names"]
+__all__ = ["Recipe", "RECIPES", "get", "names", "settings"]
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,19 @@ class Recipe:
         return (trainer_class or Trainer)(model, opt, batch_size=batch_size, scheduler=schedule,
                                           seed=seed, augment=self.augmentation(), **options)
 
-    def fit(self, train, test, seed=0, epochs=None, run_dir=None, **fit_options):
+    def fit(self, train, test, seed=0, epochs=None, run_dir=None, settings=None, **fit_options):
         """Train a new model by this recipe: `shendu.manual_seed(seed)` and the Trainer's seed
         make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`.
         With `run_dir` the run keeps its checkpoints there, and a run_dir that holds one is
-        continued exactly where it stopped (a finished run trains no further). An interrupt
+        continued exactly where it stopped (a finished run trains no further); with `settings`
+        too (see `settings`), its checkpoints say how it was trained, as `shendu train` does. An interrupt
         (Ctrl-C, SIGTERM) stops it with KeyboardInterrupt, and so stops an experiment's loop of
         runs: with a run_dir, the same call continues it later."""
         from .io import CHECKPOINT
         manual_seed(seed)
         model = self.build_model()
         trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False,
-                               run_dir=run_dir)
+                               run_dir=run_dir, settings=settings)
         resume = run_dir if run_dir is not None and (Path(run_dir) / CHECKPOINT).exists() else None
         history = trainer.fit(train, test, epochs=epochs or self.epochs, resume=resume,
                               **fit_options)
@@ -116,3 +117,20 @@ def get(name):
     if not isinstance(name, str) or name not in RECIPES:
         raise ShenduError(f"unknown recipe {name!r}; choose one of: {', '.join(names())}")
     return RECIPES[name]
+
+
+def settings(name, seed=0, model=None, epochs=None, batch_size=None, lr=None, subset=None,
+             checkpoint_every=None, target_accuracy=None):
+    """The settings `shendu train` keeps in a run's checkpoints, for a run of recipe `name`
+    (None: the recipe's own): with them the command line can continue the run, and tell which
+    data and augmentation it was trained on (`shendu evaluate --tta`). `model` replaces the
+    recipe's model and its options together; `subset` is how many of the first training images
+    the run used (None: all)."""
+    recipe = get(name)
+    return {"model": model or recipe.model, "recipe": name,
+            "model_options": {} if model else dict(recipe.model_options),
+            "seed": seed, "subset": subset, "checkpoint_every": checkpoint_every,
+            "target_accuracy": target_accuracy,
+            "epochs": recipe.epochs if epochs is None else epochs,
+            "batch_size": recipe.batch_size if batch_size is None else batch_size,
+            "lr": recipe.lr if lr is None else lr}
