@@ -101,8 +101,9 @@ def test_resume_identity(tmp_path):
     assert 0 <= steps[0] <= steps[1] <= figures["steps"] == 40
 
 
-def test_augmentation():
-    figures = experiments.augmentation(sizes=(100, 200), seeds=(0, 1), monitor=50)
+def test_augmentation(tmp_path):
+    figures = experiments.augmentation(sizes=(100, 200), seeds=(0, 1), monitor=50,
+                                       root=tmp_path / "first")
     assert list(figures["runs"]) == ["100", "200"]
     for n, entry in figures["runs"].items():
         runs = entry["runs"]
@@ -115,12 +116,24 @@ def test_augmentation():
             assert len(accs) == 2 and median == pytest.approx(np.median(accs))
         assert runs[0]["test_acc"] != runs[2]["test_acc"] or \
             runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run
-    part = experiments.augmentation(only=["200"], sizes=(100, 200), seeds=(0,), monitor=50)
+    assert sorted(p.name for p in (tmp_path / "first").iterdir()) == [
+        f"{n}-{name}-{seed}" for n in (100, 200) for name in ("augment", "plain") for seed in (0, 1)]
+    part = experiments.augmentation(only=["200"], sizes=(100, 200), seeds=(0,), monitor=50,
+                                    root=tmp_path / "again")
     assert list(part["runs"]) == ["200"]
     again, first = part["runs"]["200"]["runs"][0], figures["runs"]["200"]["runs"][0]
     assert again.keys() == first.keys()
     for key in first.keys() - {"train_time_s"}:  # repeatable, all but the wall clock
         assert again[key] == first[key], key
+    # Started again in the first root, the finished runs are read back, not trained again.
+    def written():
+        return [p.stat().st_mtime_ns for p in sorted((tmp_path / "first").glob("100-*/*"))
+                if p.name in ("model.safetensors", "metrics.csv")]
+    before = written()
+    read = experiments.augmentation(only=["100"], sizes=(100, 200), seeds=(0, 1), monitor=50,
+                                    root=tmp_path / "first")
+    assert read["runs"]["100"] == figures["runs"]["100"]
+    assert len(before) == 8 and written() == before
     with pytest.raises(ShenduError, match="no size 300"):
         experiments.augmentation(only=["300"], sizes=(100, 200))
 

@@ -328,16 +328,21 @@ def fashion_zoo(root=None, only=None):
 
 
 @experiment
-def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=1000):
+def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=1000,
+                 root=None):
     """What augmentation is worth, by how much data there is: DeepConvNet by the `augment`
     recipe and by the same recipe without its transforms (alike in all else: epochs, schedule,
     seeds), on the first 1,000, 5,000 and all 60,000 MNIST training images, each with every
     seed. Accuracy after each epoch on the first `monitor` test images; at the end, on all.
-    The runs are named by their number of images: `only=["1000", "5000"]` trains those."""
+    The runs are named by their number of images: `only=["1000", "5000"]` trains those. Each
+    run trains in `root`/SIZE-TWIN-SEED (default runs/augmentation/), checkpointed every epoch,
+    so that the six hours of the full set's runs can be trained a piece at a time: stopped, the
+    experiment continues where it was, and reads finished runs back."""
     import dataclasses
     from . import datasets, recipes
     from .train import evaluate
     _check_only(only, [str(n) for n in sizes], "augmentation has no size")
+    root = REPO / "runs" / "augmentation" if root is None else Path(root)
     (x, t), (x_test, t_test) = datasets.load_mnist()
     recipe = recipes.get("augment")
     twins = {"plain": dataclasses.replace(recipe, transforms=()), "augment": recipe}
@@ -349,7 +354,7 @@ def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=
         for name, twin in twins.items():
             for seed in seeds:
                 model, history = twin.fit((x[:n], t[:n]), (x_test[:monitor], t_test[:monitor]),
-                                          seed=seed)
+                                          seed=seed, run_dir=root / f"{n}-{name}-{seed}")
                 runs.append({"recipe": name, "seed": seed,
                              "test_acc": evaluate(model, x_test, t_test),
                              "train_time_s": round(sum(h["epoch_time"] for h in history), 1),
