@@ -336,7 +336,7 @@ def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=(0, 1, 2), monitor=
     seed. Accuracy after each epoch on the first `monitor` test images; at the end, on all.
     The runs are named by their number of images: `only=["1000", "5000"]` trains those. Each
     run trains in `root`/SIZE-TWIN-SEED (default runs/augmentation/), checkpointed every epoch,
-    so that the six hours of the full set's runs can be trained a piece at a time: stopped, the
+    so that the full set's runs, hours long, can be trained a piece at a time: stopped, the
     experiment continues where it was, and reads finished runs back."""
     import dataclasses
     from . import datasets, recipes
