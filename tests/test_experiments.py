@@ -219,3 +219,29 @@ def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path, capsys):
     weights = (tmp_path / "mirrored-1" / "model.safetensors").read_bytes()
     assert cli.main(["train", "--resume", dirs[1]]) == 0
     assert (tmp_path / "mirrored-1" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_results_file_does_not_mark_the_code_dirty(tmp_path):
+    """Provenance: an experiment's commit is HEAD's, "-dirty" when code differs from it, but
+    not when only results files do (the previous experiment wrote them)."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+    results = tmp_path / experiments.RESULTS.relative_to(experiments.REPO)
+    results.mkdir(parents=True)
+    (results / "bench.json").write_text("{}")
+    (tmp_path / "model.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert experiments._commit(tmp_path) == head
+    (results / "bench.json").write_text('{"new": 1}')
+    (tmp_path / "untracked.txt").write_text("scratch")
+    assert experiments._commit(tmp_path) == head
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert experiments._commit(tmp_path) == head + "-dirty"
+    assert experiments._commit(tmp_path / "not-a-repo") is None

@@ -48,13 +48,21 @@ def machine():
             "memory_gib": round(memory, 1) if memory else None, "system": platform.platform()}
 
 
-def _commit():
+def _commit(repo=REPO):
+    """HEAD's short hash, with "-dirty" if a tracked file differs from it. Results files are
+    excepted: they are what experiments write, so one experiment's results must not mark the
+    code of the next as changed."""
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      f":!{RESULTS.relative_to(REPO)}")
     except (OSError, subprocess.SubprocessError):
         return None
+    return None if head is None else head + ("-dirty" if changed else "")
 
 
 def run(name, out_dir=RESULTS, only=None):
