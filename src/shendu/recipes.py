@@ -63,9 +63,9 @@ class Recipe:
         make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`.
         With `run_dir` the run keeps its checkpoints there, and a run_dir that holds one is
         continued exactly where it stopped (a finished run trains no further); with `settings`
-        too (see `settings`), its checkpoints say how it was trained, as `shendu train` does. An interrupt
-        (Ctrl-C, SIGTERM) stops it with KeyboardInterrupt, and so stops an experiment's loop of
-        runs: with a run_dir, the same call continues it later."""
+        too (see `settings`), its checkpoints say how it was trained, as `shendu train`'s do.
+        An interrupt (Ctrl-C, SIGTERM) stops it with KeyboardInterrupt, and so stops an
+        experiment's loop of runs: with a run_dir, the same call continues it later."""
         from .io import CHECKPOINT
         manual_seed(seed)
         model = self.build_model()
