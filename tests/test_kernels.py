@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from shendu.kernels import conv, norm, pool, sample
+from shendu.kernels import conv, cpu, norm, pointwise, pool, sample
 
 CASES = [  # (n, h, w, c, k, stride, pad)
     (2, 5, 5, 1, 3, 1, 0),
@@ -155,6 +155,54 @@ def test_batchnorm_sums_do_not_depend_on_the_thread_count():
         numba.set_num_threads(before)
     for a, b in zip(one, many):
         assert a.tobytes() == b.tobytes()
+
+
+# -- element-wise -------------------------------------------------------------------------------
+LAYOUTS = {  # how an array of logical shape (2, 3, 4, 5) may lie in memory
+    "contiguous": lambda a: np.ascontiguousarray(a),
+    "channels last": lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+    "strided": lambda a: np.pad(a, ((0, 0), (0, 0), (0, 0), (0, 3)))[..., :5],  # not dense
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dy_layout", LAYOUTS)
+def test_relu_matches_numpy_in_every_layout(layout, dy_layout):
+    x = _rand(2, 3, 4, 5)
+    x[0, 0, 0, :4] = [0, np.nan, np.inf, -np.inf]
+    xl = LAYOUTS[layout](x)
+    y = cpu.relu_forward(xl)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))  # NaN stays NaN
+    if layout != "strided":
+        assert y.strides == xl.strides  # the next layer gets the layout it gave
+    dy = _rand(2, 3, 4, 5, seed=1)
+    np.testing.assert_array_equal(cpu.relu_backward(LAYOUTS[dy_layout](dy), y),
+                                  np.where(np.maximum(x, 0) > 0, dy, 0))
+
+
+@pytest.mark.parametrize("m,c", [(1, 3), (7, 5), (2 * pointwise.BLOCK + 13, 16)])
+def test_bias_kernels_match_numpy(m, c):
+    a, b = _rand(m, c), _rand(c, seed=1)
+    y = a.copy()
+    cpu.add_bias(y, b)
+    np.testing.assert_array_equal(y, a + b)
+    total = cpu.sum_rows(a)
+    assert total.dtype == np.float32
+    np.testing.assert_allclose(total, a.sum(axis=0, dtype=np.float64), rtol=1e-6, atol=1e-6)
+
+
+def test_column_sums_do_not_depend_on_the_thread_count():
+    import numba
+    a = _rand(5 * pointwise.BLOCK + 7, 8)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = pointwise.sum_rows(a)
+        numba.set_num_threads(before)
+        many = pointwise.sum_rows(a)
+    finally:
+        numba.set_num_threads(before)
+    assert one.tobytes() == many.tobytes()
 
 
 @pytest.mark.parametrize("shape", [(3, 1, 7, 9), (2, 3, 5, 5)])

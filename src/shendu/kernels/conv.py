@@ -11,6 +11,8 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .pointwise import add_bias, sum_rows
+
 
 def out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
@@ -73,10 +75,11 @@ def conv_forward(x, w, b, stride, pad):
     col = np.empty((step, oh, ow, kh, kw, c), x.dtype)  # one slice's patches, reused
     for s in range(0, n, step):
         e = min(s + step, n)
+        rows = y[s:e].reshape(-1, o)
         im2col(x[s:e], kh, kw, stride, pad, col[:e - s])
-        np.matmul(col[:e - s].reshape(-1, w_mat.shape[0]), w_mat, out=y[s:e].reshape(-1, o))
-    if b is not None:
-        y += b
+        np.matmul(col[:e - s].reshape(-1, w_mat.shape[0]), w_mat, out=rows)
+        if b is not None:  # while the slice is still in cache
+            add_bias(rows, b)
     return y
 
 
@@ -90,7 +93,7 @@ def conv_backward(dy, x, w, stride, pad, input_grad=True):
     """
     o, c, kh, kw = w.shape
     n, oh, ow, _ = dy.shape
-    db = dy.reshape(-1, o).sum(axis=0)
+    db = sum_rows(dy.reshape(-1, o)).astype(dy.dtype)
     dw = np.zeros((o, kh * kw * c), dy.dtype)
     dx = np.empty(x.shape, dy.dtype) if input_grad else None
     if stride > 1:

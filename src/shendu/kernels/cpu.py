@@ -10,6 +10,7 @@ import numpy as np
 from ..rng import generator
 from .conv import conv_backward, conv_forward  # noqa: F401  (kernels of both devices)
 from .norm import batch_stats, column_sums, normalize, normalize_backward  # noqa: F401
+from . import pointwise
 from .pool import (avgpool_backward, avgpool_forward, maxpool_backward,  # noqa: F401
                    maxpool_forward)
 
@@ -57,12 +58,13 @@ def matmul(a, b, transpose_a=False, transpose_b=False):
 
 
 def add_bias(y, b):
-    """y += b over y's last axis, in place."""
-    y += b
+    """y += b over y's last axis, in place; y C-contiguous."""
+    pointwise.add_bias(y.reshape(-1, y.shape[-1]), b)
 
 
 def sum_rows(a):
-    return a.sum(axis=0)
+    """Σ_i a[i] for a (M, C): a vector of C, in a's dtype."""
+    return pointwise.sum_rows(np.ascontiguousarray(a)).astype(a.dtype)
 
 
 def add(a, b):
@@ -74,13 +76,43 @@ def multiply(a, b):
     return a * b
 
 
+def _memory_order(a):
+    """a's elements as a 1-D view in the order they lie in memory, when a is C-contiguous or a
+    transpose of such (as the NCHW views of NHWC images are); None otherwise."""
+    order = np.argsort([-s for s in a.strides], kind="stable")
+    t = a.transpose(order)
+    return t.reshape(-1) if t.flags.c_contiguous else None
+
+
+def _dense(a):
+    """a itself when its memory is dense (see _memory_order), else a C-contiguous copy."""
+    return a if _memory_order(a) is not None else np.ascontiguousarray(a)
+
+
+def _laid_out_like(a, b):
+    """a (of b's shape) in b's memory layout, b dense: itself when it already is, else a copy."""
+    if a.strides == b.strides:
+        return a
+    out = np.empty_like(b, dtype=a.dtype)
+    out[...] = a
+    return out
+
+
 def relu_forward(x):
-    return np.maximum(x, 0)
+    """max(x, 0), a new array laid out like x."""
+    x = _dense(x)
+    y = np.empty_like(x)  # order "K": x's layout
+    pointwise.relu(_memory_order(x), _memory_order(y))
+    return y
 
 
 def relu_backward(dy, y):
-    """dL/dx = dy where the output y (or the input) is > 0."""
-    return dy * (y > 0)
+    """dL/dx = dy where the output y (or the input) is > 0, laid out like y."""
+    y = _dense(y)
+    dy = _laid_out_like(dy, y)
+    dx = np.empty_like(y, dtype=dy.dtype)
+    pointwise.relu_backward(_memory_order(dy), _memory_order(y), _memory_order(dx))
+    return dx
 
 
 def global_avgpool_forward(x):

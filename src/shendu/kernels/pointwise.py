@@ -1,0 +1,48 @@
+"""Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, the bias added
+along the last axis, and the column sums that give the bias its gradient. NumPy runs each of these
+on one core, through temporaries; here both cores work in one pass.
+
+ReLU's kernels take arrays flattened in memory order (kernels.cpu passes the NCHW views of NHWC
+images that way); the others take (M, C) arrays, one row per position. Column sums are split into
+fixed blocks of rows added in order, as in kernels.norm, so they do not depend on the number of
+threads (a resumed run stays bitwise).
+"""
+import numpy as np
+from numba import njit, prange
+
+BLOCK = 1024  # rows per partial sum
+
+
+@njit(parallel=True, cache=True)
+def relu(x, y):
+    """y = max(x, 0); NaN stays NaN, as with np.maximum."""
+    for i in prange(x.size):
+        y[i] = 0 if x[i] < 0 else x[i]
+
+
+@njit(parallel=True, cache=True)
+def relu_backward(dy, y, dx):
+    """dx = dy where y > 0, else 0."""
+    for i in prange(y.size):
+        dx[i] = dy[i] if y[i] > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def add_bias(y, b):
+    """y[i] += b for every row i, in place."""
+    for i in prange(y.shape[0]):
+        for j in range(y.shape[1]):
+            y[i, j] += b[j]
+
+
+@njit(parallel=True, cache=True)
+def sum_rows(a):
+    """Σ_i a[i], per column, accumulated in float64."""
+    m, c = a.shape
+    blocks = (m + BLOCK - 1) // BLOCK
+    partial = np.zeros((blocks, c))
+    for k in prange(blocks):
+        for i in range(k * BLOCK, min(m, (k + 1) * BLOCK)):
+            for j in range(c):
+                partial[k, j] += a[i, j]
+    return partial.sum(axis=0)  # block by block, in order
