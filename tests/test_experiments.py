@@ -69,10 +69,12 @@ def test_rerunning_some_runs_keeps_the_others(monkeypatch, tmp_path):
     assert runs["a"] == first["a"]
     assert runs["b"]["trained_in_call"] == 3
     assert runs["b"]["made"]["command"] == "python -m shendu experiment toy --only b"
+    assert runs["b"]["made"]["machine"] == experiments.machine()  # rows may come from two machines
 
 
 def test_runs_of_a_file_without_their_own_provenance_get_the_files(monkeypatch, tmp_path):
-    """Results written before runs recorded their own command, commit and date."""
+    """Results written before runs recorded their own command, commit, machine and date (and,
+    before that, a file without a machine)."""
     monkeypatch.setitem(experiments._EXPERIMENTS, "toy", lambda only=None: {"runs": {"b": {}}})
     old = {"figures": {"runs": {"a": {}, "b": {}}}, "command": "python -m shendu experiment toy",
            "commit": "f4f605d", "date": "2026-11-28T15:53:07+00:00"}
@@ -80,6 +82,10 @@ def test_runs_of_a_file_without_their_own_provenance_get_the_files(monkeypatch, 
     runs = experiments.run("toy", out_dir=tmp_path, only=["b"])["figures"]["runs"]
     assert runs["a"]["made"] == {key: old[key] for key in ("command", "commit", "date")}
     assert runs["b"]["made"]["commit"] != "f4f605d"
+    old["machine"] = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2}
+    (tmp_path / "toy.json").write_text(json.dumps(old))
+    runs = experiments.run("toy", out_dir=tmp_path, only=["b"])["figures"]["runs"]
+    assert runs["a"]["made"] == {key: old[key] for key in ("command", "commit", "machine", "date")}
 
 
 def test_only_is_refused_where_it_means_nothing(monkeypatch, tmp_path):
@@ -118,9 +124,11 @@ def test_augmentation(tmp_path):
             runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run
     assert sorted(p.name for p in (tmp_path / "first").iterdir()) == [
         f"{n}-{name}-{seed}" for n in (100, 200) for name in ("augment", "plain") for seed in (0, 1)]
-    part = experiments.augmentation(only=["200"], sizes=(100, 200), seeds=(0,), monitor=50,
-                                    root=tmp_path / "again")
+    part = experiments.augmentation(only=["200"], sizes=(100, 200), seeds={100: (0, 1), 200: (0,)},
+                                    monitor=50, root=tmp_path / "again")  # seeds by size
     assert list(part["runs"]) == ["200"]
+    assert [(r["recipe"], r["seed"]) for r in part["runs"]["200"]["runs"]] == [
+        ("plain", 0), ("augment", 0)]
     again, first = part["runs"]["200"]["runs"][0], figures["runs"]["200"]["runs"][0]
     assert again.keys() == first.keys()
     for key in first.keys() - {"train_time_s"}:  # repeatable, all but the wall clock
