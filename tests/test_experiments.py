@@ -86,6 +86,13 @@ def test_runs_of_a_file_without_their_own_provenance_get_the_files(monkeypatch, 
     (tmp_path / "toy.json").write_text(json.dumps(old))
     runs = experiments.run("toy", out_dir=tmp_path, only=["b"])["figures"]["runs"]
     assert runs["a"]["made"] == {key: old[key] for key in ("command", "commit", "machine", "date")}
+    # A run that says how it was made, but not on which machine: the file's machine.
+    made = {"command": "python -m shendu experiment toy --only a", "commit": "9aae510",
+            "date": "2026-11-29T09:00:29+00:00"}
+    old["figures"]["runs"]["a"] = {"made": made}
+    (tmp_path / "toy.json").write_text(json.dumps(old))
+    runs = experiments.run("toy", out_dir=tmp_path, only=["b"])["figures"]["runs"]
+    assert runs["a"]["made"] == {**made, "machine": old["machine"]}
 
 
 def test_only_is_refused_where_it_means_nothing(monkeypatch, tmp_path):

@@ -93,8 +93,10 @@ def run(name, out_dir=RESULTS, only=None):
             entry["made"] = made
     if previous:
         kept = previous["figures"]["runs"]
-        for entry in kept.values():
-            entry.setdefault("made", {key: previous[key] for key in made if key in previous})
+        for entry in kept.values():  # what a run of an older file does not say, the file says
+            known = entry.setdefault("made", {})
+            known.update({key: previous[key] for key in made
+                          if key not in known and key in previous})
         figures["runs"] = {**kept, **figures["runs"]}  # the file's order, new runs replacing
     record = {
         "experiment": name,
