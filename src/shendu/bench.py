@@ -167,6 +167,35 @@ def peak_memory(name, batch=100, steps=20):
     return result
 
 
+# What a fresh process does first: import shendu, then two training steps of DeepConvNet. The
+# first compiles every Numba kernel the step calls, or loads it from Numba's cache.
+_FIRST_STEPS = """
+import json, time
+start = time.perf_counter()
+from shendu import bench
+imported = time.perf_counter()
+train_step, _ = bench.shendu_engine()
+x, t = bench._batch(100)
+first, second = (bench._seconds(lambda: train_step(x, t)) for _ in range(2))
+print(json.dumps({"import_s": imported - start, "first_step_s": first, "next_step_s": second}))
+"""
+
+
+def startup():
+    """Seconds a fresh process takes to import shendu, for DeepConvNet's first training step
+    and for the next: with an empty Numba cache (every kernel compiles: a notebook's first run
+    on a new machine), then with the cache that run filled (its second run)."""
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        runs = [json.loads(subprocess.run([sys.executable, "-c", _FIRST_STEPS], env=env,
+                                          capture_output=True, text=True, check=True).stdout)
+                for _ in range(2)]
+    return {"empty_cache": runs[0], "cached": runs[1]}
+
+
 @contextmanager
 def _timer(totals, key):
     start = time.perf_counter()
@@ -213,7 +242,7 @@ def layer_profile(batch=100, steps=20):
 
 
 # -- the report -------------------------------------------------------------------------------
-def run(repeats=5, batches=BATCHES, memory=True):
+def run(repeats=5, batches=BATCHES, memory=True, start_up=True):
     """All the figures, as a dict (what `--json` writes)."""
     from .experiments import machine
     names = ["shendu"] + (["torch", "torch-cl"] if _torch_available() else [])
@@ -236,6 +265,8 @@ def run(repeats=5, batches=BATCHES, memory=True):
         results["batches"][str(batch)] = entry
     if memory:
         results["peak_memory_mib"] = {name: peak_memory(name) for name in names}
+    if start_up:
+        results["startup_s"] = startup()
     return results
 
 
@@ -260,6 +291,12 @@ def report(results):
                              f"{r['min']:7.0f}-{r['max']:<7.0f} {r['percent_of_peak']:6.1f}% {ratio:>6}")
     for name, mib in results.get("peak_memory_mib", {}).items():
         lines.append(f"peak memory training at batch 100 on MNIST, {name}: {mib:.0f} MiB")
+    if "startup_s" in results:
+        cold, warm = results["startup_s"]["empty_cache"], results["startup_s"]["cached"]
+        lines.append(f"a fresh process: import {warm['import_s']:.1f} s; first training step "
+                     f"{cold['first_step_s']:.1f} s with an empty Numba cache (compiling), "
+                     f"{warm['first_step_s']:.1f} s from the cache; the next step "
+                     f"{warm['next_step_s']:.2f} s")
     return "\n".join(lines)
 
 
@@ -279,7 +316,7 @@ def main(args):
     if args.profile:
         print(profile_table(layer_profile()))
         return
-    results = run(repeats=args.repeats, memory=not args.no_memory)
+    results = run(repeats=args.repeats, memory=not args.no_memory, start_up=not args.no_startup)
     print(report(results))
     if args.json:
         with open(args.json, "w") as f:

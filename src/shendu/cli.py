@@ -8,7 +8,7 @@
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28] [--classes 10]
     shendu experiment NAME [--readme] [--only RUN,...]
-    shendu bench [--json FILE] [--profile] [--repeats N] [--no-memory]
+    shendu bench [--json FILE] [--profile] [--repeats N] [--no-memory] [--no-startup]
 
 User errors (bad files, checkpoints, images, no data) print one line `shendu: error: ...` on
 stderr and exit with status 2, as do bad arguments (argparse's usage message); Ctrl-C exits with
@@ -321,5 +321,7 @@ def _parser():
                    help="time per layer (forward, backward), optimizer and data pipeline instead")
     p.add_argument("--repeats", type=_number(int), default=5, help="alternating repeats (default 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--no-startup", action="store_true",
+                   help="skip timing a fresh process's first steps (compiling, then cached)")
     p.set_defaults(command=bench.main)
     return parser
