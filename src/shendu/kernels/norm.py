@@ -4,12 +4,13 @@ by Numba: per-channel sums, then one pass over the rows that normalises (forward
 
 The sums are split into fixed blocks of rows, summed in parallel and added block by block in
 order, so they do not depend on the number of threads (a resumed run stays bitwise); they
-accumulate in float64. The NumPy references beside the kernels are what the tests compare with.
+accumulate in float64. The blocks are kernels.pointwise's, whose `sum_rows` gives the mean. The
+NumPy references beside the kernels are what the tests compare with.
 """
 import numpy as np
 from numba import njit, prange
 
-BLOCK = 1024  # rows per partial sum
+from .pointwise import BLOCK, sum_rows
 
 
 @njit(parallel=True, cache=True)
@@ -48,8 +49,7 @@ def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
 def batch_stats(x):
     """Mean and biased variance of each column of x (M, C), float64, in two passes (no
     cancellation: Σ (x − μ) x = Σ (x − μ)²)."""
-    zero = np.zeros(x.shape[1])
-    mean = column_sums(x, x, zero)[0] / len(x)
+    mean = sum_rows(x) / len(x)
     return mean, column_sums(x, x, mean)[1] / len(x)
 
 

@@ -4,8 +4,8 @@ on one core, through temporaries; here both cores work in one pass.
 
 ReLU's kernels take arrays flattened in memory order (kernels.cpu passes the NCHW views of NHWC
 images that way); the others take (M, C) arrays, one row per position. Column sums are split into
-fixed blocks of rows added in order, as in kernels.norm, so they do not depend on the number of
-threads (a resumed run stays bitwise).
+fixed blocks of rows added in order, so they do not depend on the number of threads (a resumed
+run stays bitwise); kernels.norm and kernels.cuda sum over the same blocks.
 """
 import numpy as np
 from numba import njit, prange
