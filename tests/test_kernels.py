@@ -22,15 +22,6 @@ def _rand(*shape, seed=0):
 
 
 @pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
-def test_im2col_matches_reference(n, h, w, c, k, s, p):
-    x = _rand(n, h, w, c)
-    oh, ow = conv.out_size(h, k, s, p), conv.out_size(w, k, s, p)
-    col = np.full((n, oh, ow, k, k, c), np.nan, np.float32)
-    conv.im2col(x, k, k, s, p, col)
-    np.testing.assert_array_equal(col, conv.im2col_reference(x, k, k, s, p))
-
-
-@pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
 def test_col2im_reference_is_the_adjoint_of_im2col(n, h, w, c, k, s, p):
     # <im2col(x), y> = <x, col2im(y)> for all x, y: the defining property of an adjoint
     x = _rand(n, h, w, c, seed=1).astype(np.float64)
@@ -52,13 +43,8 @@ def _conv_naive(x, w, b, s, p):
     return y + b
 
 
-@pytest.fixture(params=[conv.CHUNK_BYTES, 1], ids=["chunked", "one-image-slices"])
-def chunk_bytes(request, monkeypatch):
-    monkeypatch.setattr(conv, "CHUNK_BYTES", request.param)
-
-
 @pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
-def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p, chunk_bytes):
+def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p):
     x = _rand(n, h, w, c).astype(np.float64)
     wt = _rand(4, c, k, k, seed=3).astype(np.float64)
     b = _rand(4, seed=4).astype(np.float64)
@@ -73,6 +59,55 @@ def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p, chunk_
     dw_ref = np.einsum("nijo,nijabc->ocab", dy, conv.im2col_reference(x, k, k, s, p))
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(db, dy.sum(axis=(0, 1, 2)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fma_tile_matches_its_formula(rows, dtype):
+    # odd strides and offsets everywhere, three taps, a start value from another array
+    a, b = _rand(400, seed=1).astype(dtype), _rand(900, seed=2).astype(dtype)
+    c, start = _rand(200, seed=3).astype(dtype), _rand(100, seed=4).astype(dtype)
+    taps, k_len = np.array([0, 37, 5]), 6
+    a_at, a_row, a_k, b_at, b_k, b_tap = 3, 11, 7, 2, 19, 131
+    c_at, c_row, s_at, s_row = 5, 23, 9, 17
+    expected = c.copy()
+    for r in range(rows):
+        for v in range(conv.WIDTH):
+            expected[c_at + r * c_row + v] = start[s_at + r * s_row + v] + sum(
+                a[a_at + t + r * a_row + k * a_k] * b[b_at + i * b_tap + k * b_k + v]
+                for i, t in enumerate(taps) for k in range(k_len))
+    conv._tile(rows, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+               start, s_at, s_row)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, expected, rtol=tol, atol=tol)  # and nothing else written
+
+
+@pytest.mark.parametrize("stride,offset", [(1, 2), (2, 1), (3, 0), (1, -1)])
+def test_spread_places_pixels_among_zeros(stride, offset):
+    x = _rand(2, 4, 5, 3)
+    out = np.full((2, 9, 11, 3), np.nan, np.float32)
+    conv.spread(x, stride, offset, out)
+    expected = np.zeros((2, 9 + 20, 11 + 20, 3), np.float32)  # room on every side, then cut
+    expected[:, 10 + offset::stride][:, :4, 10 + offset::stride][:, :, :5] = x
+    np.testing.assert_array_equal(out, expected[:, 10:19, 10:21])
+
+
+@pytest.mark.parametrize("h,c,o,k,s,p", [(9, 16, 32, 3, 1, 1), (7, 32, 64, 3, 1, 2),
+                                         (11, 20, 17, 5, 2, 2), (6, 64, 16, 1, 1, 0)])
+def test_float32_convolution_matches_float64_definitions(h, c, o, k, s, p):
+    """The network's channel counts (multiples of the tile's 16 columns, and others) in float32,
+    output rows of every remainder modulo the tile's 4 rows, against the float64 definitions."""
+    x, wt, b = _rand(3, h, h, c), _rand(o, c, k, k, seed=3) / c, _rand(o, seed=4)
+    y = conv.conv_forward(x, wt, b, s, p)
+    assert y.dtype == np.float32
+    x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+    np.testing.assert_allclose(y, _conv_naive(x64, w64, b, s, p), rtol=1e-4, atol=1e-4)
+    dy = _rand(*y.shape, seed=5)
+    dx, dw, db = conv.conv_backward(dy, x, wt, s, p)
+    dx64, dw64, db64 = conv.conv_backward(dy.astype(np.float64), x64, w64, s, p)
+    assert dx.dtype == dw.dtype == db.dtype == np.float32
+    for got, want in [(dx, dx64), (dw, dw64), (db, db64)]:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
 POOL_CASES = [(2, 6, 6, 3, 2, 2, 0), (1, 7, 5, 2, 3, 2, 1), (2, 5, 5, 1, 3, 1, 1), (1, 9, 8, 4, 2, 1, 0)]

@@ -1,41 +1,188 @@
-"""Convolution as im2col + one matrix product, with the loops compiled by Numba.
+"""Convolution as direct loops over a register tile, compiled by Numba.
 
-Images are NHWC inside the kernels (channels last, so each copied patch row is contiguous).
-A patch row of `col` is ordered (kernel row, kernel column, channel), so the weight matrix is
-W(out, in, kh, kw) transposed to (out, kh, kw, in) and flattened.
+Images are NHWC inside the kernels (channels last). A convolution is a sum over the kernel's taps
+(a, b) of a matrix product: the output pixels of a row, each a row of input channels shifted by the
+tap, times the tap's (in, out) slice of the weights. No patch matrix (im2col) is built: the inner
+loop reads the input in place, from a zero-padded copy.
 
-Each compiled kernel has a pure-NumPy reference beside it; tests prove they agree, and prove
-`conv_backward` against the textbook's col2im (`col2im_reference`).
+The inner loop is `_fma_tile`, the micro-kernel of a BLAS written as a Numba intrinsic: 4 rows by
+16 output columns of accumulators held in vector registers for a whole sum, each step one load of
+16 weights, a broadcast of 4 inputs and 8 fused multiply-adds. Numba's loops alone leave such a
+tile scalar; this is the one place the engine writes LLVM IR.
+
+Each kernel has a pure-NumPy reference beside it or in the tests; tests prove they agree, and
+prove `conv_backward` against the textbook's col2im (`col2im_reference`).
 """
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import get_num_threads, njit, prange, types
+from numba.core import cgutils, errors
+from numba.extending import intrinsic
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .pointwise import add_bias, sum_rows
+from .pointwise import sum_rows
+
+ROWS, WIDTH, LANES = 4, 16, 8  # a tile: ROWS × WIDTH accumulators, WIDTH // LANES vectors a row
 
 
 def out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
+@intrinsic
+def _fma_tile(typingctx, rows, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at,
+              c_row, start, s_at, s_row):
+    """For r < rows, v < WIDTH:  c[c_at + r·c_row + v] = start[s_at + r·s_row + v] +
+    Σ_t Σ_{k < k_len} a[a_at + taps[t] + r·a_row + k·a_k] · b[b_at + t·b_tap + k·b_k + v]."""
+    if not isinstance(rows, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(rows)
+    n = types.intp
+    sig = types.void(rows, a, n, n, n, taps, n, b, n, n, n, c, n, n, start, n, n)
+
+    def codegen(context, builder, signature, args):
+        (_, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, _, s_at,
+         s_row) = args
+        arrays = [context.make_array(signature.args[i])(context, builder, args[i])
+                  for i in (1, 5, 7, 11, 14)]
+        ap, tp, bp, cp, sp = (array.data for array in arrays)
+        dtype = signature.args[1].dtype
+        vec = ir.VectorType(context.get_value_type(dtype), LANES)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fma.v{LANES}f{dtype.bitwidth}")
+        i64, undefined = ir.IntType(64), ir.Constant(vec, ir.Undefined)
+        vectors = range(WIDTH // LANES)
+
+        def at(base, *terms):  # element pointer: base + Σ terms
+            index = terms[0]
+            for term in terms[1:]:
+                index = builder.add(index, term)
+            return builder.gep(base, [index])
+
+        def vector(ptr):  # LANES consecutive elements from ptr
+            return builder.bitcast(ptr, vec.as_pointer())
+
+        def const(value):
+            return ir.Constant(i64, value)
+
+        rows_c = [at(cp, c_at, builder.mul(c_row, const(r))) for r in range(rows.literal_value)]
+        rows_s = [at(sp, s_at, builder.mul(s_row, const(r))) for r in range(rows.literal_value)]
+        acc = [[cgutils.alloca_once_value(builder, builder.load(vector(at(row, const(v * LANES))),
+                                                                 align=4))
+                for v in vectors] for row in rows_s]
+        with cgutils.for_range(builder, arrays[1].nitems) as tap:
+            a_tap = builder.add(a_at, builder.load(builder.gep(tp, [tap.index])))
+            b_tap_at = builder.add(b_at, builder.mul(tap.index, b_tap))
+            with cgutils.for_range(builder, k_len) as step:
+                b_step = at(bp, b_tap_at, builder.mul(step.index, b_k))
+                bv = [builder.load(vector(at(b_step, const(v * LANES))), align=4) for v in vectors]
+                a_step = builder.add(a_tap, builder.mul(step.index, a_k))
+                for r, row_acc in enumerate(acc):
+                    x = builder.load(at(ap, a_step, builder.mul(a_row, const(r))))
+                    xv = builder.shuffle_vector(  # x in every lane
+                        builder.insert_element(undefined, x, ir.IntType(32)(0)), undefined,
+                        ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+                    for v in vectors:
+                        builder.store(builder.call(fma, [xv, bv[v], builder.load(row_acc[v])]),
+                                      row_acc[v])
+        for row, row_acc in zip(rows_c, acc):
+            for v in vectors:
+                builder.store(builder.load(row_acc[v]), vector(at(row, const(v * LANES))), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _tile(rows, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
+          s_row):
+    """_fma_tile for 1 to ROWS rows (its row count is a compile-time constant)."""
+    if rows == 4:
+        _fma_tile(4, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
+    elif rows == 3:
+        _fma_tile(3, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
+    elif rows == 2:
+        _fma_tile(2, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
+    else:
+        _fma_tile(1, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
+
+
 @njit(parallel=True, cache=True)
-def im2col(x, kh, kw, stride, pad, col):
-    """col[n, i, j, a, b, :] = x[n, i*stride - pad + a, j*stride - pad + b, :] (zero outside)."""
+def spread(x, stride, offset, out):
+    """out = 0 except out[n, offset + i·stride, offset + j·stride] = x[n, i, j] (where it fits):
+    zero padding for stride 1, zeros between the pixels too for stride > 1."""
     n, h, w, c = x.shape
-    oh, ow = col.shape[1], col.shape[2]
     for img in prange(n):
-        for i in range(oh):
-            for j in range(ow):
-                for a in range(kh):
-                    y = i * stride - pad + a
-                    for b in range(kw):
-                        z = j * stride - pad + b
-                        inside = 0 <= y < h and 0 <= z < w
-                        for ch in range(c):  # an explicit loop: Numba slices cost more than the copy
-                            col[img, i, j, a, b, ch] = x[img, y, z, ch] if inside else 0
+        out[img] = 0
+        for i in range(h):
+            y = offset + i * stride
+            if 0 <= y < out.shape[1]:
+                for j in range(w):
+                    z = offset + j * stride
+                    if 0 <= z < out.shape[2]:
+                        for ch in range(c):
+                            out[img, y, z, ch] = x[img, i, j, ch]
+
+
+@njit(parallel=True, cache=True)
+def correlate(xp, w, start, stride, y):
+    """y[n, i, j, :] = start + Σ_{a, b, c} xp[n, i·stride + a, j·stride + b, c] · w[a, b, c, :]
+    for a zero-padded input xp (N, HP, WP, C), weights w (KH, KW, C, O), a vector start (O) and
+    y (N, OH, OW, O), O a multiple of WIDTH."""
+    n, hp, wp, c = xp.shape
+    kh, kw, _, o = w.shape
+    oh, ow = y.shape[1], y.shape[2]
+    taps = np.empty(kh * kw, np.intp)
+    for a in range(kh):
+        for b in range(kw):
+            taps[a * kw + b] = (a * wp + b) * c
+    xf, wf, yf = xp.ravel(), w.ravel(), y.ravel()
+    for row in prange(n * oh):
+        img, i = row // oh, row % oh
+        x_at = ((img * hp + i * stride) * wp) * c
+        y_at = row * ow * o
+        for o0 in range(0, o, WIDTH):
+            for j in range(0, ow, ROWS):
+                _tile(min(ROWS, ow - j), xf, x_at + j * stride * c, stride * c, 1, taps, c,
+                      wf, o0, o, c * o, yf, y_at + j * o + o0, o, start, o0, 0)
+
+
+@njit(parallel=True, cache=True)
+def weight_grad(xp, dy, stride, kh, kw, parts):
+    """parts[p, a, b, c, :] = Σ xp[n, i·stride + a, j·stride + b, c] · dy[n, i, j, :] over the
+    images n of part p (one part a thread; their sum is dL/dw as (KH, KW, C, O)), for the padded
+    input xp as (N·HP + stride, WP, C).
+
+    dy is on xp's grid: (N, OH, WP, O), zero beyond column OW. Then pixel m = i·WP + j of dy
+    meets xp at stride·m + (a·WP + b) for every tap, one sum over the whole image (the zero
+    columns read past a row's end, into the next, to no effect), and xp has `stride` spare rows
+    after the last image.
+    """
+    n, oh, wp, o = dy.shape
+    c = xp.shape[2]
+    image = (xp.shape[0] - stride) // n * wp * c  # elements of one padded image
+    xf, dyf = xp.ravel(), dy.ravel()
+    one = np.zeros(1, np.intp)
+    p_count = parts.shape[0]
+    for p in prange(p_count):
+        part = parts[p].ravel()
+        part[:] = 0
+        for img in range(p * n // p_count, (p + 1) * n // p_count):
+            for a in range(kh):
+                for b in range(kw):
+                    x_at = img * image + (a * wp + b) * c
+                    for o0 in range(0, o, WIDTH):
+                        for c0 in range(0, c, ROWS):
+                            at = ((a * kw + b) * c + c0) * o + o0
+                            _tile(min(ROWS, c - c0), xf, x_at + c0, 1, stride * c, one, oh * wp,
+                                  dyf, img * oh * wp * o + o0, o, 0, part, at, o, part, at, o)
 
 
 def im2col_reference(x, kh, kw, stride, pad):
+    """The patch matrix (N, OH, OW, KH, KW, C) of x (N, H, W, C)."""
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     oh, ow = out_size(x.shape[1], kh, stride, pad), out_size(x.shape[2], kw, stride, pad)
     win = sliding_window_view(xp, (kh, kw), axis=(1, 2))  # (n, y, z, c, kh, kw)
@@ -54,14 +201,32 @@ def col2im_reference(col, stride, pad, x_shape):
     return dxp[:, pad:pad + h, pad:pad + w].copy()
 
 
-# Patches are built for a slice of the batch at a time, so they are still in cache when the
-# matrix product reads them (a whole batch of patches is tens of MB: it would go through DRAM).
-CHUNK_BYTES = 4 << 20
+def _padded(x, stride, offset, h, w, spare=0):
+    """spread(x) into a new (N, h, w, C) array; with `spare` zero rows after it, as
+    (N·h + spare, w, C)."""
+    n, c = x.shape[0], x.shape[3]
+    out = np.empty((n * h + spare, w, c), x.dtype)
+    out[n * h:] = 0
+    spread(x, stride, offset, out[:n * h].reshape(n, h, w, c))
+    return out if spare else out.reshape(n, h, w, c)
 
 
-def _chunk(n, image_bytes):
-    """How many images' patches fit in CHUNK_BYTES (at least one)."""
-    return min(n, max(1, CHUNK_BYTES // image_bytes))
+def _wide(w):
+    """w (KH, KW, C, O) with zero columns up to a multiple of WIDTH outputs (a copy)."""
+    o = w.shape[3]
+    wide = np.zeros(w.shape[:3] + (-(-o // WIDTH) * WIDTH,), w.dtype)
+    wide[..., :o] = w
+    return wide
+
+
+def _convolve(xp, w, stride, out_shape, start=None):
+    """correlate into a new array of out_shape, each pixel starting at `start` (or 0)."""
+    w = _wide(w)
+    o = out_shape[3]
+    y = np.empty(out_shape[:3] + (w.shape[3],), w.dtype)
+    correlate(xp, w, np.pad(np.zeros(o, w.dtype) if start is None else start.astype(w.dtype),
+                            (0, w.shape[3] - o)), stride, y)
+    return y if w.shape[3] == out_shape[3] else np.ascontiguousarray(y[..., :out_shape[3]])
 
 
 def conv_forward(x, w, b, stride, pad):
@@ -69,49 +234,29 @@ def conv_forward(x, w, b, stride, pad):
     n, h, wd, c = x.shape
     o, _, kh, kw = w.shape
     oh, ow = out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad)
-    w_mat = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)  # rows ordered like a patch
-    y = np.empty((n, oh, ow, o), x.dtype)
-    step = _chunk(n, oh * ow * w_mat.size // o * x.itemsize)
-    col = np.empty((step, oh, ow, kh, kw, c), x.dtype)  # one slice's patches, reused
-    for s in range(0, n, step):
-        e = min(s + step, n)
-        rows = y[s:e].reshape(-1, o)
-        im2col(x[s:e], kh, kw, stride, pad, col[:e - s])
-        np.matmul(col[:e - s].reshape(-1, w_mat.shape[0]), w_mat, out=rows)
-        if b is not None:  # while the slice is still in cache
-            add_bias(rows, b)
-    return y
+    xp = _padded(x, 1, pad, h + 2 * pad, wd + 2 * pad)
+    return _convolve(xp, w.transpose(2, 3, 1, 0), stride, (n, oh, ow, o), b)
 
 
 def conv_backward(dy, x, w, stride, pad, input_grad=True):
     """dL/dx (NHWC; None unless input_grad), dL/dw (O, C, KH, KW) and dL/db from dy
     (N, OH, OW, O) and the input x.
 
-    dL/dw correlates the input patches (rebuilt here, a slice at a time) with dy. dL/dx is itself
-    a convolution: dy (with stride − 1 zeros between its pixels) correlated with the kernel
-    flipped in space and transposed in channels, padded by k − 1 − pad (no scatter-add needed).
+    dL/dw correlates the padded input with dy. dL/dx is itself a convolution: dy (with stride − 1
+    zeros between its pixels) correlated with the kernel flipped in space and transposed in
+    channels, padded by k − 1 − pad (no scatter-add needed).
     """
     o, c, kh, kw = w.shape
-    n, oh, ow, _ = dy.shape
+    n, h, wd, _ = x.shape
     db = sum_rows(dy.reshape(-1, o)).astype(dy.dtype)
-    dw = np.zeros((o, kh * kw * c), dy.dtype)
-    dx = np.empty(x.shape, dy.dtype) if input_grad else None
-    if stride > 1:
-        dilated = np.zeros((n, (oh - 1) * stride + 1, (ow - 1) * stride + 1, o), dy.dtype)
-        dilated[:, ::stride, ::stride] = dy
-    else:
-        dilated = dy
-    w_flipped = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, c)
-    h, wd = x.shape[1], x.shape[2]
-    step = _chunk(n, (oh * ow * c + h * wd * o) * kh * kw * dy.itemsize)
-    col = np.empty((step, oh, ow, kh, kw, c), dy.dtype)
-    dcol = np.empty((step, h, wd, kh, kw, o), dy.dtype) if input_grad else None
-    for s in range(0, n, step):
-        e = min(s + step, n)
-        im2col(x[s:e], kh, kw, stride, pad, col[:e - s])
-        dw += dy[s:e].reshape(-1, o).T @ col[:e - s].reshape(-1, dw.shape[1])
-        if input_grad:
-            im2col(dilated[s:e], kh, kw, 1, kh - 1 - pad, dcol[:e - s])
-            np.matmul(dcol[:e - s].reshape(-1, w_flipped.shape[0]), w_flipped,
-                      out=dx[s:e].reshape(-1, c))
-    return dx, dw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2), db
+    xp = _padded(x, 1, pad, h + 2 * pad, wd + 2 * pad, spare=stride)
+    dy_grid = np.zeros(dy.shape[:2] + (wd + 2 * pad, -(-o // WIDTH) * WIDTH), dy.dtype)
+    dy_grid[:, :, :dy.shape[2], :o] = dy
+    parts = np.empty((min(get_num_threads(), n), kh, kw, c, dy_grid.shape[3]), dy.dtype)
+    weight_grad(xp, dy_grid, stride, kh, kw, parts)
+    dw = parts.sum(axis=0)[..., :o].transpose(3, 2, 0, 1)
+    dx = None
+    if input_grad:
+        dyp = _padded(dy, stride, kh - 1 - pad, h + kh - 1, wd + kw - 1)
+        dx = _convolve(dyp, w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1), 1, x.shape)
+    return dx, np.ascontiguousarray(dw), db

@@ -349,8 +349,8 @@ def matmul(a, b, transpose_a=False, transpose_b=False):
 @cuda.jit(device=True)
 def _patch(x, p, q, oh, ow, kw, stride, pad):
     """Entry (p, q) of the patch matrix of x (NHWC): row p an output pixel (n, i, j) of an oh × ow
-    output, column q a tap (kernel row a, kernel column b, channel c), ordered as conv.im2col
-    orders a patch row; zero where the tap falls in the padding."""
+    output, column q a tap (kernel row a, kernel column b, channel c), ordered as
+    conv.im2col_reference orders a patch row; zero where the tap falls in the padding."""
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     img, i, j = p // (oh * ow), p // ow % oh, p % ow
     a, b, ch = q // (kw * c), q // c % kw, q % c
