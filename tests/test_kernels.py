@@ -120,6 +120,9 @@ def test_maxpool_matches_reference(n, h, w, c, k, s, p):
     y, arg = np.empty((n, oh, ow, c), np.float32), np.empty((n, oh, ow, c), np.int32)
     pool.maxpool_forward(x, k, s, p, y, arg)
     np.testing.assert_array_equal(y, pool.maxpool_reference(x, k, s, p))
+    y_only = np.full_like(y, np.nan)
+    pool.maxpool_forward(x, k, s, p, y_only, None)  # inference: no record of the winners
+    np.testing.assert_array_equal(y_only, y)
     dy = _rand(*y.shape, seed=1)
     dx = np.empty_like(x)
     pool.maxpool_backward(dy, arg, dx)

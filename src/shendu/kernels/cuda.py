@@ -586,7 +586,9 @@ def _avgpool_backward(dy, k, stride, pad, dx):
 
 
 def maxpool_forward(x, k, stride, pad, y, arg):
-    """y = the window maximum; arg = where it came from (row * W + column), as pool.py."""
+    """y = the window maximum; arg = where it came from (row * W + column), as pool.py; arg None
+    (inference) gets scratch space, so that the kernel has one signature."""
+    arg = empty(y.shape, np.int32) if arg is None else arg
     _maxpool_forward[_elementwise(y.size)](x, k, stride, pad, y, arg)
 
 

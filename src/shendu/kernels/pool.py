@@ -10,23 +10,33 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 @njit(parallel=True, cache=True)
 def maxpool_forward(x, k, stride, pad, y, arg):
-    """y = the window maximum; arg = where it came from (row * W + column), for backward."""
+    """y = the window maximum; arg = where it came from (row * W + column), for backward, unless
+    arg is None (inference)."""
     n, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for img in prange(n):
         for i in range(oh):
             for j in range(ow):
-                y[img, i, j, :] = -np.inf
-                arg[img, i, j, :] = max(i * stride - pad, 0) * w + max(j * stride - pad, 0)
+                out = y[img, i, j]
+                out[:] = -np.inf
+                if arg is not None:
+                    where = arg[img, i, j]
+                    where[:] = max(i * stride - pad, 0) * w + max(j * stride - pad, 0)
                 for a in range(k):
                     r = i * stride - pad + a
                     for b in range(k):
                         s = j * stride - pad + b
                         if 0 <= r < h and 0 <= s < w:
-                            for ch in range(c):  # channels innermost: contiguous, vectorised
-                                if x[img, r, s, ch] > y[img, i, j, ch]:
-                                    y[img, i, j, ch] = x[img, r, s, ch]
-                                    arg[img, i, j, ch] = r * w + s
+                            cell = x[img, r, s]
+                            # channels innermost, contiguous; selects, not branches: vectorised
+                            if arg is None:
+                                for ch in range(c):
+                                    out[ch] = max(out[ch], cell[ch])
+                            else:
+                                for ch in range(c):
+                                    better = cell[ch] > out[ch]
+                                    out[ch] = cell[ch] if better else out[ch]
+                                    where[ch] = r * w + s if better else where[ch]
 
 
 @njit(parallel=True, cache=True)

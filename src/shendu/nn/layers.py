@@ -148,7 +148,7 @@ class MaxPool2d(_Pool2d):
         x = _check_input(self, x, 4)
         K = kernels.of(x)
         y = self._output(x)
-        arg = K.empty(y.shape, np.int32)
+        arg = K.empty(y.shape, np.int32) if self.keeps_cache else None
         K.maxpool_forward(_nhwc(x), self.kernel_size, self.stride, self.padding, y, arg)
         self.cache = (arg, x.shape) if self.keeps_cache else None
         return _nchw(y)
