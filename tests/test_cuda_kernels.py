@@ -59,6 +59,14 @@ def test_conv_forward_and_backward_match_the_cpu_kernels(n, h, w, c, o, k, s, p)
     np.testing.assert_allclose(_host(db), db_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_conv_with_relu_rectifies_the_output():
+    x, wt, b = _rand(2, 5, 5, 2), _rand(3, 2, 3, 3, seed=1), _rand(3, seed=2)
+    y = gpu.conv_forward(cuda.to_device(x), cuda.to_device(wt), cuda.to_device(b), 1, 1, relu=True)
+    ref = conv.conv_forward(x, wt, b, 1, 1)
+    assert (ref < 0).any()
+    np.testing.assert_allclose(_host(y), np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_without_bias_and_without_input_gradient():
     x, wt = _rand(1, 5, 5, 2), _rand(3, 2, 3, 3, seed=1)
     y = gpu.conv_forward(cuda.to_device(x), cuda.to_device(wt), None, 1, 1)

@@ -92,6 +92,14 @@ def test_spread_places_pixels_among_zeros(stride, offset):
     np.testing.assert_array_equal(out, expected[:, 10:19, 10:21])
 
 
+@pytest.mark.parametrize("o", [16, 5])
+def test_conv_with_relu_is_relu_of_the_convolution(o):
+    x, wt, b = _rand(2, 7, 6, 3), _rand(o, 3, 3, 3, seed=1), _rand(o, seed=2)
+    y = conv.conv_forward(x, wt, b, 1, 1)
+    assert (y < 0).any() and (y > 0).any()
+    np.testing.assert_array_equal(conv.conv_forward(x, wt, b, 1, 1, relu=True), cpu.relu_forward(y))
+
+
 @pytest.mark.parametrize("h,c,o,k,s,p", [(9, 16, 32, 3, 1, 1), (7, 32, 64, 3, 1, 2),
                                          (11, 20, 17, 5, 2, 2), (6, 64, 16, 1, 1, 0)])
 def test_float32_convolution_matches_float64_definitions(h, c, o, k, s, p):

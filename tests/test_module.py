@@ -1,10 +1,14 @@
 """Module bookkeeping: registration, names, state dicts, modes, and clear errors."""
+import contextlib
+import resource
+import sys
+
 import numpy as np
 import pytest
 
 import shendu
 import shendu.bench
-from shendu import ShenduError, models, nn
+from shendu import ShenduError, manual_seed, models, nn
 
 
 def test_parameters_register_in_definition_order_with_dotted_names():
@@ -60,6 +64,31 @@ def test_train_and_eval_reach_every_layer():
     assert all(m.training for m in model.modules())
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_sequential_fuses_conv_and_relu_to_the_same_bits(training):
+    """Sequential runs Conv2d + ReLU as one pass; layer by layer gives the same outputs and
+    gradients, bit for bit."""
+    manual_seed(0)
+    model = models.DeepConvNet().train(training)
+    x = np.random.default_rng(1).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    with nn.no_grad() if not training else contextlib.nullcontext():
+        manual_seed(1)  # the same dropout masks in both passes
+        h = x
+        for layer in model:
+            h = layer(h)
+        separate = h
+        if training:
+            model.backward(np.ones_like(h), input_grad=False)
+            grads = [p.grad.copy() for p in model.parameters()]
+        manual_seed(1)
+        fused = model(x)
+    np.testing.assert_array_equal(fused, separate)
+    if training:
+        model.backward(np.ones_like(fused), input_grad=False)
+        for p, g in zip(model.parameters(), grads):
+            np.testing.assert_array_equal(p.grad, g)
+
+
 def test_eval_mode_keeps_nothing_for_backward():
     model = models.DeepConvNet().eval()
     model(np.zeros((2, 1, 28, 28), np.float32))
@@ -92,3 +121,20 @@ def test_summary_counts_multiply_adds_by_hand():
     training, inference = shendu.bench.flops_per_image(models.DeepConvNet(), (1, 28, 28))
     assert inference == 2 * expected
     assert training == 3 * inference - 2 * (28 * 28 * 16 * 9)  # no input gradient for the data
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_arrays_come_back_without_page_faults():
+    """Importing shendu keeps freed blocks for reuse (shendu._keep_freed_memory): a step that
+    allocates and frees arrays of a few MiB (a batch's activations) faults no pages in again."""
+    def step():
+        a = np.ones(6 << 20, np.uint8)
+        b = np.ones(5 << 20, np.uint8)
+        del a
+        c = np.ones(24 << 20, np.uint8)
+        del b, c
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        step()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 100  # glibc's own: ~1800

@@ -223,9 +223,13 @@ def layer_profile(batch=100, steps=20):
             h, t = x_all[idx].astype(np.float32) / 255, t_all[idx]
         with _timer(totals, "augment"):
             h = transform(h, np.random.default_rng(step))
-        for i, layer in enumerate(layers):
+        for layer, relu in model.passes():  # as model(h) runs them, a ReLU fused or not
+            i = layers.index(layer)
             with _timer(totals, (i, "forward")):
-                h = layer(h)
+                h = layer.forward(h, relu=True) if relu else layer(h)
+            if relu:
+                with _timer(totals, (i + 1, "forward")):
+                    h = relu.follow(h)
         with _timer(totals, "loss"):
             loss_fn(h, t)
             d = loss_fn.backward()

@@ -128,10 +128,11 @@ def spread(x, stride, offset, out):
 
 
 @njit(parallel=True, cache=True)
-def correlate(xp, w, start, stride, y):
+def correlate(xp, w, start, stride, relu, y):
     """y[n, i, j, :] = start + Σ_{a, b, c} xp[n, i·stride + a, j·stride + b, c] · w[a, b, c, :]
     for a zero-padded input xp (N, HP, WP, C), weights w (KH, KW, C, O), a vector start (O) and
-    y (N, OH, OW, O), O a multiple of WIDTH."""
+    y (N, OH, OW, O), O a multiple of WIDTH; then max(y, 0) if relu, a row at a time while it is
+    in cache."""
     n, hp, wp, c = xp.shape
     kh, kw, _, o = w.shape
     oh, ow = y.shape[1], y.shape[2]
@@ -148,6 +149,10 @@ def correlate(xp, w, start, stride, y):
             for j in range(0, ow, ROWS):
                 _tile(min(ROWS, ow - j), xf, x_at + j * stride * c, stride * c, 1, taps, c,
                       wf, o0, o, c * o, yf, y_at + j * o + o0, o, start, o0, 0)
+        if relu:
+            out = yf[y_at:y_at + ow * o]
+            for q in range(out.size):
+                out[q] = 0 if out[q] < 0 else out[q]  # as pointwise.relu
 
 
 @njit(parallel=True, cache=True)
@@ -219,23 +224,23 @@ def _wide(w):
     return wide
 
 
-def _convolve(xp, w, stride, out_shape, start=None):
+def _convolve(xp, w, stride, out_shape, start=None, relu=False):
     """correlate into a new array of out_shape, each pixel starting at `start` (or 0)."""
     w = _wide(w)
     o = out_shape[3]
     y = np.empty(out_shape[:3] + (w.shape[3],), w.dtype)
     correlate(xp, w, np.pad(np.zeros(o, w.dtype) if start is None else start.astype(w.dtype),
-                            (0, w.shape[3] - o)), stride, y)
+                            (0, w.shape[3] - o)), stride, relu, y)
     return y if w.shape[3] == out_shape[3] else np.ascontiguousarray(y[..., :out_shape[3]])
 
 
-def conv_forward(x, w, b, stride, pad):
-    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O)."""
+def conv_forward(x, w, b, stride, pad, relu=False):
+    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O); max(y, 0) if relu."""
     n, h, wd, c = x.shape
     o, _, kh, kw = w.shape
     oh, ow = out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad)
     xp = _padded(x, 1, pad, h + 2 * pad, wd + 2 * pad)
-    return _convolve(xp, w.transpose(2, 3, 1, 0), stride, (n, oh, ow, o), b)
+    return _convolve(xp, w.transpose(2, 3, 1, 0), stride, (n, oh, ow, o), b, relu)
 
 
 def conv_backward(dy, x, w, stride, pad, input_grad=True):

@@ -475,8 +475,9 @@ def _weights_as_matrix(w, flip):
     return out
 
 
-def conv_forward(x, w, b, stride, pad):
-    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O), plus the bias b (O,) unless None."""
+def conv_forward(x, w, b, stride, pad, relu=False):
+    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O), plus the bias b (O,) unless None;
+    max(y, 0) if relu."""
     n, h, wd, _ = x.shape
     o, c, kh, kw = w.shape
     y = cuda.device_array((n, out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad), o),
@@ -484,6 +485,8 @@ def conv_forward(x, w, b, stride, pad):
     _convolve(x, _weights_as_matrix(w, flip=False), kh, kw, stride, pad, y)
     if b is not None:
         add_bias(y, b)
+    if relu:
+        _relu[_elementwise(y.size)](_flat(y), _flat(y))  # in place: each thread its own element
     return y
 
 

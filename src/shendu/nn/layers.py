@@ -97,12 +97,16 @@ class Conv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
         self.x = None
 
-    def forward(self, x):
+    fuses_relu = True
+
+    def forward(self, x, relu=False):
+        """relu=True applies ReLU too, row by row while the output is in cache: Sequential fuses
+        a Conv2d followed by a ReLU this way (ReLU.follow)."""
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         self.x = x if self.keeps_cache else None
         b = self.bias.data if self.bias is not None else None
         return _nchw(kernels.of(x).conv_forward(x, self.weight.data, b, self.stride,
-                                                self.padding))
+                                                self.padding, relu))
 
     accepts_input_grad = True
 
@@ -218,7 +222,10 @@ class ReLU(Module):
         self.y = None
 
     def forward(self, x):
-        y = kernels.of(x).relu_forward(x)
+        return self.follow(kernels.of(x).relu_forward(x))
+
+    def follow(self, y):
+        """Take y = max(x, 0), computed by the layer before (fused), as this layer's output."""
         self.y = y if self.keeps_cache else None
         return y
 

@@ -91,6 +91,9 @@ class Module:
     # (the first convolution of a network: that product would be thrown away).
     accepts_input_grad = False
 
+    # Layers whose forward takes `relu=True` to apply a following ReLU in the same pass.
+    fuses_relu = False
+
     @property
     def keeps_cache(self):
         """Whether this forward pass must keep what backward needs."""
@@ -249,9 +252,20 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for layer in self._modules.values():
-            x = layer(x)
+        for layer, relu in self.passes():
+            x = relu.follow(layer.forward(x, relu=True)) if relu else layer(x)
         return x
+
+    def passes(self):
+        """The layers as forward runs them: (layer, None), or (layer, the ReLU after it) when
+        the layer applies that ReLU in its own pass over the output (one pass, not two)."""
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            fused = (layers[i].fuses_relu and i + 1 < len(layers)
+                     and hasattr(layers[i + 1], "follow"))
+            yield layers[i], layers[i + 1] if fused else None
+            i += 2 if fused else 1
 
     accepts_input_grad = True
 
