@@ -84,12 +84,12 @@ def test_fma_tile_matches_its_formula(rows, dtype):
 
 @pytest.mark.parametrize("stride,offset", [(1, 2), (2, 1), (3, 0), (1, -1)])
 def test_spread_places_pixels_among_zeros(stride, offset):
-    x = _rand(2, 4, 5, 3)
-    out = np.full((2, 9, 11, 3), np.nan, np.float32)
+    x = _rand(4, 5, 3)
+    out = np.full((9, 11, 5), np.nan, np.float32)  # two channels more than x: zeros too
     conv.spread(x, stride, offset, out)
-    expected = np.zeros((2, 9 + 20, 11 + 20, 3), np.float32)  # room on every side, then cut
-    expected[:, 10 + offset::stride][:, :4, 10 + offset::stride][:, :, :5] = x
-    np.testing.assert_array_equal(out, expected[:, 10:19, 10:21])
+    expected = np.zeros((9 + 20, 11 + 20, 5), np.float32)  # room on every side, then cut
+    expected[10 + offset::stride][:4, 10 + offset::stride][:, :5, :3] = x
+    np.testing.assert_array_equal(out, expected[10:19, 10:21])
 
 
 @pytest.mark.parametrize("o", [16, 5])

@@ -110,80 +110,83 @@ def _tile(rows, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, 
                   start, s_at, s_row)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def spread(x, stride, offset, out):
-    """out = 0 except out[n, offset + i·stride, offset + j·stride] = x[n, i, j] (where it fits):
-    zero padding for stride 1, zeros between the pixels too for stride > 1."""
-    n, h, w, c = x.shape
-    for img in prange(n):
-        out[img] = 0
-        for i in range(h):
-            y = offset + i * stride
-            if 0 <= y < out.shape[1]:
-                for j in range(w):
-                    z = offset + j * stride
-                    if 0 <= z < out.shape[2]:
-                        for ch in range(c):
-                            out[img, y, z, ch] = x[img, i, j, ch]
+    """out = 0 except out[offset + i·stride, offset + j·stride, :C] = x[i, j] (where it fits),
+    for one image x (H, W, C): zero padding for stride 1, zeros between the pixels too for
+    stride > 1; out may have more rows, columns and channels than that needs (zeros)."""
+    out[:] = 0
+    h, w, c = x.shape
+    for i in range(h):
+        y = offset + i * stride
+        if 0 <= y < out.shape[0]:
+            for j in range(w):
+                z = offset + j * stride
+                if 0 <= z < out.shape[1]:
+                    for ch in range(c):
+                        out[y, z, ch] = x[i, j, ch]
 
 
 @njit(parallel=True, cache=True)
-def correlate(xp, w, start, stride, relu, y):
+def correlate(x, x_stride, pad, hp, wp, w, start, stride, relu, y):
     """y[n, i, j, :] = start + Σ_{a, b, c} xp[n, i·stride + a, j·stride + b, c] · w[a, b, c, :]
-    for a zero-padded input xp (N, HP, WP, C), weights w (KH, KW, C, O), a vector start (O) and
-    y (N, OH, OW, O), O a multiple of WIDTH; then max(y, 0) if relu, a row at a time while it is
-    in cache."""
-    n, hp, wp, c = xp.shape
+    for weights w (KH, KW, C, O), a vector start (O) and y (N, OH, OW, O), O a multiple of
+    WIDTH; then max(y, 0) if relu, a row at a time while it is in cache. xp (N, HP, WP, C) is x
+    spread by x_stride and padded by pad, built an image at a time while it is in cache."""
+    n, c = x.shape[0], x.shape[3]
     kh, kw, _, o = w.shape
     oh, ow = y.shape[1], y.shape[2]
-    taps = np.empty(kh * kw, np.intp)
-    for a in range(kh):
-        for b in range(kw):
-            taps[a * kw + b] = (a * wp + b) * c
-    xf, wf, yf = xp.ravel(), w.ravel(), y.ravel()
-    for row in prange(n * oh):
-        img, i = row // oh, row % oh
-        x_at = ((img * hp + i * stride) * wp) * c
-        y_at = row * ow * o
-        for o0 in range(0, o, WIDTH):
-            for j in range(0, ow, ROWS):
-                _tile(min(ROWS, ow - j), xf, x_at + j * stride * c, stride * c, 1, taps, c,
-                      wf, o0, o, c * o, yf, y_at + j * o + o0, o, start, o0, 0)
-        if relu:
-            out = yf[y_at:y_at + ow * o]
-            for q in range(out.size):
-                out[q] = 0 if out[q] < 0 else out[q]  # as pointwise.relu
+    # The taps (a, 0..KW-1) of one kernel row, with their channels, lie side by side in xp and
+    # in w: one run of KW·C steps per kernel row, not KW runs of C.
+    taps = np.arange(kh) * wp * c
+    wf, yf = w.ravel(), y.ravel()
+    for img in prange(n):
+        xp = np.empty((hp, wp, c), x.dtype)
+        spread(x[img], x_stride, pad, xp)
+        xf = xp.ravel()
+        for i in range(oh):
+            y_at = (img * oh + i) * ow * o
+            for o0 in range(0, o, WIDTH):
+                for j in range(0, ow, ROWS):
+                    _tile(min(ROWS, ow - j), xf, (i * wp + j) * stride * c, stride * c, 1, taps,
+                          kw * c, wf, o0, o, kw * c * o, yf, y_at + j * o + o0, o, start, o0, 0)
+            if relu:
+                out = yf[y_at:y_at + ow * o]
+                for q in range(out.size):
+                    out[q] = 0 if out[q] < 0 else out[q]  # as pointwise.relu
 
 
 @njit(parallel=True, cache=True)
-def weight_grad(xp, dy, stride, kh, kw, parts):
+def weight_grad(x, pad, dy, stride, kh, kw, parts):
     """parts[p, a, b, c, :] = Σ xp[n, i·stride + a, j·stride + b, c] · dy[n, i, j, :] over the
-    images n of part p (one part a thread; their sum is dL/dw as (KH, KW, C, O)), for the padded
-    input xp as (N·HP + stride, WP, C).
+    images n of part p (one part a thread; their sum is dL/dw as (KH, KW, C, O)), xp the input x
+    padded by pad. O of parts is a multiple of WIDTH.
 
-    dy is on xp's grid: (N, OH, WP, O), zero beyond column OW. Then pixel m = i·WP + j of dy
-    meets xp at stride·m + (a·WP + b) for every tap, one sum over the whole image (the zero
-    columns read past a row's end, into the next, to no effect), and xp has `stride` spare rows
-    after the last image.
+    Each image is laid out on a grid, in cache: xp with `stride` spare zero rows, and dy on xp's
+    columns, (OH, WP, O), zero beyond column OW. Then pixel m = i·WP + j of dy meets xp at
+    stride·m + (a·WP + b) for every tap: one sum over the whole image (the zero columns read past
+    a row's end, into the next, to no effect).
     """
-    n, oh, wp, o = dy.shape
-    c = xp.shape[2]
-    image = (xp.shape[0] - stride) // n * wp * c  # elements of one padded image
-    xf, dyf = xp.ravel(), dy.ravel()
+    n, h, w, c = x.shape
+    oh = dy.shape[1]
+    hp, wp, o = h + 2 * pad, w + 2 * pad, parts.shape[4]
     one = np.zeros(1, np.intp)
     p_count = parts.shape[0]
     for p in prange(p_count):
         part = parts[p].ravel()
         part[:] = 0
+        xp, grid = np.empty((hp + stride, wp, c), x.dtype), np.empty((oh, wp, o), dy.dtype)
+        xf, gf = xp.ravel(), grid.ravel()
         for img in range(p * n // p_count, (p + 1) * n // p_count):
+            spread(x[img], 1, pad, xp)
+            spread(dy[img], 1, 0, grid)
             for a in range(kh):
                 for b in range(kw):
-                    x_at = img * image + (a * wp + b) * c
                     for o0 in range(0, o, WIDTH):
                         for c0 in range(0, c, ROWS):
                             at = ((a * kw + b) * c + c0) * o + o0
-                            _tile(min(ROWS, c - c0), xf, x_at + c0, 1, stride * c, one, oh * wp,
-                                  dyf, img * oh * wp * o + o0, o, 0, part, at, o, part, at, o)
+                            _tile(min(ROWS, c - c0), xf, (a * wp + b) * c + c0, 1, stride * c,
+                                  one, oh * wp, gf, o0, o, 0, part, at, o, part, at, o)
 
 
 def im2col_reference(x, kh, kw, stride, pad):
@@ -206,16 +209,6 @@ def col2im_reference(col, stride, pad, x_shape):
     return dxp[:, pad:pad + h, pad:pad + w].copy()
 
 
-def _padded(x, stride, offset, h, w, spare=0):
-    """spread(x) into a new (N, h, w, C) array; with `spare` zero rows after it, as
-    (N·h + spare, w, C)."""
-    n, c = x.shape[0], x.shape[3]
-    out = np.empty((n * h + spare, w, c), x.dtype)
-    out[n * h:] = 0
-    spread(x, stride, offset, out[:n * h].reshape(n, h, w, c))
-    return out if spare else out.reshape(n, h, w, c)
-
-
 def _wide(w):
     """w (KH, KW, C, O) with zero columns up to a multiple of WIDTH outputs (a copy)."""
     o = w.shape[3]
@@ -224,14 +217,15 @@ def _wide(w):
     return wide
 
 
-def _convolve(xp, w, stride, out_shape, start=None, relu=False):
+def _convolve(x, x_stride, pad, hp, wp, w, stride, out_shape, start=None, relu=False):
     """correlate into a new array of out_shape, each pixel starting at `start` (or 0)."""
     w = _wide(w)
     o = out_shape[3]
+    start = np.zeros(o, w.dtype) if start is None else start.astype(w.dtype)
     y = np.empty(out_shape[:3] + (w.shape[3],), w.dtype)
-    correlate(xp, w, np.pad(np.zeros(o, w.dtype) if start is None else start.astype(w.dtype),
-                            (0, w.shape[3] - o)), stride, relu, y)
-    return y if w.shape[3] == out_shape[3] else np.ascontiguousarray(y[..., :out_shape[3]])
+    correlate(np.ascontiguousarray(x), x_stride, pad, hp, wp, w,
+              np.pad(start, (0, w.shape[3] - o)), stride, relu, y)
+    return y if w.shape[3] == o else np.ascontiguousarray(y[..., :o])
 
 
 def conv_forward(x, w, b, stride, pad, relu=False):
@@ -239,8 +233,8 @@ def conv_forward(x, w, b, stride, pad, relu=False):
     n, h, wd, c = x.shape
     o, _, kh, kw = w.shape
     oh, ow = out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad)
-    xp = _padded(x, 1, pad, h + 2 * pad, wd + 2 * pad)
-    return _convolve(xp, w.transpose(2, 3, 1, 0), stride, (n, oh, ow, o), b, relu)
+    return _convolve(x, 1, pad, h + 2 * pad, wd + 2 * pad, w.transpose(2, 3, 1, 0), stride,
+                     (n, oh, ow, o), b, relu)
 
 
 def conv_backward(dy, x, w, stride, pad, input_grad=True):
@@ -254,14 +248,11 @@ def conv_backward(dy, x, w, stride, pad, input_grad=True):
     o, c, kh, kw = w.shape
     n, h, wd, _ = x.shape
     db = sum_rows(dy.reshape(-1, o)).astype(dy.dtype)
-    xp = _padded(x, 1, pad, h + 2 * pad, wd + 2 * pad, spare=stride)
-    dy_grid = np.zeros(dy.shape[:2] + (wd + 2 * pad, -(-o // WIDTH) * WIDTH), dy.dtype)
-    dy_grid[:, :, :dy.shape[2], :o] = dy
-    parts = np.empty((min(get_num_threads(), n), kh, kw, c, dy_grid.shape[3]), dy.dtype)
-    weight_grad(xp, dy_grid, stride, kh, kw, parts)
+    parts = np.empty((min(get_num_threads(), n), kh, kw, c, -(-o // WIDTH) * WIDTH), dy.dtype)
+    weight_grad(np.ascontiguousarray(x), pad, np.ascontiguousarray(dy), stride, kh, kw, parts)
     dw = parts.sum(axis=0)[..., :o].transpose(3, 2, 0, 1)
     dx = None
     if input_grad:
-        dyp = _padded(dy, stride, kh - 1 - pad, h + kh - 1, wd + kw - 1)
-        dx = _convolve(dyp, w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1), 1, x.shape)
+        dx = _convolve(dy, stride, kh - 1 - pad, h + kh - 1, wd + kw - 1,
+                       w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1), 1, x.shape)
     return dx, np.ascontiguousarray(dw), db
