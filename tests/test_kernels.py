@@ -188,8 +188,14 @@ def test_batchnorm_kernels_match_numpy(m, c):
                                rtol=1e-4, atol=1e-4 * np.abs(gamma * inv_std).max())
 
 
-@pytest.mark.parametrize("sums", [norm.batch_stats, pointwise.sum_rows])
-def test_column_sums_do_not_depend_on_the_thread_count(sums):
+def _weight_grad(x):  # conv's weight gradient: a sum over the batch, in parts
+    n = x.size // 64
+    images = x.ravel()[:n * 64].reshape(n, 8, 8, 1)
+    return conv.conv_backward(images, images, np.zeros((1, 1, 3, 3), np.float32), 1, 1)[1]
+
+
+@pytest.mark.parametrize("sums", [norm.batch_stats, pointwise.sum_rows, _weight_grad])
+def test_sums_over_the_batch_do_not_depend_on_the_thread_count(sums):
     import numba
     x = _rand(5 * pointwise.BLOCK + 7, 8)
     before = numba.get_num_threads()

@@ -15,7 +15,7 @@ prove `conv_backward` against the textbook's col2im (`col2im_reference`).
 """
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 from numpy.lib.stride_tricks import sliding_window_view
@@ -23,6 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .pointwise import sum_rows
 
 ROWS, WIDTH, LANES = 4, 16, 8  # a tile: ROWS × WIDTH accumulators, WIDTH // LANES vectors a row
+PARTS = 16  # weight gradients: partial sums over slices of the batch, run in parallel
 
 
 def out_size(size, k, stride, pad):
@@ -159,8 +160,8 @@ def correlate(x, x_stride, pad, hp, wp, w, start, stride, relu, y):
 @njit(parallel=True, cache=True)
 def weight_grad(x, pad, dy, stride, kh, kw, parts):
     """parts[p, a, b, c, :] = Σ xp[n, i·stride + a, j·stride + b, c] · dy[n, i, j, :] over the
-    images n of part p (one part a thread; their sum is dL/dw as (KH, KW, C, O)), xp the input x
-    padded by pad. O of parts is a multiple of WIDTH.
+    images n of part p (their sum is dL/dw as (KH, KW, C, O)), xp the input x padded by pad. O of
+    parts is a multiple of WIDTH.
 
     Each image is laid out on a grid, in cache: xp with `stride` spare zero rows, and dy on xp's
     columns, (OH, WP, O), zero beyond column OW. Then pixel m = i·WP + j of dy meets xp at
@@ -248,7 +249,8 @@ def conv_backward(dy, x, w, stride, pad, input_grad=True):
     o, c, kh, kw = w.shape
     n, h, wd, _ = x.shape
     db = sum_rows(dy.reshape(-1, o)).astype(dy.dtype)
-    parts = np.empty((min(get_num_threads(), n), kh, kw, c, -(-o // WIDTH) * WIDTH), dy.dtype)
+    # A fixed number of parts, not one a thread: the same sums, the same bits, on any machine.
+    parts = np.empty((min(PARTS, n), kh, kw, c, -(-o // WIDTH) * WIDTH), dy.dtype)
     weight_grad(np.ascontiguousarray(x), pad, np.ascontiguousarray(dy), stride, kh, kw, parts)
     dw = parts.sum(axis=0)[..., :o].transpose(3, 2, 0, 1)
     dx = None
