@@ -188,6 +188,14 @@ def test_batchnorm_kernels_match_numpy(m, c):
                                rtol=1e-4, atol=1e-4 * np.abs(gamma * inv_std).max())
 
 
+def test_blocks_are_added_in_order():
+    partial = np.random.default_rng(0).standard_normal((7, 5)) * 10.0 ** np.arange(7)[:, None]
+    in_order = partial[0].copy()
+    for row in partial[1:]:
+        in_order += row
+    assert pointwise.add_blocks(partial).tobytes() == in_order.tobytes()
+
+
 def _weight_grad(x):  # conv's weight gradient: a sum over the batch, in parts
     n = x.size // 64
     images = x.ravel()[:n * 64].reshape(n, 8, 8, 1)

@@ -45,4 +45,14 @@ def sum_rows(a):
         for i in range(k * BLOCK, min(m, (k + 1) * BLOCK)):
             for j in range(c):
                 partial[k, j] += a[i, j]
-    return partial.sum(axis=0)  # block by block, in order
+    return add_blocks(partial)
+
+
+@njit(cache=True)
+def add_blocks(partial):
+    """Σ_k partial[k], block by block, in order (the same bits as partial.sum(axis=0), which
+    inside a parallel kernel takes seconds longer to compile)."""
+    total = np.zeros(partial.shape[1], partial.dtype)
+    for k in range(partial.shape[0]):
+        total += partial[k]
+    return total
