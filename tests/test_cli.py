@@ -26,6 +26,16 @@ def shendu_cli(*args, cwd=None):
                           text=True, env=ENV, cwd=cwd, timeout=600)
 
 
+def test_every_command_explains_itself(capsys):
+    commands = [None, "train", "evaluate", "predict", "summary", "experiment", "bench"]
+    for command in commands:
+        with pytest.raises(SystemExit) as end:
+            cli.main([command, "--help"] if command else ["--help"])
+        assert end.value.code == 0, command
+        assert capsys.readouterr().out.startswith("usage: shendu"), command
+    assert "±10%" in shendu_cli("train", "--help").stdout  # the recipes, as written
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real run: DeepConvNet, the book's Adam, batch 50, on 10,000 images for one epoch."""

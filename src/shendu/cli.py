@@ -265,9 +265,9 @@ def _parser():
 
     p = commands.add_parser("train", help="train a model by a recipe into a run directory")
     p.add_argument("--model", help="model name (default: the recipe's)")
+    about = "; ".join(f"{name}: {recipes.RECIPES[name].about}" for name in recipes.names())
     p.add_argument("--recipe", choices=recipes.names(),
-                   help="; ".join(f"{name}: {recipes.RECIPES[name].about}" for name in recipes.names())
-                   + " (default: book)")
+                   help=about.replace("%", "%%") + " (default: book)")  # argparse formats help
     p.add_argument("--epochs", type=_number(int), help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=_number(int), help="batch size (default: the recipe's)")
     p.add_argument("--lr", type=_number(float), help="learning rate (default: the recipe's)")
