@@ -3,7 +3,7 @@
 Images are NHWC inside the kernels (channels last). A convolution is a sum over the kernel's taps
 (a, b) of a matrix product: the output pixels of a row, each a row of input channels shifted by the
 tap, times the tap's (in, out) slice of the weights. No patch matrix (im2col) is built: the inner
-loop reads the input in place, from a zero-padded copy.
+loop reads the input in place, from a zero-padded copy of one image at a time, made in cache.
 
 The inner loop is `_fma_tile`, the micro-kernel of a BLAS written as a Numba intrinsic: 4 rows by
 16 output columns of accumulators held in vector registers for a whole sum, each step one load of
