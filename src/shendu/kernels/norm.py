@@ -13,9 +13,17 @@ from numba import njit, prange
 from .pointwise import BLOCK, add_blocks, sum_rows
 
 
-@njit(parallel=True, cache=True)
 def column_sums(a, b, shift):
     """Σ_i a[i] and Σ_i (a[i] − shift) · b[i], per column, in float64."""
+    # Added up here, not inside the kernel: Numba's disk cache would not notice a change to
+    # add_blocks, which lives in another file.
+    s1, s2 = _block_sums(a, b, shift)
+    return add_blocks(s1), add_blocks(s2)
+
+
+@njit(parallel=True, cache=True)
+def _block_sums(a, b, shift):
+    """column_sums of each block of rows."""
     m, c = a.shape
     blocks = (m + BLOCK - 1) // BLOCK
     s1 = np.zeros((blocks, c))
@@ -25,7 +33,7 @@ def column_sums(a, b, shift):
             for j in range(c):
                 s1[k, j] += a[i, j]
                 s2[k, j] += (a[i, j] - shift[j]) * b[i, j]
-    return add_blocks(s1), add_blocks(s2)
+    return s1, s2
 
 
 @njit(parallel=True, cache=True)
