@@ -185,12 +185,14 @@ def test_an_interrupt_stops_recipe_fit_and_the_experiment_around_it(monkeypatch,
 
 
 def test_train_by_recipe_builds_the_recipes_model(tmp_path, monkeypatch, capsys):
-    """`best` trains fastnet at width 2: the command line builds the model with the recipe's
+    """A recipe of fastnet at width 2: the command line builds the model with the recipe's
     options, and --model replaces the model and its options together."""
     monkeypatch.delenv("SHENDU_PROFILE", raising=False)
+    monkeypatch.setitem(recipes.RECIPES, "wide", recipes.Recipe(
+        "fastnet at width 2", model="fastnet", model_options=(("width", 2.0),)))
     for extra, parameters in (([], 252_650), (["--model", "fastnet"], 66_426)):
         out = tmp_path / f"run{len(extra)}"
-        assert cli.main(["train", "--recipe", "best", "--subset", "256", "--epochs", "1",
+        assert cli.main(["train", "--recipe", "wide", "--subset", "256", "--epochs", "1",
                          "--out", str(out), *extra]) == 0
         model = shendu.load(out)
         assert model.config["model"] == "fastnet" and model.num_parameters() == parameters
