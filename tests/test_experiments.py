@@ -174,29 +174,41 @@ def test_recipes(monkeypatch, tmp_path):
     import shendu
     from shendu import datasets, nn
     monkeypatch.setattr(experiments, "TARGET", 0.2)  # reached at the first epoch, unlike 99.4%
-    figures = experiments.recipes(only=["book"], seeds=(0, 1), root=tmp_path)
+    figures = experiments.recipes(only=["book"], seeds=(0, 1), more_members={"book": (2,)},
+                                  root=tmp_path)
     book = figures["runs"]["book"]
     assert [r["seed"] for r in book["runs"]] == [0, 1] and book["epochs"] == 20
+    assert [r["seed"] for r in book["more_members"]] == [2]
     assert book["median_test_acc"] == pytest.approx(np.median([r["test_acc"] for r in book["runs"]]))
-    for run in book["runs"]:
+    for run in book["runs"] + book["more_members"]:
         assert len(run["test_acc_by_epoch"]) == 2  # the quick profile's epochs
         assert run["test_acc"] == run["test_acc_by_epoch"][-1] > 0.2
         assert 0 < run["time_to_target_s"] <= run["wall_time_s"]
-    # The ensemble by hand: the saved members' softmax outputs averaged.
+    # The ensembles by hand: the saved members' softmax outputs averaged; all three members, and
+    # the runs of seeds 0 and 1 alone.
     _, (x_test, t_test) = datasets.load_mnist()
-    members = [shendu.load(tmp_path / f"book-{seed}") for seed in (0, 1)]
-    p = np.concatenate([sum(nn.softmax(m(x_test[i:i + 500].astype(np.float32) / 255))
-                            .astype(np.float64) for m in members) / 2
-                        for i in range(0, len(x_test), 500)])
-    wrong = np.flatnonzero(p.argmax(axis=1) != t_test)
-    assert book["ensemble_errors"] == [[int(i), int(t_test[i]), int(p[i].argmax())] for i in wrong]
+
+    def ensemble(seeds):
+        members = [shendu.load(tmp_path / f"book-{seed}") for seed in seeds]
+        return np.concatenate([sum(nn.softmax(m(x_test[i:i + 500].astype(np.float32) / 255))
+                                   .astype(np.float64) for m in members) / len(members)
+                               for i in range(0, len(x_test), 500)]).argmax(axis=1)
+    predicted = ensemble((0, 1, 2))
+    wrong = np.flatnonzero(predicted != t_test)
+    assert book["ensemble_errors"] == [[int(i), int(t_test[i]), int(predicted[i])] for i in wrong]
     assert book["ensemble_test_acc"] == pytest.approx(1 - len(wrong) / len(t_test))
+    assert book["ensemble_of_runs_test_acc"] == pytest.approx(np.mean(ensemble((0, 1)) == t_test))
     # Started again, the finished runs are read back from their run directories, not retrained.
     # (Modification times: a deterministic retrain would write the same bytes.)
-    saved = (tmp_path / "book-0" / "model.safetensors").stat().st_mtime_ns
-    assert experiments.recipes(only=["book"], seeds=(0, 1), root=tmp_path) == figures
-    assert (tmp_path / "book-0" / "model.safetensors").stat().st_mtime_ns == saved
+    saved = (tmp_path / "book-2" / "model.safetensors").stat().st_mtime_ns
+    assert experiments.recipes(only=["book"], seeds=(0, 1), more_members={"book": (2,)},
+                               root=tmp_path) == figures
+    assert (tmp_path / "book-2" / "model.safetensors").stat().st_mtime_ns == saved
     assert "tta_test_acc" not in book["runs"][0] and "ensemble_tta_test_acc" not in book
+    # Without more members, the ensemble is of the runs and says nothing more.
+    two = experiments.recipes(only=["book"], seeds=(0, 1), more_members={}, root=tmp_path)
+    assert two["runs"]["book"]["ensemble_test_acc"] == book["ensemble_of_runs_test_acc"]
+    assert "more_members" not in two["runs"]["book"]
 
 
 def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path, capsys):
