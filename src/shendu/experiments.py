@@ -402,8 +402,8 @@ def recipes(only=None, seeds=(0, 1, 2), more_members=MORE_MEMBERS, root=None):
     its accuracy and the test images it still gets wrong. A recipe named in `more_members` also
     trains those seeds, reported apart ("more_members"); its ensemble has them all, and
     "ensemble_of_runs_test_acc" is that of the runs of `seeds` alone. A recipe that augments its
-    training batches is also tested with test-time augmentation (TTA_COPIES views of each test image,
-    augmented the same way), each run and the ensemble. Each run trains in its run directory
+    training batches is also tested with test-time augmentation (TTA_COPIES views of each test
+    image, augmented the same way), each run and the ensemble. Each run trains in its run directory
     `root`/NAME-SEED (default runs/recipes/), checkpointed every epoch: stopped (Ctrl-C,
     SIGTERM), the experiment continues each run where it was when started again, and a finished
     run is read back, not trained again. The models stay there, to evaluate again later
