@@ -92,8 +92,9 @@ AUGMENT = Recipe(  # with Adam (one-cycle to 0.003) seeds 0 and 1 reached 99.57%
 RECIPES = {
     "book": Recipe("the chapter's recipe: DeepConvNet, Adam lr 0.001, batch 100, 20 epochs"),
     "augment": AUGMENT,
-    "best": replace(  # more epochs, since augmented data is new at every one
-        AUGMENT, about="the augment recipe for 40 epochs", epochs=40),
+    "best": replace(  # augmented batches regularize already: less dropout
+        AUGMENT, about="the augment recipe with half the dropout (0.25)",
+        model_options=(("dropout", 0.25),)),
     "fast": Recipe(  # chosen by time to 99.4% on this course's 2-core machine
         "fastnet (a 5×5 stride-2 first convolution, four convolutions with BatchNorm, 66k "
         "parameters), SGD with Nesterov momentum, weight decay 5e-4 and a one-cycle schedule "
