@@ -131,9 +131,8 @@ def test_a_training_step_lowers_the_loss(name):
     x, t = rng.random((16, 1, 28, 28), np.float32), rng.integers(0, 10, 16)
     loss_fn, opt = nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3)
     model.eval()  # the same function before and after the step (no dropout, fixed BatchNorm)
-    with nn.enable_grad():
-        before = loss_fn(model(x), t)
-        model.backward(loss_fn.backward())
+    before = loss_fn(model(x), t)
+    model.backward(loss_fn.backward())
     opt.step()
     assert loss_fn(model(x), t) < before
 

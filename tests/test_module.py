@@ -89,11 +89,20 @@ def test_sequential_fuses_conv_and_relu_to_the_same_bits(training):
             np.testing.assert_array_equal(p.grad, g)
 
 
-def test_eval_mode_keeps_nothing_for_backward():
-    model = models.DeepConvNet().eval()
-    model(np.zeros((2, 1, 28, 28), np.float32))
-    with pytest.raises(ShenduError, match="training mode"):
-        model.backward(np.ones((2, 10), np.float32))
+def test_no_grad_keeps_nothing_for_backward():
+    """Inference inside no_grad() keeps no caches, in either mode; backward then says why."""
+    model = models.DeepConvNet()
+    x = np.random.default_rng(0).random((2, 1, 28, 28), np.float32)
+    for mode in (True, False):
+        model.train(mode)
+        with nn.no_grad():
+            y = model(x)
+        assert all(getattr(layer, "x", None) is None for layer in model)
+        with pytest.raises(ShenduError, match=r"outside shendu\.nn\.no_grad\(\)"):
+            model.backward(np.ones_like(y))
+        with nn.no_grad(), nn.enable_grad():  # enable_grad inside no_grad records again
+            model(x)
+        assert model.backward(np.ones_like(y)).shape == x.shape
 
 
 @pytest.mark.parametrize("x,message", [

@@ -3,7 +3,6 @@
 Like DeZero and PyTorch, assigning a Parameter or a Module to an attribute registers it, so
 `parameters()` and `state_dict()` never need hard-coded layer indices.
 """
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -11,12 +10,15 @@ import numpy as np
 from .. import kernels
 from ..errors import ShenduError
 
-_GRAD_MODE = [None]  # None: cache for backward only in training mode; True/False: forced
+# Whether forward passes keep what backward needs: on, except inside no_grad(). Independent of
+# train()/eval(), as in PyTorch: a model in eval mode can still be differentiated.
+_GRAD_MODE = [True]
 
 
 @contextmanager
 def no_grad():
-    """Forward passes inside keep nothing for backward (inference: less memory, less work)."""
+    """Forward passes inside keep nothing for backward (inference: less memory, less work).
+    `evaluate`, `predict_proba` and the command line's evaluate and predict run inside it."""
     _GRAD_MODE.append(False)
     try:
         yield
@@ -26,7 +28,7 @@ def no_grad():
 
 @contextmanager
 def enable_grad():
-    """Forward passes inside keep what backward needs, even in eval mode (saliency maps)."""
+    """Forward passes inside keep what backward needs again (within an enclosing no_grad())."""
     _GRAD_MODE.append(True)
     try:
         yield
@@ -96,14 +98,13 @@ class Module:
 
     @property
     def keeps_cache(self):
-        """Whether this forward pass must keep what backward needs."""
-        mode = _GRAD_MODE[-1]
-        return self.training if mode is None else mode
+        """Whether this forward pass must keep what backward needs (not inside no_grad())."""
+        return _GRAD_MODE[-1]
 
     def _cached(self, value):
         if value is None:
-            raise ShenduError(f"{type(self).__name__}.backward needs a forward pass in training "
-                              "mode (or inside shendu.nn.enable_grad()) first")
+            raise ShenduError(f"{type(self).__name__}.backward needs a forward pass first, "
+                              "outside shendu.nn.no_grad()")
         return value
 
     # -- structure ----------------------------------------------------------------------------
@@ -147,12 +148,9 @@ class Module:
 
     def to(self, device):
         """Move every parameter (data and gradient) and buffer to `device`, "cpu" or "cuda"
-        (numba.cuda device arrays, float32), in place; returns the module. Where numba.cuda finds
-        no GPU, .to("cuda") says so in one line on stderr and the model stays on the CPU."""
+        (numba.cuda device arrays, float32), in place; returns the module. As in PyTorch,
+        .to("cuda") raises where there is no GPU: `shendu.cuda_available()` tells first."""
         K = kernels.device(device)
-        if K is None:
-            print("shendu: no CUDA GPU found; the model stays on the CPU", file=sys.stderr)
-            return self
         if K is not kernels.cpu:
             wide = [(name, a.dtype) for name, a in self._arrays() if a.dtype != np.float32]
             if wide:
