@@ -4,6 +4,11 @@ import numpy as np
 import shendu
 
 
+def rand(*shape, seed=0):
+    """Standard normal float64 values, the same for the same seed."""
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
 def numerical_grad(f, x, eps=1e-6, entries=None):
     """Central differences of the scalar f() with respect to x (float64): every entry, or only
     the flat indices in `entries` (the others stay zero)."""
