@@ -119,13 +119,35 @@ def test_erasing_blanks_one_rectangle_of_the_drawn_size():
 
 def test_crop_moves_a_dot_where_it_should():
     """Offsets (r, c) in the padded image move the content by (padding − r, padding − c)."""
-    x = augment.RandomCrop(padding=2)(dot(3), Fixed(integers=[[0, 2, 4], [1, 2, 3]]))
+    x = augment.RandomCrop(9, padding=2)(dot(3), Fixed(integers=[[0, 2, 4], [1, 2, 3]]))
     for i, (r, c) in enumerate([(0, 1), (2, 2), (4, 3)]):
         assert np.argwhere(x[i, 0]).tolist() == [[4 + 2 - r, 4 + 2 - c]]
 
 
+def test_crop_takes_torchvisions_arguments():
+    """RandomCrop(size, padding=...) as torchvision: size is the output; padding p, (left/right,
+    top/bottom) or (left, top, right, bottom), filled by padding_mode; pad_if_needed grows small
+    images by the missing rows and columns on both sides."""
+    x = np.arange(20, dtype=np.float32).reshape(1, 1, 4, 5)
+    at = lambda r, c: Fixed(integers=[[r], [c]])  # noqa: E731  the crop's top-left corner
+    np.testing.assert_array_equal(augment.RandomCrop(3)(x, at(1, 2)), x[..., 1:4, 2:5])
+    np.testing.assert_array_equal(augment.RandomCrop((2, 4))(x, at(2, 0)), x[..., 2:4, 0:4])
+    two = augment.RandomCrop((8, 7), padding=(1, 2), fill=-1)(x, at(0, 0))  # 1 left/right, 2 up/down
+    assert (two[..., 2:6, 1:6] == x).all() and (two == -1).sum() == 8 * 7 - 20
+    four = augment.RandomCrop((7, 8), padding=(1, 0, 2, 3))(x, at(0, 0))  # left, top, right, bottom
+    np.testing.assert_array_equal(four[0, 0], np.pad(x[0, 0], ((0, 3), (1, 2))))
+    for mode in ("edge", "reflect", "symmetric"):
+        y = augment.RandomCrop((6, 7), padding=1, padding_mode=mode)(x, at(0, 0))
+        np.testing.assert_array_equal(y[0, 0], np.pad(x[0, 0], 1, mode=mode))
+    grown = augment.RandomCrop(6, pad_if_needed=True)(x, at(2, 1))  # 4×5 → 8×7, then 6×6
+    np.testing.assert_array_equal(grown[0, 0], np.pad(x[0, 0], ((2, 2), (1, 1)))[2:8, 1:7])
+    with pytest.raises(shendu.ShenduError, match="larger than the"):
+        augment.RandomCrop(6)(x, at(0, 0))
+    assert repr(augment.RandomCrop(28, padding=2)) == "RandomCrop(size=(28, 28), padding=2)"
+
+
 def test_crop_loses_what_leaves_the_image():
-    x = augment.RandomCrop(padding=3)(dot(at=(0, 0)), Fixed(integers=[[6], [0]]))
+    x = augment.RandomCrop(9, padding=3)(dot(at=(0, 0)), Fixed(integers=[[6], [0]]))
     assert not x.any() and x.shape == (1, 1, 9, 9)
 
 
@@ -139,9 +161,9 @@ def test_flip_mirrors_the_chosen_images():
 
 def test_zero_strength_is_the_identity():
     x = np.random.default_rng(0).random((4, 1, 6, 6), np.float32)
-    same = augment.Compose(augment.RandomCrop(0), augment.RandomHorizontalFlip(0.0),
-                           augment.RandomAffine(), augment.ElasticDistortion(alpha=0),
-                           augment.ColorJitter(), augment.RandomErasing(p=0))
+    same = augment.Compose([augment.RandomCrop(6), augment.RandomHorizontalFlip(0.0),
+                            augment.RandomAffine(), augment.ElasticDistortion(alpha=0),
+                            augment.ColorJitter(), augment.RandomErasing(p=0)])
     y = same(x, np.random.default_rng(1))
     np.testing.assert_array_equal(y, x)
     assert y.dtype == np.float32
@@ -149,16 +171,22 @@ def test_zero_strength_is_the_identity():
 
 def test_seeding_repeats_exactly():
     x = np.random.default_rng(0).random((8, 1, 6, 6), np.float32)
-    t = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip(),
-                        augment.RandomAffine(10, (0.1, 0.1), (0.9, 1.1), 5),
-                        augment.ElasticDistortion(), augment.ColorJitter(0.2, 0.2),
-                        augment.RandomErasing())
+    t = augment.Compose([augment.RandomCrop(6, padding=2), augment.RandomHorizontalFlip(),
+                         augment.RandomAffine(10, (0.1, 0.1), (0.9, 1.1), 5),
+                         augment.ElasticDistortion(), augment.ColorJitter(0.2, 0.2),
+                         augment.RandomErasing()])
     a, b = t(x, np.random.default_rng(5)), t(x, np.random.default_rng(5))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, t(x, np.random.default_rng(6)))
 
 
 @pytest.mark.parametrize("bad", [lambda: augment.RandomCrop(-1), lambda: augment.RandomCrop(1.5),
+                                 lambda: augment.RandomCrop((28, 0)),
+                                 lambda: augment.RandomCrop(28, padding=-1),
+                                 lambda: augment.RandomCrop(28, padding=(1, 2, 3)),
+                                 lambda: augment.RandomCrop(28, padding_mode="wrap"),
+                                 lambda: augment.Compose(augment.RandomCrop(28)),
+                                 lambda: augment.Compose([augment.RandomCrop(28), "flip"]),
                                  lambda: augment.RandomHorizontalFlip(2),
                                  lambda: augment.RandomAffine(degrees=(5, -5)),
                                  lambda: augment.RandomAffine(translate=1.5),
@@ -178,8 +206,8 @@ def make(run_dir=None):
     model = models.get("deepconvnet", input_shape=(1, 12, 12))
     return shendu.Trainer(model, optim.Adam(model.parameters()), batch_size=8, seed=3,
                           run_dir=run_dir, progress=False,
-                          augment=augment.Compose(augment.RandomCrop(2),
-                                                  augment.RandomHorizontalFlip()))
+                          augment=augment.Compose([augment.RandomCrop(12, padding=2),
+                                                   augment.RandomHorizontalFlip()]))
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +242,7 @@ def test_resuming_with_other_augmentation_is_refused(data, tmp_path):
             raise KeyboardInterrupt
     make(run_dir=tmp_path).fit(*data, epochs=2, on_step=stop)
     other = make()
-    other.augment = augment.RandomCrop(1)
+    other.augment = augment.RandomCrop(12, padding=1)
     with pytest.raises(shendu.CheckpointError, match="augmentation Compose"):
         other.fit(*data, epochs=2, resume=tmp_path)
     with pytest.raises(shendu.ShenduError, match="augment must be a transform"):
@@ -223,6 +251,6 @@ def test_resuming_with_other_augmentation_is_refused(data, tmp_path):
 
 def test_crop_offsets_stay_in_range():
     x = dot(2000)
-    moved = augment.RandomCrop(padding=2)(x, np.random.default_rng(0))
+    moved = augment.RandomCrop(9, padding=2)(x, np.random.default_rng(0))
     where = np.argwhere(moved[:, 0])  # (image, row, column) of each surviving dot
     assert len(where) == 2000 and set(where[:, 1]) == set(where[:, 2]) == {2, 3, 4, 5, 6}

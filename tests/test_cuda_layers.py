@@ -64,8 +64,7 @@ def _compare(make, x, train=True):
     cpu.train(train)
     dev.train(train)
     x_dev = _device_images(x) if x.ndim == 4 else gpu.array(x)
-    with nn.enable_grad():
-        y, y_dev = cpu(x), dev(x_dev)
+    y, y_dev = cpu(x), dev(x_dev)
     _close(_host(y_dev), y, "y")
     dy = _rand(*y.shape, seed=5)
     dx, dx_dev = cpu.backward(dy), dev.backward(gpu.array(dy))
@@ -283,12 +282,20 @@ def test_save_and_load_a_cuda_trained_model(tmp_path, tiny):
     _close(shendu.predict_proba(loaded, x), shendu.predict_proba(model, x))
 
 
-def test_without_a_gpu_the_model_stays_on_the_cpu(monkeypatch, capsys):
+def test_without_a_gpu_to_cuda_raises_and_the_model_stays(monkeypatch):
+    """As in PyTorch: .to("cuda") without a GPU is an error, not a silent stay on the CPU."""
     monkeypatch.setattr(gpu, "available", lambda: False)
     model = tiny_net()
-    assert model.to("cuda") is model
+    with pytest.raises(ShenduError, match=r"no CUDA GPU is available.*shendu\.cuda_available"):
+        model.to("cuda")
     assert all(type(a) is np.ndarray for _, a in model._arrays())
-    assert capsys.readouterr().err == "shendu: no CUDA GPU found; the model stays on the CPU\n"
+    assert shendu.cuda_available() is False
+
+
+def test_without_numba_cuda_to_cuda_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(shendu.kernels, "_cuda", lambda: None)
+    with pytest.raises(ShenduError, match=r"pip install 'shendu\[cuda\]'"):
+        tiny_net().to("cuda")
     assert shendu.cuda_available() is False
 
 

@@ -162,7 +162,7 @@ def test_the_fashion_recipe_is_the_zoos_resnet_run():
     assert experiments.FASHION_ZOO[recipe.model] == {"epochs": recipe.epochs}
     manual_seed(0)
     zoo_model = models.get(recipe.model)
-    flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
+    flips = augment.Compose([augment.RandomCrop(28, padding=2), augment.RandomHorizontalFlip()])
     experiments._train(zoo_model, *data, recipe.epochs, max_lr=0.1, augment=flips)
     model, _ = recipe.fit(*data, seed=0)
     assert repr(recipe.augmentation()) == repr(flips)

@@ -423,7 +423,7 @@ def test_checkpoint_with_inconsistent_counters_is_refused(data, tmp_path):
 # -- optimizer and schedule state ------------------------------------------------------------
 OPTIMIZERS = [(optim.SGD, {"lr": 0.1}), (optim.SGD, {"lr": 0.05, "momentum": 0.9}),
               (optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-              (optim.AdaGrad, {"lr": 0.1}), (optim.RMSprop, {"lr": 0.01, "alpha": 0.9}),
+              (optim.Adagrad, {"lr": 0.1}), (optim.RMSprop, {"lr": 0.01, "alpha": 0.9}),
               (optim.Adam, {"lr": 0.01, "betas": (0.8, 0.99)}), (optim.AdamW, {"lr": 0.01})]
 SCHEDULES = [(optim.StepLR, {"step_size": 2, "gamma": 0.5}),
              (optim.CosineAnnealingLR, {"T_max": 7}),

@@ -5,7 +5,7 @@ generator: it draws its randomness from `rng` only, so the same generator state 
 exactly (the Trainer derives one per step from its seed, which is what makes augmented runs
 resumable bit for bit). Each acts on the whole batch at once.
 
-    augment = Compose(RandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1)), RandomErasing())
+    augment = Compose([RandomAffine(degrees=10, translate=0.1, scale=(0.9, 1.1)), RandomErasing()])
     trainer = shendu.Trainer(model, optimizer, augment=augment)
 
 Names and arguments are modelled on torchvision's (but shifts are not rounded to whole pixels,
@@ -26,10 +26,13 @@ __all__ = ["Compose", "RandomAffine", "ElasticDistortion", "RandomCrop", "Random
 
 
 class Compose:
-    """Transforms applied in order."""
+    """A list of transforms applied in order: `Compose([t1, t2])`, as torchvision's."""
 
-    def __init__(self, *transforms):
-        self.transforms = transforms
+    def __init__(self, transforms):
+        if not isinstance(transforms, (list, tuple)) or not all(map(callable, transforms)):
+            raise ShenduError(f"Compose takes a list of transforms, as torchvision's: "
+                              f"Compose([t1, t2]), got {transforms!r}")
+        self.transforms = list(transforms)
 
     def __call__(self, x, rng):
         for transform in self.transforms:
@@ -41,23 +44,57 @@ class Compose:
 
 
 class RandomCrop:
-    """Pad by `padding` zero pixels on every side and cut the original size back out at a random
-    place: each image moves by up to `padding` pixels in each direction."""
+    """Cut a `size` = h or (h, w) window out at a random place, after padding the image by
+    `padding` pixels (torchvision's forms: p on every side, (left/right, top/bottom), or (left,
+    top, right, bottom)), filled by `padding_mode` ("constant" with `fill`, "edge", "reflect",
+    "symmetric"). `RandomCrop(28, padding=2)` moves each 28×28 image by up to 2 pixels in each
+    direction. With `pad_if_needed`, an image smaller than `size` is padded up to it first."""
 
-    def __init__(self, padding):
-        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-            raise ShenduError(f"RandomCrop padding must be a whole number ≥ 0, got {padding!r}")
-        self.padding = padding
+    _MODES = ("constant", "edge", "reflect", "symmetric")
+
+    def __init__(self, size, padding=None, pad_if_needed=False, fill=0, padding_mode="constant"):
+        self.size = (size, size) if _whole(size) else tuple(size) if isinstance(size, (tuple, list)) else None
+        if self.size is None or len(self.size) != 2 or not all(_whole(s) and s > 0 for s in self.size):
+            raise ShenduError(f"RandomCrop size must be a positive whole number or (h, w), got {size!r}")
+        pads = (0,) if padding is None else (padding,) if _whole(padding) else tuple(padding)
+        if len(pads) not in (1, 2, 4) or not all(_whole(p) and p >= 0 for p in pads):
+            raise ShenduError("RandomCrop padding must be a whole number ≥ 0 or a tuple of 2 or 4 "
+                              f"of them, got {padding!r}")
+        left, top, right, bottom = pads * 4 if len(pads) == 1 else pads * 2 if len(pads) == 2 else pads
+        self.pad = ((top, bottom), (left, right))  # (rows, columns), as np.pad takes them
+        if padding_mode not in self._MODES:
+            raise ShenduError(f"RandomCrop padding_mode must be one of {', '.join(self._MODES)}, "
+                              f"got {padding_mode!r}")
+        self.padding, self.pad_if_needed = padding, pad_if_needed
+        self.fill, self.padding_mode = fill, padding_mode
+
+    def _padded(self, x, pad):
+        extra = {"constant_values": self.fill} if self.padding_mode == "constant" else {}
+        return np.pad(x, ((0, 0), (0, 0), *pad), mode=self.padding_mode, **extra)
 
     def __call__(self, x, rng):
-        p = self.padding
-        n, _, h, w = x.shape
-        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        rows, cols = rng.integers(0, 2 * p + 1, size=(2, n))
-        return np.stack([padded[i, :, r:r + h, c:c + w] for i, (r, c) in enumerate(zip(rows, cols))])
+        x = self._padded(x, self.pad) if any(map(any, self.pad)) else x
+        (th, tw), (h, w) = self.size, x.shape[2:]
+        if self.pad_if_needed and (h < th or w < tw):
+            grow_h, grow_w = max(th - h, 0), max(tw - w, 0)  # on both sides, as torchvision
+            x = self._padded(x, ((grow_h, grow_h), (grow_w, grow_w)))
+            h, w = x.shape[2:]
+        if h < th or w < tw:
+            raise ShenduError(f"RandomCrop: the crop {self.size} is larger than the (padded) "
+                              f"images {(h, w)}; pad them, or pass pad_if_needed=True")
+        rows, cols = rng.integers(0, [[h - th + 1], [w - tw + 1]], size=(2, len(x)))
+        return np.stack([x[i, :, r:r + th, c:c + tw] for i, (r, c) in enumerate(zip(rows, cols))])
 
     def __repr__(self):
-        return f"RandomCrop(padding={self.padding})"
+        extra = "".join(f", {k}={v!r}" for k, v, default in (
+            ("padding", self.padding, None), ("pad_if_needed", self.pad_if_needed, False),
+            ("fill", self.fill, 0), ("padding_mode", self.padding_mode, "constant"))
+            if v != default)
+        return f"RandomCrop(size={self.size}{extra})"
+
+
+def _whole(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class RandomHorizontalFlip:

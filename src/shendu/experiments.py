@@ -324,7 +324,7 @@ def fashion_zoo(root=None, only=None):
     _check_only(only, FASHION_ZOO, "fashion_zoo has no model")
     root = REPO / "runs" / "fashion-zoo" if root is None else Path(root)
     train, test = datasets.load_fashion_mnist()
-    flips = augment.Compose(augment.RandomCrop(2), augment.RandomHorizontalFlip())
+    flips = augment.Compose([augment.RandomCrop(28, padding=2), augment.RandomHorizontalFlip()])
     runs = {}
     for name in only or FASHION_ZOO:
         settings = dict(FASHION_ZOO[name])

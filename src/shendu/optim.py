@@ -115,7 +115,7 @@ class SGD(Optimizer):
                                       self.momentum, self.nesterov, self.weight_decay)
 
 
-class AdaGrad(Optimizer):
+class Adagrad(Optimizer):
     """h ← h + g²;  p ← p − lr · g / (√h + ε): steps shrink where gradients have been large."""
 
     buffers = ("h",)
@@ -138,7 +138,7 @@ class AdaGrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """h ← α h + (1 − α) g²;  p ← p − lr · g / (√h + ε): AdaGrad that forgets old gradients."""
+    """h ← α h + (1 − α) g²;  p ← p − lr · g / (√h + ε): Adagrad that forgets old gradients."""
 
     buffers = ("h",)
 

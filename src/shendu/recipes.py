@@ -37,7 +37,7 @@ class Recipe:
         return models.get(self.model, **dict(self.model_options))
 
     def augmentation(self):
-        return augment.Compose(*self.transforms) if self.transforms else None
+        return augment.Compose(list(self.transforms)) if self.transforms else None
 
     def trainer(self, model, train_size, epochs=None, lr=None, batch_size=None, seed=0,
                 trainer_class=None, **options):
@@ -106,7 +106,7 @@ RECIPES = {
         "weight decay 5e-4 and a one-cycle schedule up to lr 0.1, batch 128, 30 epochs",
         model="resnet20", dataset="fashion-mnist", optimizer="sgd", lr=0.1, batch_size=128,
         epochs=30, weight_decay=5e-4, one_cycle=True,
-        transforms=(augment.RandomCrop(2), augment.RandomHorizontalFlip())),
+        transforms=(augment.RandomCrop(28, padding=2), augment.RandomHorizontalFlip())),
 }
 
 

@@ -422,7 +422,7 @@ class AugmentationExplorer(_Widget):
             steps.append(augment.ColorJitter(s["brightness"] / 100, s["contrast"] / 100))
         if s["erasing"]:
             steps.append(augment.RandomErasing(p=s["erasing"] / 100))
-        return augment.Compose(*steps)
+        return augment.Compose(steps)
 
     def _next(self):
         self.draw += 1

@@ -20,24 +20,36 @@ def of(a):
 
 
 def device(name):
-    """The kernel module of the device called `name` ("cpu" or "cuda"); None for "cuda" where
-    numba.cuda cannot run kernels (no GPU, or numba-cuda not installed)."""
+    """The kernel module of the device called `name` ("cpu" or "cuda"). Like PyTorch, asking
+    for "cuda" where numba.cuda cannot run kernels raises, saying why."""
     if name == "cpu":
         return cpu
     if name != "cuda":
         raise ShenduError(f"unknown device {name!r}: shendu runs on 'cpu' or 'cuda'")
+    gpu = _cuda()
+    if gpu is None:
+        raise ShenduError("numba-cuda is not installed or cannot load (pip install 'shendu[cuda]')"
+                          ": keep the model on the CPU, or check shendu.cuda_available() first")
+    if not gpu.available():
+        raise ShenduError("no CUDA GPU is available here: keep the model on the CPU, or check "
+                          "shendu.cuda_available() first")
+    return gpu
+
+
+def _cuda():
+    """kernels.cuda, or None where numba-cuda is missing or broken."""
     try:
         from . import cuda
-    except Exception:  # numba-cuda missing or broken: no GPU for shendu, not a crash
+    except Exception:  # noqa: BLE001 - any import failure means no GPU for shendu, not a crash
         return None
-    return cuda if cuda.available() else None
+    return cuda
 
 
 def cuda_available():
     """Whether a CUDA GPU can run shendu's kernels here. False in numba's CUDA simulator
     (NUMBA_ENABLE_CUDASIM=1), which the tests use: far too slow for anything else."""
-    gpu = device("cuda")
-    return gpu is not None and not gpu.SIMULATED
+    gpu = _cuda()
+    return gpu is not None and gpu.available() and not gpu.SIMULATED
 
 
 def to_host(a):
