@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 from safetensors.numpy import load_file
@@ -354,3 +355,54 @@ def test_resumed_command_line_run_equals_an_uninterrupted_one(tmp_path, monkeypa
     rows = [[line.split(",")[:4] for line in (d / "metrics.csv").read_text().splitlines()]
             for d in (tmp_path / "whole", stopped)]
     assert rows[0] == rows[1]
+
+
+HOLD = ("import sys; from shendu import io\n"
+        "with io.lock_run_dir(sys.argv[1]):\n"
+        "    print('held', flush=True); sys.stdin.read()\n")
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
+    """While another process writes into RUN, every writer here (train, fit, save) stops with
+    one line and RUN is untouched; when that process ends, RUN is free again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(run)
+        message = f"shendu: error: {run} is in use by another process"
+        assert cli.main(["train", "--out", str(run), "--subset", "100", "--epochs", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and len(err.splitlines()) == 1, err
+        model = models.get("deepconvnet")
+        with pytest.raises(shendu.ShenduError, match="is in use by another process"):
+            shendu.save(model, run)
+        with pytest.raises(shendu.ShenduError, match="is in use by another process"):
+            trainer = shendu.Trainer(model, shendu.optim.SGD(model.parameters()), run_dir=run,
+                                     progress=False)
+            trainer.fit((np.zeros((4, 1, 28, 28), np.uint8), np.zeros(4, int)),
+                        (np.zeros((2, 1, 28, 28), np.uint8), np.zeros(2, int)))
+        assert snapshot(run) == before
+    finally:
+        holder.communicate("")  # ends the holder, and its lock with it
+    shendu.save(model, run)
+    with io.lock_run_dir(run), io.lock_run_dir(run):  # reentrant within a process
+        shendu.save(model, run)
+
+
+def test_two_trainings_started_at_once_do_not_share_a_directory(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "shendu", "train", "--out", str(run), "--subset", "200",
+            "--epochs", "1", "--batch-size", "50"]
+    both = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=ENV) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    assert sorted(status for status, _ in results) == [0, 2], results
+    err = next(err for status, err in results if status == 2)
+    # the second either met the lock or, if it came late, the finished run
+    assert len(err.splitlines()) == 1 and (f"{run} is in use by another process" in err
+                                          or f"{run} already holds a run" in err), err
+    assert shendu.load(run).num_parameters() == 123_552

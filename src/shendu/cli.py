@@ -29,7 +29,8 @@ from pathlib import Path
 from . import __version__, bench, datasets, experiments, models, recipes
 from .errors import ShenduError
 from .images import load_image
-from .io import CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, read_checkpoint
+from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_run_dir,
+                 read_checkpoint)
 from .rng import manual_seed
 from .summarize import summary
 from .train import Trainer, evaluate, predict_proba
@@ -51,7 +52,7 @@ def main(argv=None):
 # -- commands ----------------------------------------------------------------------------------
 def _train(args):
     if args.resume is not None:
-        settings, out = _resumed_settings(args), args.resume
+        settings = _resumed_settings(args)
     else:
         settings = recipes.settings(
             args.recipe or "book", 0 if args.seed is None else args.seed, model=args.model,
@@ -61,44 +62,44 @@ def _train(args):
     manual_seed(settings["seed"])
     model = models.get(settings["model"], **settings["model_options"])
     name = settings["model"] = model.config["model"]
-    if args.resume is None:
-        out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (out / WEIGHTS).exists() or (out / CHECKPOINT).exists():  # never overwrite a run
+    out = args.resume or args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with lock_run_dir(out):  # before the check below: two runs started at once cannot both pass
+        if args.resume is None and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
             raise ShenduError(f"{out} already holds a run: choose another --out, or continue it "
-                              f"with --resume {out}")
-    (x, t), test = datasets.load(recipe.dataset)
-    if settings["subset"] is not None:
-        x, t = x[:settings["subset"]], t[:settings["subset"]]
-    epochs, target = settings["epochs"], settings["target_accuracy"]
-    trainer = recipe.trainer(model, len(x), epochs=epochs, lr=settings["lr"],
-                             batch_size=settings["batch_size"], seed=settings["seed"],
-                             trainer_class=_CommandLineTrainer, run_dir=out,
-                             progress=sys.stderr.isatty(),
-                             checkpoint_every=settings["checkpoint_every"], settings=settings)
-    print(f"{'resuming' if args.resume else 'training'} {name} "
-          f"({model.num_parameters():,} parameters) on {len(x)} "
-          f"{datasets.describe(recipe.dataset)[0]} images, recipe {settings['recipe']}: "
-          f"{type(trainer.optimizer).__name__} lr {settings['lr']:g}"
-          f"{' one-cycle' if trainer.scheduler else ''}, batch {settings['batch_size']}, "
-          f"{epochs} epoch{'s' if epochs > 1 else ''}"
-          f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']} -> {out}",
-          flush=True)
-
-    def report(m):
-        print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  "
-              f"train {100 * m['train_acc']:.2f}%  test {100 * m['test_acc']:.2f}%  "
-              f"lr {m['lr']:.3g}  {m['epoch_time']:.1f} s  {m['images_per_s']:.0f} img/s",
+                              f"with --resume {out}")  # never overwrite a run
+        (x, t), test = datasets.load(recipe.dataset)
+        if settings["subset"] is not None:
+            x, t = x[:settings["subset"]], t[:settings["subset"]]
+        epochs, target = settings["epochs"], settings["target_accuracy"]
+        trainer = recipe.trainer(model, len(x), epochs=epochs, lr=settings["lr"],
+                                 batch_size=settings["batch_size"], seed=settings["seed"],
+                                 trainer_class=_CommandLineTrainer, run_dir=out,
+                                 progress=sys.stderr.isatty(),
+                                 checkpoint_every=settings["checkpoint_every"], settings=settings)
+        print(f"{'resuming' if args.resume else 'training'} {name} "
+              f"({model.num_parameters():,} parameters) on {len(x)} "
+              f"{datasets.describe(recipe.dataset)[0]} images, recipe {settings['recipe']}: "
+              f"{type(trainer.optimizer).__name__} lr {settings['lr']:g}"
+              f"{' one-cycle' if trainer.scheduler else ''}, batch {settings['batch_size']}, "
+              f"{epochs} epoch{'s' if epochs > 1 else ''}"
+              f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']} -> {out}",
               flush=True)
 
-    history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report, resume=args.resume,
-                          target_accuracy=target)
-    if trainer.stopped is not None:
-        return 128 + trainer.stopped  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-    last = history[-1]
-    if target and last["test_acc"] >= target:
-        print(f"reached {target:.2%} after epoch {last['epoch']}, {last['elapsed']:.1f} s of "
-              "training and testing")
-    print(f"test accuracy {100 * last['test_acc']:.2f}%; model, config and metrics in {out}")
+        def report(m):
+            print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  "
+                  f"train {100 * m['train_acc']:.2f}%  test {100 * m['test_acc']:.2f}%  "
+                  f"lr {m['lr']:.3g}  {m['epoch_time']:.1f} s  {m['images_per_s']:.0f} img/s",
+                  flush=True)
+
+        history = trainer.fit((x, t), test, epochs=epochs, on_epoch=report, resume=args.resume,
+                              target_accuracy=target)
+        if trainer.stopped is not None:
+            return 128 + trainer.stopped  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+        last = history[-1]
+        if target and last["test_acc"] >= target:
+            print(f"reached {target:.2%} after epoch {last['epoch']}, {last['elapsed']:.1f} s of "
+                  "training and testing")
+        print(f"test accuracy {100 * last['test_acc']:.2f}%; model, config and metrics in {out}")
 
 
 class _CommandLineTrainer(Trainer):

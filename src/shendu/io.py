@@ -10,6 +10,7 @@ A training run also keeps a full checkpoint to resume from (`write_checkpoint`, 
 
 Files are replaced atomically: a save that fails part-way leaves the previous checkpoint as it was.
 Loading checks everything before it trusts it; any problem is one `CheckpointError` saying what.
+One process at a time writes a run directory (`lock_run_dir`).
 """
 import hashlib
 import json
@@ -17,17 +18,20 @@ import os
 import re
 import struct
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
 from . import models, rng
+from .datasets import cache_dir
 from .errors import ShenduError
 
-__all__ = ["CheckpointError", "save", "load", "write_atomic", "write_checkpoint",
+__all__ = ["CheckpointError", "save", "load", "lock_run_dir", "write_atomic", "write_checkpoint",
            "read_checkpoint", "remove_temporaries", "check_json"]
 
 WEIGHTS = "model.safetensors"
@@ -41,6 +45,46 @@ _FREE_DRAWS = 1_000_000  # weights a config may describe beyond its file's (16 M
 
 class CheckpointError(ShenduError):
     """A run directory cannot be saved or loaded; the message says which file and why."""
+
+
+# -- one writer --------------------------------------------------------------------------------
+_HELD = {}  # run directory (resolved) -> [its FileLock, how many holders in this process]
+
+
+@contextmanager
+def lock_run_dir(run_dir):
+    """Hold `run_dir` for this process while it writes there. Another process that asks for it
+    (a second `shendu train --out`, a notebook, an experiment) gets a ShenduError at once, instead
+    of two runs mixing their files. Reentrant within a process.
+
+    The lock is the operating system's (flock, or LockFileEx on Windows, through `filelock`), so
+    it ends with its process however that ends: a killed run leaves nothing to clean up. Its file
+    lies in the cache (`<cache>/locks/`, named by the directory's resolved path), not in the run
+    directory, which holds only the run."""
+    key = Path(run_dir).resolve()
+    held = _HELD.get(key)
+    if held is None:
+        folder = cache_dir() / "locks"
+        name = hashlib.sha256(str(key).encode()).hexdigest()[:32]
+        lock = filelock.FileLock(folder / f"{name}.lock", timeout=0)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except filelock.Timeout:
+            raise ShenduError(f"{run_dir} is in use by another process (a run writing into it): "
+                              "wait for it to end, or choose another run directory") from None
+        except OSError as e:
+            raise CheckpointError(f"could not take the lock of {run_dir} in {folder} ({e}): set "
+                                  "SHENDU_CACHE to a writable folder") from None
+        held = _HELD[key] = [lock, 0]
+    held[1] += 1
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[key]
+            held[0].release()
 
 
 # -- saving ------------------------------------------------------------------------------------
@@ -64,11 +108,12 @@ def save(model, run_dir):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"the model's config cannot be written as JSON: {e}") from None
     weights = _st_save({name: np.ascontiguousarray(a) for name, a in state.items()})
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic({run_dir / WEIGHTS: weights, run_dir / CONFIG: config_text.encode()})
-    except OSError as e:
-        raise CheckpointError(f"could not save the model in {run_dir}: {e}") from None
+    with lock_run_dir(run_dir):
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic({run_dir / WEIGHTS: weights, run_dir / CONFIG: config_text.encode()})
+        except OSError as e:
+            raise CheckpointError(f"could not save the model in {run_dir}: {e}") from None
 
 
 def _floats_only(arrays):
@@ -140,12 +185,13 @@ def write_checkpoint(run_dir, meta, arrays):
                            "arrays": name, "sha256": digest, **meta}, indent=1) + "\n"
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"the training state cannot be written as JSON: {e}") from None
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic({run_dir / name: data})
-        write_atomic({run_dir / CHECKPOINT: text.encode()})
-    except OSError as e:
-        raise CheckpointError(f"could not write a checkpoint in {run_dir}: {e}") from None
+    with lock_run_dir(run_dir):
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic({run_dir / name: data})
+            write_atomic({run_dir / CHECKPOINT: text.encode()})
+        except OSError as e:
+            raise CheckpointError(f"could not write a checkpoint in {run_dir}: {e}") from None
     for old in run_dir.glob("checkpoint-*.safetensors"):
         if old.name != name:
             try:

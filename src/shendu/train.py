@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from . import kernels, nn, rng
 from .errors import ShenduError
-from .io import (CHECKPOINT, CheckpointError, check_json, read_checkpoint, remove_temporaries,
-                 save, write_atomic, write_checkpoint)
+from .io import (CHECKPOINT, CheckpointError, check_json, lock_run_dir, read_checkpoint,
+                 remove_temporaries, save, write_atomic, write_checkpoint)
 
 __all__ = ["Trainer", "evaluate", "predict_proba", "profile", "planned_steps", "METRICS"]
 
@@ -242,39 +242,41 @@ class Trainer:
             x, t, epochs = x[:QUICK_TRAIN], t[:QUICK_TRAIN], min(epochs, QUICK_EPOCHS)
             x_test, t_test = x_test[:QUICK_TEST], t_test[:QUICK_TEST]
         data = _fingerprint(x, t)
-        if resume is not None:
-            self._restore(Path(resume), data)
-            self.run_dir = self.run_dir or Path(resume)
-        elif self._fit is not None and data != self._data:
-            raise ShenduError("this trainer's interrupted fit was on other training data: "
-                              "continue it with the same data, or make a new Trainer")
-        start = len(self.history) if self._fit is None else self._fit["start"]
-        reached = len(self.history) + (self._epoch is not None)
-        if start + epochs < reached:
-            raise ShenduError(f"the fit being continued began after epoch {start} and has reached "
-                              f"epoch {reached}: ask for epochs={reached - start} or more")
-        self._fit, self._data, self.stopped = {"start": start, "epochs": epochs}, data, None
-        try:
-            with _stop_requests() as stop:
-                self._save_checkpoint()  # also proves the run directory writable before any work
-                while (len(self.history) < start + epochs and stop.signum is None
-                       and not _reached(self.history[start:], target_accuracy)):
-                    self._train_steps(x, t, start + epochs, stop, on_step)
-                    if stop.signum is None:
-                        metrics = self._end_epoch(len(x), x_test, t_test)
-                        if on_epoch is not None:
-                            _call(on_epoch, metrics, stop)
-                if stop.signum is not None:
-                    self.stopped = stop.signum
-                    self._save_checkpoint()
-        except BaseException:
-            self._fit = self._epoch = None  # only an interrupt leaves a fit to continue
-            raise
-        if self.stopped is None:
-            self._fit = None
-        else:
-            print(self._stop_message(), file=sys.stderr, flush=True)
-        return self.history
+        run_dir = self.run_dir or (None if resume is None else Path(resume))
+        with nullcontext() if run_dir is None else lock_run_dir(run_dir):  # one writer at a time
+            if resume is not None:
+                self._restore(Path(resume), data)
+                self.run_dir = self.run_dir or Path(resume)
+            elif self._fit is not None and data != self._data:
+                raise ShenduError("this trainer's interrupted fit was on other training data: "
+                                  "continue it with the same data, or make a new Trainer")
+            start = len(self.history) if self._fit is None else self._fit["start"]
+            reached = len(self.history) + (self._epoch is not None)
+            if start + epochs < reached:
+                raise ShenduError(f"the fit being continued began after epoch {start} and has reached "
+                                  f"epoch {reached}: ask for epochs={reached - start} or more")
+            self._fit, self._data, self.stopped = {"start": start, "epochs": epochs}, data, None
+            try:
+                with _stop_requests() as stop:
+                    self._save_checkpoint()  # also proves the run directory writable before any work
+                    while (len(self.history) < start + epochs and stop.signum is None
+                           and not _reached(self.history[start:], target_accuracy)):
+                        self._train_steps(x, t, start + epochs, stop, on_step)
+                        if stop.signum is None:
+                            metrics = self._end_epoch(len(x), x_test, t_test)
+                            if on_epoch is not None:
+                                _call(on_epoch, metrics, stop)
+                    if stop.signum is not None:
+                        self.stopped = stop.signum
+                        self._save_checkpoint()
+            except BaseException:
+                self._fit = self._epoch = None  # only an interrupt leaves a fit to continue
+                raise
+            if self.stopped is None:
+                self._fit = None
+            else:
+                print(self._stop_message(), file=sys.stderr, flush=True)
+            return self.history
 
     def resume_hint(self):
         """How to continue after an interrupt (the command line says it its own way)."""
