@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO_ROOT / "book" / "_ext"))
 from record_exec_times import toc_entries, toc_notebooks  # noqa: E402  (one _toc.yml reader)
 ROOT = REPO_ROOT
 BOOK_FILES = ("_config.yml", "_toc.yml", "book", "notebooks")
-IGNORE = shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__", "runs")
+IGNORE_NAMES = ("_build", ".ipynb_checkpoints", "__pycache__", "runs")
+IGNORE = shutil.ignore_patterns(*IGNORE_NAMES)
 NOTEBOOK_SECONDS = 600  # a hang guard per cell; the quick budget (60 s) is on the Status page
 STRICT = ("-W", "-n", "--keep-going")
 # launch buttons of a chapter page -> the repository path of the notebook they open

@@ -7,6 +7,7 @@ The site itself is checked in a real browser by tests/test_browser.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import (
-    IGNORE,
+    IGNORE_NAMES,
     NOTEBOOK_SECONDS,
     ROOT,
     STRICT,
@@ -48,11 +49,15 @@ def _norm_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def first_code_cell(entry: str) -> str:
+def first_code_cell(entry: str, part: str = "source"):
     import jupytext
 
     nb = jupytext.read(ROOT / f"{entry}.md")
-    return next(c.source for c in nb.cells if c.cell_type == "code")
+    return next(c[part] for c in nb.cells if c.cell_type == "code")
+
+
+# Pages a reader may run in Colab: every chapter, and the appendix that trains (checkpoints).
+COLAB_PAGES = toc_notebooks() + ["book/checkpoints"]
 
 
 # --------------------------------------------------------------------------- fast: config
@@ -203,6 +208,22 @@ def test_notebook_imports_shendu_before_numpy(entry):
     )
 
 
+@pytest.mark.parametrize("entry", toc_notebooks())
+def test_first_visible_cell_chooses_profile_and_device(entry):
+    """The first cell a reader sees (the Colab cell is hidden) is where the profile is chosen,
+    and where a notebook that trains picks the GPU when there is one."""
+    import jupytext
+
+    cells = [c for c in jupytext.read(ROOT / f"{entry}.md").cells if c.cell_type == "code"
+             and "remove-cell" not in c.metadata.get("tags", [])]
+    first = cells[0].source
+    assert "PROFILE = shendu.set_profile(None)" in first, first
+    trains = any(word in c.source for c in cells for word in (".fit(", "Trainer("))
+    if trains:
+        assert 'DEVICE = "cuda" if shendu.cuda_available() else "cpu"' in first, first
+        assert any("DEVICE" in c.source for c in cells[1:]), f"{entry}: DEVICE is never used"
+
+
 # --------------------------------------------------------------------------- fast: Colab
 class _Recorder:
     """Stands in for subprocess.run in the Colab cell."""
@@ -238,15 +259,18 @@ def _run_colab_cell(entry, monkeypatch, in_colab: bool, tmp_path: Path):
     return recorder
 
 
-@pytest.mark.parametrize("entry", toc_notebooks())
+@pytest.mark.parametrize("entry", COLAB_PAGES)
 def test_colab_cell_installs_only_in_colab(entry, monkeypatch, tmp_path):
     assert "google.colab" in first_code_cell(entry), f"{entry}: the first cell must detect Colab"
+    # one cell for every page, hidden from the book (it does nothing there), kept in the .ipynb
+    assert first_code_cell(entry) == first_code_cell(COLAB_PAGES[0]), f"{entry}: another cell"
+    assert "remove-cell" in first_code_cell(entry, "metadata").get("tags", []), entry
     assert _run_colab_cell(entry, monkeypatch, False, tmp_path).calls == [], (
         "outside Colab the first cell must not install anything"
     )
 
 
-@pytest.mark.parametrize("entry", toc_notebooks())
+@pytest.mark.parametrize("entry", COLAB_PAGES)
 def test_colab_cell_never_upgrades_what_colab_pins(entry, monkeypatch, tmp_path):
     recorder = _run_colab_cell(entry, monkeypatch, True, tmp_path)
     (freeze, _), (install, _) = recorder.calls
@@ -395,26 +419,76 @@ def site_pages(html: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- slow
+# What the notebooks' kernel runs, in the wheel's environment: a reader's notebook, opened
+# outside any checkout. The timeout only stops a hung cell: the 60 s budget is measured on a quiet
+# machine by book/_ext/record_exec_times.py and shown on the Status page, not by a timed test.
+_EXECUTE = f"""
+import sys, jupytext, nbclient
+nb = jupytext.read(sys.argv[1])
+nbclient.NotebookClient(nb, timeout={NOTEBOOK_SECONDS}, kernel_name="python3",
+                        resources={{"metadata": {{"path": sys.argv[2]}}}}).execute()
+print(sum(bool(c.get("outputs")) for c in nb.cells if c.cell_type == "code"))
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory):
+    """A fresh virtual environment with shendu installed from a wheel built from this checkout
+    (and a kernel to run notebooks), as after `pip install shendu`: no checkout on its path."""
+    import subprocess
+    import venv
+
+    where = tmp_path_factory.mktemp("wheel")
+    source = shutil.copytree(ROOT, where / "source", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "_build", "build", "runs", "__pycache__", "*.egg-info"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", where / "dist", source], check=True,
+                   timeout=600)
+    wheel, = (where / "dist").glob("shendu-*.whl")
+    venv.create(where / "venv", with_pip=True)
+    python = where / "venv" / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "-q", "install", wheel, "ipykernel", "nbclient",
+                    "jupytext"], check=True, timeout=900)
+    return python
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", toc_notebooks())
-def test_notebook_executes_quick(entry, tmp_path, monkeypatch):
-    """Each notebook runs top to bottom in the quick profile, in a temporary copy."""
-    import jupytext
-    from nbclient import NotebookClient
+def test_notebook_runs_from_the_wheel(entry, wheel_python, tmp_path):
+    """Each notebook runs top to bottom in the quick profile, in a copy of notebooks/ without
+    its results folder, with shendu from the wheel: what a reader in Colab or after `pip install
+    shendu` runs (the committed results come from the package)."""
+    import subprocess
 
-    work = tmp_path / "notebooks"
-    shutil.copytree(ROOT / "notebooks", work, ignore=IGNORE)
-    nb = jupytext.read(work / f"{Path(entry).name}.md")
-    for key, value in quick_env(MPLBACKEND="Agg").items():
-        monkeypatch.setenv(key, value)
-    # The timeout only stops a hung cell: the 60 s budget is measured on a quiet machine by
-    # book/_ext/record_exec_times.py and shown on the Status page, not by a timed test.
-    client = NotebookClient(
-        nb, timeout=NOTEBOOK_SECONDS, kernel_name="python3",
-        resources={"metadata": {"path": str(work)}},
-    )
-    client.execute()
-    assert any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
+    work = shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks",
+                           ignore=shutil.ignore_patterns("results", *IGNORE_NAMES))
+    env = quick_env(MPLBACKEND="Agg", PATH=f"{wheel_python.parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([wheel_python, "-c", _EXECUTE, work / f"{Path(entry).name}.md", work],
+                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300 + NOTEBOOK_SECONDS)
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert int(result.stdout.split()[-1]) > 0, "no code cell had an output"
+    shendu_file = subprocess.run([wheel_python, "-c", "import shendu; print(shendu.__file__)"],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    assert "site-packages" in shendu_file and str(ROOT) not in shendu_file, shendu_file
+
+
+@pytest.mark.slow
+def test_binder_post_build_fills_the_caches(tmp_path):
+    """postBuild, which Binder runs once per image, loads both datasets and leaves Numba's
+    compiled kernels in the cache (here a folder of their own, to see them written)."""
+    import subprocess
+
+    assert os.access(ROOT / "postBuild", os.X_OK), "repo2docker runs postBuild as a program"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), SHENDU_PROFILE="full",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([ROOT / "postBuild"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    cached = {p.name.split(".")[0] for p in (tmp_path / "numba").rglob("*.nbi")}  # module.fn-line
+    for kernel in ("conv", "pool", "norm", "sample"):  # DeepConvNet, BatchNorm, augmentation
+        assert kernel in cached, f"no compiled {kernel} kernel cached: {sorted(cached)}"
 
 
 @pytest.mark.slow
@@ -437,6 +511,8 @@ def test_book_builds_quick(built_book):
     )
     intro = (html_dir / "book" / "intro.html").read_text("utf8")
     assert "<table" in intro and 'id="references"' in intro
+    for entry in COLAB_PAGES:  # the Colab cell is in the .ipynb only, not on the page
+        assert "google.colab" not in (html_dir / f"{entry}.html").read_text("utf8"), entry
 
 
 @pytest.mark.slow

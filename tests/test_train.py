@@ -184,6 +184,23 @@ def test_unknown_profile_is_an_error(monkeypatch):
         shendu.profile()
 
 
+def test_a_chosen_profile_wins_over_the_environment(monkeypatch):
+    """A notebook's first cell chooses the profile; None hands it back to $SHENDU_PROFILE."""
+    monkeypatch.setenv("SHENDU_PROFILE", "quick")
+    try:
+        assert shendu.set_profile("full") == "full" == shendu.profile()
+        assert shendu.planned_steps(60000, 100, 20) == 12000
+        assert shendu.set_profile(None) == "quick" == shendu.profile()
+        monkeypatch.setenv("SHENDU_PROFILE", "full")
+        assert shendu.set_profile("quick") == "quick"
+        assert shendu.planned_steps(60000, 100, 20) == 2 * 20
+        with pytest.raises(shendu.ShenduError, match="'full', 'quick' or None"):
+            shendu.set_profile("fast")
+        assert shendu.profile() == "quick"  # a refused choice changes nothing
+    finally:
+        shendu.set_profile(None)
+
+
 def test_settings_are_checked():
     x, t = numbered(10)
     _, model = spy()

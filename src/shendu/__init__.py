@@ -39,9 +39,9 @@ from .io import CheckpointError, load, save
 from .kernels import cuda_available
 from .rng import manual_seed
 from .summarize import summary
-from .train import Trainer, evaluate, planned_steps, predict_proba, profile
+from .train import Trainer, evaluate, planned_steps, predict_proba, profile, set_profile
 
 __version__ = "0.1.0"
 __all__ = ["nn", "optim", "models", "ShenduError", "CheckpointError", "manual_seed", "Trainer",
-           "evaluate", "predict_proba", "profile", "save", "load", "load_image", "summary",
-           "cuda_available"]
+           "evaluate", "predict_proba", "profile", "set_profile", "save", "load", "load_image",
+           "summary", "cuda_available"]

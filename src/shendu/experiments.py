@@ -4,6 +4,7 @@ Each writes `notebooks/results/NAME.json` with its figures and how they were mad
 commit, machine, date, versions), so every quoted number can be traced and regenerated.
 """
 import datetime
+import importlib.resources
 import inspect
 import json
 import os
@@ -119,12 +120,15 @@ def run(name, out_dir=RESULTS, only=None):
     return record
 
 
-def load(name, results_dir=RESULTS):
-    """The recorded results of an experiment (for notebooks)."""
-    path = Path(results_dir) / f"{name}.json"
-    if not path.exists():
+def load(name, results_dir=None):
+    """The recorded results of an experiment (for notebooks): from `results_dir`, or by default
+    from the package's own copy, `shendu.results` (in a checkout installed with `pip install -e`,
+    that is notebooks/results itself; in a wheel, the files committed when it was built)."""
+    folder = importlib.resources.files("shendu.results") if results_dir is None else Path(results_dir)
+    path = folder / f"{name}.json"
+    if not path.is_file():
         raise ShenduError(f"no results for {name!r}: run `python -m shendu experiment {name}`")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text("utf8"))
 
 
 @experiment

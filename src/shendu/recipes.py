@@ -58,9 +58,11 @@ class Recipe:
         return (trainer_class or Trainer)(model, opt, batch_size=batch_size, scheduler=schedule,
                                           seed=seed, augment=self.augmentation(), **options)
 
-    def fit(self, train, test, seed=0, epochs=None, run_dir=None, settings=None, **fit_options):
-        """Train a new model by this recipe: `shendu.manual_seed(seed)` and the Trainer's seed
-        make the run repeatable. Returns (model, history); `fit_options` go to `Trainer.fit`.
+    def fit(self, train, test, seed=0, epochs=None, run_dir=None, settings=None, device="cpu",
+            **fit_options):
+        """Train a new model by this recipe on `device` ("cpu" or "cuda"): `shendu.manual_seed
+        (seed)` and the Trainer's seed make the run repeatable. Returns (model, history);
+        `fit_options` go to `Trainer.fit`.
         With `run_dir` the run keeps its checkpoints there, and a run_dir that holds one is
         continued exactly where it stopped (a finished run trains no further); with `settings`
         too (see `settings`), its checkpoints say how it was trained, as `shendu train`'s do.
@@ -68,7 +70,7 @@ class Recipe:
         experiment's loop of runs: with a run_dir, the same call continues it later."""
         from .io import CHECKPOINT
         manual_seed(seed)
-        model = self.build_model()
+        model = self.build_model().to(device)
         trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False,
                                run_dir=run_dir, settings=settings)
         resume = run_dir if run_dir is not None and (Path(run_dir) / CHECKPOINT).exists() else None

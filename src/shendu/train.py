@@ -38,20 +38,39 @@ from .errors import ShenduError
 from .io import (CHECKPOINT, CheckpointError, check_json, lock_run_dir, read_checkpoint,
                  remove_temporaries, save, write_atomic, write_checkpoint)
 
-__all__ = ["Trainer", "evaluate", "predict_proba", "profile", "planned_steps", "METRICS"]
+__all__ = ["Trainer", "evaluate", "predict_proba", "profile", "set_profile", "planned_steps",
+           "METRICS"]
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
            "skipped", "elapsed"]
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 1000, 2  # the `quick` profile's caps
 
 
+_PROFILES = ("full", "quick")
+_chosen_profile = None  # set_profile's choice; None: $SHENDU_PROFILE decides
+
+
 def profile():
-    """The run profile from $SHENDU_PROFILE: "full" (default, the real experiment) or "quick"
-    (small subsets, so every notebook runs in seconds in tests and CI)."""
+    """The run profile: "full" (the real experiment) or "quick" (small subsets, so every notebook
+    runs in seconds, as in tests and CI). The one chosen with `set_profile`, else
+    $SHENDU_PROFILE, else "full"."""
+    if _chosen_profile is not None:
+        return _chosen_profile
     value = os.environ.get("SHENDU_PROFILE", "").strip().lower() or "full"
-    if value not in ("full", "quick"):
+    if value not in _PROFILES:
         raise ShenduError(f"SHENDU_PROFILE must be 'full' or 'quick', got {value!r}")
     return value
+
+
+def set_profile(name):
+    """Choose the run profile for this process ("full" or "quick"); None leaves it to
+    $SHENDU_PROFILE (default "full"). Returns the profile now in force: a notebook's first cell
+    does `PROFILE = shendu.set_profile(None)`, and a reader writes "quick" there instead."""
+    global _chosen_profile
+    if name is not None and name not in _PROFILES:
+        raise ShenduError(f"the profile must be 'full', 'quick' or None, got {name!r}")
+    _chosen_profile = name
+    return profile()
 
 
 def planned_steps(n, batch_size, epochs):
