@@ -53,14 +53,11 @@ class RandomCrop:
     _MODES = ("constant", "edge", "reflect", "symmetric")
 
     def __init__(self, size, padding=None, pad_if_needed=False, fill=0, padding_mode="constant"):
-        self.size = (size, size) if _whole(size) else tuple(size) if isinstance(size, (tuple, list)) else None
-        if self.size is None or len(self.size) != 2 or not all(_whole(s) and s > 0 for s in self.size):
-            raise ShenduError(f"RandomCrop size must be a positive whole number or (h, w), got {size!r}")
-        pads = (0,) if padding is None else (padding,) if _whole(padding) else tuple(padding)
-        if len(pads) not in (1, 2, 4) or not all(_whole(p) and p >= 0 for p in pads):
-            raise ShenduError("RandomCrop padding must be a whole number ≥ 0 or a tuple of 2 or 4 "
-                              f"of them, got {padding!r}")
-        left, top, right, bottom = pads * 4 if len(pads) == 1 else pads * 2 if len(pads) == 2 else pads
+        size = _whole_numbers("size", size, (1, 2), 1, "a whole number ≥ 1 or (h, w)")
+        self.size = size * 2 if len(size) == 1 else size
+        pads = (0,) if padding is None else _whole_numbers(
+            "padding", padding, (1, 2, 4), 0, "a whole number ≥ 0 or a tuple of 2 or 4 of them")
+        left, top, right, bottom = pads * (4 // len(pads))  # p; (left/right, top/bottom); all four
         self.pad = ((top, bottom), (left, right))  # (rows, columns), as np.pad takes them
         if padding_mode not in self._MODES:
             raise ShenduError(f"RandomCrop padding_mode must be one of {', '.join(self._MODES)}, "
@@ -95,6 +92,15 @@ class RandomCrop:
 
 def _whole(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _whole_numbers(name, value, lengths, low, form):
+    """RandomCrop's `value` as a tuple of whole numbers ≥ low: one number, or a tuple of one of
+    the `lengths`."""
+    values = (value,) if _whole(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(values) not in lengths or not all(_whole(v) and v >= low for v in values):
+        raise ShenduError(f"RandomCrop {name} must be {form}, got {value!r}")
+    return values
 
 
 class RandomHorizontalFlip:

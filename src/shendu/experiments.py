@@ -124,7 +124,8 @@ def load(name, results_dir=None):
     """The recorded results of an experiment (for notebooks): from `results_dir`, or by default
     from the package's own copy, `shendu.results` (in a checkout installed with `pip install -e`,
     that is notebooks/results itself; in a wheel, the files committed when it was built)."""
-    folder = importlib.resources.files("shendu.results") if results_dir is None else Path(results_dir)
+    folder = Path(results_dir) if results_dir is not None else importlib.resources.files(
+        "shendu.results")
     path = folder / f"{name}.json"
     if not path.is_file():
         raise ShenduError(f"no results for {name!r}: run `python -m shendu experiment {name}`")

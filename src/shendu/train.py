@@ -272,12 +272,13 @@ class Trainer:
             start = len(self.history) if self._fit is None else self._fit["start"]
             reached = len(self.history) + (self._epoch is not None)
             if start + epochs < reached:
-                raise ShenduError(f"the fit being continued began after epoch {start} and has reached "
-                                  f"epoch {reached}: ask for epochs={reached - start} or more")
+                raise ShenduError(f"the fit being continued began after epoch {start} and has "
+                                  f"reached epoch {reached}: ask for epochs={reached - start} "
+                                  "or more")
             self._fit, self._data, self.stopped = {"start": start, "epochs": epochs}, data, None
             try:
                 with _stop_requests() as stop:
-                    self._save_checkpoint()  # also proves the run directory writable before any work
+                    self._save_checkpoint()  # proves the run directory writable before any work
                     while (len(self.history) < start + epochs and stop.signum is None
                            and not _reached(self.history[start:], target_accuracy)):
                         self._train_steps(x, t, start + epochs, stop, on_step)
