@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from shendu import experiments
+from shendu import experiments, provenance
 from shendu.errors import ShenduError
 
 
@@ -69,7 +69,7 @@ def test_rerunning_some_runs_keeps_the_others(monkeypatch, tmp_path):
     assert runs["a"] == first["a"]
     assert runs["b"]["trained_in_call"] == 3
     assert runs["b"]["made"]["command"] == "python -m shendu experiment toy --only b"
-    assert runs["b"]["made"]["machine"] == experiments.machine()  # rows may come from two machines
+    assert runs["b"]["made"]["machine"] == provenance.machine()  # rows may come from two machines
 
 
 def test_runs_of_a_file_without_their_own_provenance_get_the_files(monkeypatch, tmp_path):
@@ -257,7 +257,7 @@ def test_a_results_file_does_not_mark_the_code_dirty(tmp_path):
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
                         *args], check=True, capture_output=True)
-    results = tmp_path / experiments.RESULTS.relative_to(experiments.REPO)
+    results = tmp_path / "notebooks" / "results"
     results.mkdir(parents=True)
     (results / "bench.json").write_text("{}")
     (tmp_path / "model.py").write_text("x = 1\n")
@@ -266,10 +266,32 @@ def test_a_results_file_does_not_mark_the_code_dirty(tmp_path):
     git("commit", "-qm", "first")
     head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
-    assert experiments._commit(tmp_path) == head
+    assert provenance.commit(tmp_path, unless_changed_in=results) == head
     (results / "bench.json").write_text('{"new": 1}')
     (tmp_path / "untracked.txt").write_text("scratch")
-    assert experiments._commit(tmp_path) == head
+    assert provenance.commit(tmp_path, unless_changed_in=results) == head
+    assert provenance.commit(tmp_path) == head + "-dirty"  # a results file is tracked code too
     (tmp_path / "model.py").write_text("x = 2\n")
-    assert experiments._commit(tmp_path) == head + "-dirty"
-    assert experiments._commit(tmp_path / "not-a-repo") is None
+    assert provenance.commit(tmp_path, unless_changed_in=results) == head + "-dirty"
+    assert provenance.commit(tmp_path / "not-a-repo") is None
+
+
+def test_experiments_write_into_the_checkout_they_run_in(tmp_path, monkeypatch):
+    """Not where the package's files happen to lie: notebooks/results of the checkout holding
+    the current folder (found from a subfolder too), or the folder they are given."""
+    checkout = tmp_path / "course"
+    (checkout / "notebooks" / "results").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    (checkout / "README.md").write_text("<!-- results:toy -->\nold\n<!-- /results -->\n")
+    monkeypatch.setitem(experiments._EXPERIMENTS, "toy", lambda: {"answer": 42})
+    monkeypatch.chdir(checkout / "notebooks")
+    record = experiments.run("toy")
+    assert json.loads((checkout / "notebooks" / "results" / "toy.json").read_text()) == record
+    elsewhere = experiments.run("toy", out_dir=tmp_path / "out")
+    assert experiments.load("toy", tmp_path / "out") == elsewhere
+    monkeypatch.setattr(experiments, "readme_block", lambda record: "new")
+    assert experiments.update_readme(record)
+    assert "\nnew\n" in (checkout / "README.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ShenduError, match="not inside a checkout of the course"):
+        experiments.run("toy")

@@ -248,7 +248,7 @@ def layer_profile(batch=100, steps=20):
 # -- the report -------------------------------------------------------------------------------
 def run(repeats=5, batches=BATCHES, memory=True, start_up=True):
     """All the figures, as a dict (what `--json` writes)."""
-    from .experiments import machine
+    from .provenance import machine
     names = ["shendu"] + (["torch", "torch-cl"] if _torch_available() else [])
     model = models.DeepConvNet()
     train_flops, infer_flops = flops_per_image(model, (1, 28, 28))

@@ -217,7 +217,7 @@ def _summary(args):
 
 
 def _experiment(args):
-    record = experiments.run(args.name, only=args.only)
+    record = experiments.run(args.name, out_dir=args.out, only=args.only)
     print(json.dumps(record["figures"], indent=1)[:2000])
     if args.readme and not experiments.update_readme(record):
         raise ShenduError(f"README.md has no <!-- results:{args.name} --> block to update")
@@ -309,8 +309,12 @@ def _parser():
                    help="number of classes (default: 10; 1000 for ImageNet)")
     p.set_defaults(command=_summary)
 
-    p = commands.add_parser("experiment", help="run a long experiment, write notebooks/results/NAME.json")
+    p = commands.add_parser("experiment", help="run a long experiment, write its NAME.json "
+                                               "(default: into the checkout's notebooks/results)")
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(experiments.names())}")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="write DIR/NAME.json (default: notebooks/results of the checkout of the "
+                        "course that holds the current folder)")
     p.add_argument("--readme", action="store_true", help="also rewrite README.md's results block")
     p.add_argument("--only", type=lambda text: text.split(","), metavar="RUN[,RUN...]",
                    help="rerun only these of the experiment's runs, keep the others' results")

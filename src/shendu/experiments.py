@@ -1,14 +1,15 @@
 """Long experiments whose figures the book and README quote: `python -m shendu experiment NAME`.
 
-Each writes `notebooks/results/NAME.json` with its figures and how they were made (command,
-commit, machine, date, versions), so every quoted number can be traced and regenerated.
+Each writes NAME.json with its figures and how they were made (command, commit, machine, date,
+versions), so every quoted number can be traced and regenerated: by default into
+notebooks/results of the checkout it is run in, from where the package ships them. The runs it
+trains go to runs/ in the current folder, as `shendu train`'s do.
 """
 import datetime
 import importlib.resources
 import inspect
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -19,9 +20,8 @@ import numba
 import numpy as np
 
 from .errors import ShenduError
+from .provenance import checkout, commit, machine
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "notebooks" / "results"
 _EXPERIMENTS = {}
 
 
@@ -34,40 +34,23 @@ def names():
     return sorted(_EXPERIMENTS)
 
 
-def machine():
-    """What ran it: the CPU model, the cores this process may use, the memory."""
-    cpu = platform.processor() or platform.machine()
+def _commit(out_dir):
+    """The commit of the checkout the experiment ran in (None outside one), its results
+    folder excepted."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_gib": round(memory, 1) if memory else None, "system": platform.platform()}
-
-
-def _commit(repo=REPO):
-    """HEAD's short hash, with "-dirty" if a tracked file differs from it. Results files are
-    excepted: they are what experiments write, so one experiment's results must not mark the
-    code of the next as changed."""
-    def git(*args):
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                      f":!{RESULTS.relative_to(REPO)}")
-    except (OSError, subprocess.SubprocessError):
+        return commit(checkout(), unless_changed_in=out_dir)
+    except ShenduError:
         return None
-    return None if head is None else head + ("-dirty" if changed else "")
 
 
-def run(name, out_dir=RESULTS, only=None):
-    """Run one experiment and write its results file; returns the results.
+def results_dir():
+    """Where experiments write by default: notebooks/results of the current checkout."""
+    return checkout() / "notebooks" / "results"
+
+
+def run(name, out_dir=None, only=None):
+    """Run one experiment and write its results file into `out_dir` (default: `results_dir()`);
+    returns the results.
 
     An experiment of named runs (one that takes `only`) can rerun some of them: the others are
     kept from the results file (if there is one yet), and every run records the command, commit,
@@ -78,16 +61,17 @@ def run(name, out_dir=RESULTS, only=None):
     from . import __version__
     from .train import profile
     fn = _EXPERIMENTS[name]
+    out_dir = results_dir() if out_dir is None else Path(out_dir)
     named_runs = "only" in inspect.signature(fn).parameters
     if only and not named_runs:
         raise ShenduError(f"experiment {name!r} cannot rerun part of itself: run it whole")
     # Read before hours of training, not after.
-    previous = load(name, out_dir) if only and (Path(out_dir) / f"{name}.json").exists() else None
+    previous = load(name, out_dir) if only and (out_dir / f"{name}.json").exists() else None
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
     figures = fn(only=only) if only else fn()
     command = f"python -m shendu experiment {name}" + (f" --only {','.join(only)}" if only else "")
-    made = {"command": command, "commit": _commit(), "machine": machine(),
+    made = {"command": command, "commit": _commit(out_dir), "machine": machine(),
             "date": started.isoformat(timespec="seconds")}
     if named_runs:
         for entry in figures["runs"].values():
@@ -111,7 +95,6 @@ def run(name, out_dir=RESULTS, only=None):
         "versions": {"shendu": __version__, "python": sys.version.split()[0],
                      "numpy": np.__version__, "numba": numba.__version__},
     }
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
@@ -143,13 +126,14 @@ def bench():
 @experiment
 def chapter1():
     """The chapter's run: DeepConvNet, Adam 0.001, batch 100, 20 epochs, full MNIST."""
-    from . import datasets, manual_seed, models, optim
+    from . import datasets, models, optim
+    from .rng import manual_seed
     from .train import Trainer
     train, test = datasets.load_mnist()
     manual_seed(0)
     model = models.DeepConvNet()
     trainer = Trainer(model, optim.Adam(model.parameters(), lr=0.001), batch_size=100, seed=0,
-                      run_dir=REPO / "runs" / "chapter1-experiment")
+                      run_dir=Path("runs") / "chapter1-experiment")
     history = trainer.fit(train, test, epochs=20)
     best = max(history, key=lambda row: row["test_acc"])
     return {
@@ -173,7 +157,7 @@ def resume_identity(epochs=20, kills=4, checkpoint_every=100, seed=0, root=None)
     import shutil
     import signal
     from .io import CHECKPOINT, WEIGHTS, read_checkpoint
-    root = REPO / "runs" / "resume-identity" if root is None else Path(root)
+    root = Path("runs") / "resume-identity" if root is None else Path(root)
     shutil.rmtree(root, ignore_errors=True)
     train = [sys.executable, "-m", "shendu", "train", "--epochs", str(epochs),
              "--checkpoint-every", str(checkpoint_every)]
@@ -276,7 +260,8 @@ def plain_vs_residual(depths=(20, 56), epochs=2, subset=10000):
     """The ResNet paper's figure 1 at small scale: plain and residual networks of 20 and 56
     layers, trained alike on part of Fashion-MNIST. With more layers the plain network trains
     worse, the residual one does not."""
-    from . import datasets, manual_seed, models
+    from . import datasets, models
+    from .rng import manual_seed
     (x, t), (x_test, t_test) = datasets.load_fashion_mnist()
     runs = {}
     for depth in depths:
@@ -296,7 +281,8 @@ def very_deep(depth=152, steps=200, batch_size=32, width=0.5):
     """More than 150 layers: CIFAR-style networks of `depth` weight layers (25 blocks a stage, at
     half the usual width), with and without shortcuts, for a few hundred steps on
     Fashion-MNIST."""
-    from . import datasets, manual_seed, models
+    from . import datasets, models
+    from .rng import manual_seed
     (x, t), test = datasets.load_fashion_mnist()
     n = steps * batch_size
     runs = {}
@@ -325,9 +311,11 @@ def fashion_zoo(root=None, only=None):
     names the models to train (default: all). Each trained model is saved in `root`/NAME
     (default runs/fashion-zoo/NAME), to evaluate again later (with test-time augmentation, or
     as an ensemble)."""
-    from . import augment, datasets, manual_seed, models, save
+    from . import augment, datasets, models
+    from .io import save
+    from .rng import manual_seed
     _check_only(only, FASHION_ZOO, "fashion_zoo has no model")
-    root = REPO / "runs" / "fashion-zoo" if root is None else Path(root)
+    root = Path("runs") / "fashion-zoo" if root is None else Path(root)
     train, test = datasets.load_fashion_mnist()
     flips = augment.Compose([augment.RandomCrop(28, padding=2), augment.RandomHorizontalFlip()])
     runs = {}
@@ -364,7 +352,7 @@ def augmentation(only=None, sizes=(1000, 5000, 60000), seeds=AUGMENTATION_SEEDS,
     from . import datasets, recipes
     from .train import evaluate
     _check_only(only, [str(n) for n in sizes], "augmentation has no size")
-    root = REPO / "runs" / "augmentation" if root is None else Path(root)
+    root = Path("runs") / "augmentation" if root is None else Path(root)
     (x, t), (x_test, t_test) = datasets.load_mnist()
     recipe = recipes.get("augment")
     twins = {"plain": dataclasses.replace(recipe, transforms=()), "augment": recipe}
@@ -416,7 +404,7 @@ def recipes(only=None, seeds=(0, 1, 2), more_members=MORE_MEMBERS, root=None):
     from . import datasets
     from . import recipes as recipe_book
     from .train import evaluate, predict_proba
-    root = REPO / "runs" / "recipes" if root is None else Path(root)
+    root = Path("runs") / "recipes" if root is None else Path(root)
     chosen = {name: recipe_book.get(name) for name in only or recipe_book.names()}  # typos first
     results = {}
     for name, recipe in chosen.items():
@@ -471,8 +459,10 @@ def readme_block(record):
             f"an {m['cpu']}.")
 
 
-def update_readme(record, readme=REPO / "README.md"):
-    """Replace the text between `<!-- results:NAME -->` and `<!-- /results -->` in README.md."""
+def update_readme(record, readme=None):
+    """Replace the text between `<!-- results:NAME -->` and `<!-- /results -->` in README.md
+    (default: the current checkout's)."""
+    readme = checkout() / "README.md" if readme is None else Path(readme)
     text = readme.read_text()
     pattern = re.compile(rf"(<!-- results:{record['experiment']} -->\n).*?(\n<!-- /results -->)", re.S)
     if not pattern.search(text):
