@@ -61,6 +61,14 @@ def launch_targets(hrefs) -> dict[str, str]:
 TIMINGS: dict[str, float] = {}  # what took how long, printed at the end of the session
 
 
+def pytest_runtest_logreport(report):
+    """The browser checks' own time: their tests' set-up (every page's visit), calls and
+    teardown, not the rest of the session that runs while the browser stays open."""
+    if report.nodeid.startswith("tests/test_browser.py"):
+        key = "browser checks (Chromium, every page, incl. planted faults)"
+        TIMINGS[key] = TIMINGS.get(key, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.write_sep("-", "book timings")

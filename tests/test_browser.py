@@ -33,7 +33,6 @@ from urllib.parse import unquote, urldefrag, urlsplit
 import pytest
 from conftest import (
     ROOT,
-    TIMINGS,
     executed_entries,
     launch_targets,
     toc_entries,
@@ -169,7 +168,6 @@ def browser(tmp_path_factory):
     _require_browser()
     from playwright.sync_api import sync_playwright
 
-    start = time.perf_counter()
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh --user-data-dir
@@ -180,8 +178,6 @@ def browser(tmp_path_factory):
             yield Browser(context)
         finally:
             context.close()
-            TIMINGS["browser checks (Chromium, every page, incl. planted faults)"] = (
-                time.perf_counter() - start)
 
 
 @pytest.fixture(scope="session")
