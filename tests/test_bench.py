@@ -43,7 +43,7 @@ def test_profile_table_totals_the_step_and_gives_augmentations_share():
 def test_layer_profile_times_every_layer_and_the_pipeline():
     rows = bench.layer_profile(steps=2)
     names = [r[0] for r in rows]
-    assert names[0] == "0 Conv2d" and names[-4:] == ["loss", "optimizer", "data", "augment"]
+    assert names[0] == "0 ConvReLU2d" and names[-4:] == ["loss", "optimizer", "data", "augment"]
     assert all(r[1] > 0 and (r[2] is None or r[2] > 0) for r in rows)
 
 

@@ -96,7 +96,7 @@ def test_predict_reads_digits_from_image_files(trained, tmp_path):
 def test_summary_counts_the_parameters():
     result = shendu_cli("summary", "deepconvnet")
     assert result.returncode == 0, result.stderr
-    assert "123,552" in result.stdout and "Conv2d" in result.stdout and "64x4x4" in result.stdout
+    assert "123,552" in result.stdout and "ConvReLU2d" in result.stdout and "64x4x4" in result.stdout
 
 
 def test_summary_at_imagenet_size_gives_the_published_count():
@@ -109,7 +109,7 @@ def test_summary_at_imagenet_size_gives_the_published_count():
 def test_summary_function_rows():
     rows = shendu.summary(models.get("deepconvnet"))
     assert len(rows) == 21 and rows.total_parameters == 123552
-    assert rows[0] == {"name": "0", "type": "Conv2d", "output_shape": (16, 28, 28),
+    assert rows[0] == {"name": "0", "type": "ConvReLU2d", "output_shape": (16, 28, 28),
                        "parameters": 16 * 9 + 16, "macs": 28 * 28 * 16 * 9}
     assert rows[7]["output_shape"] == (32, 16, 16)  # the convolution that pads by 2
     assert "Total parameters: 123,552" in repr(rows)

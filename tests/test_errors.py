@@ -341,7 +341,7 @@ def test_inputs_of_the_wrong_shape_or_dtype_name_the_layer(tmp_path, capsys):
         trainer.fit(big, big)
     flat = np.zeros((4, 784), np.float32)
     with pytest.raises(shendu.ShenduError, match=re.escape(
-            "Conv2d(1, 16, kernel_size=3, stride=1, padding=1, bias=True) expects input of "
+            "ConvReLU2d(1, 16, kernel_size=3, stride=1, padding=1, bias=True) expects input of "
             "shape (N, 1, H, W), got (4, 784)")):
         shendu.predict_proba(model, flat)
     with pytest.raises(shendu.ShenduError, match="uint8 .* or floating point .* got int64"):

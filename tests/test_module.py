@@ -1,5 +1,4 @@
 """Module bookkeeping: registration, names, state dicts, modes, and clear errors."""
-import contextlib
 import resource
 import sys
 
@@ -65,28 +64,46 @@ def test_train_and_eval_reach_every_layer():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_sequential_fuses_conv_and_relu_to_the_same_bits(training):
-    """Sequential runs Conv2d + ReLU as one pass; layer by layer gives the same outputs and
-    gradients, bit for bit."""
+def test_fusion_gives_the_same_bits(training):
+    """nn.fuse runs each Conv2d + ReLU as one ConvReLU2d: the same outputs and gradients as the
+    layers one by one, bit for bit, and the same parameters under the same names."""
     manual_seed(0)
-    model = models.DeepConvNet().train(training)
+    plain = models.DeepConvNet.__wrapped__().train(training)  # the builder, before fusion
+    manual_seed(0)
+    fused = models.DeepConvNet().train(training)
+    assert [type(m).__name__ for m in list(fused)[:5]] == ["ConvReLU2d", "Identity",
+                                                           "ConvReLU2d", "Identity", "MaxPool2d"]
+    assert [type(m).__name__ for m in list(plain)[:2]] == ["Conv2d", "ReLU"]
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    for (name, a), (_, b) in zip(fused.named_parameters(), plain.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
     x = np.random.default_rng(1).standard_normal((3, 1, 28, 28)).astype(np.float32)
-    with nn.no_grad() if not training else contextlib.nullcontext():
+    outputs, grads = [], []
+    for model in (plain, fused):
         manual_seed(1)  # the same dropout masks in both passes
-        h = x
-        for layer in model:
-            h = layer(h)
-        separate = h
-        if training:
-            model.backward(np.ones_like(h), input_grad=False)
-            grads = [p.grad.copy() for p in model.parameters()]
-        manual_seed(1)
-        fused = model(x)
-    np.testing.assert_array_equal(fused, separate)
-    if training:
-        model.backward(np.ones_like(fused), input_grad=False)
-        for p, g in zip(model.parameters(), grads):
-            np.testing.assert_array_equal(p.grad, g)
+        outputs.append(model(x))
+        dx = model.backward(np.ones_like(outputs[-1]))
+        grads.append([dx] + [p.grad.copy() for p in model.parameters()])
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    for g_fused, g_plain in zip(grads[1], grads[0]):
+        np.testing.assert_array_equal(g_fused, g_plain)
+
+
+def test_fuse_is_a_pass_over_any_sequential():
+    """Only a Conv2d directly followed by a ReLU, in any Sequential of the model, is fused; its
+    place and its parameters' names stay; a fused model fuses no further."""
+    manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2),
+                          nn.ReLU(), nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), nn.ReLU())
+    weight = model[0].weight
+    names = [name for name, _ in model.named_parameters()]
+    assert nn.fuse(model) is model
+    kinds = [type(m).__name__ for m in model.modules()]
+    assert kinds == ["Sequential", "ConvReLU2d", "Identity", "Conv2d", "BatchNorm2d", "ReLU",
+                     "Sequential", "ConvReLU2d", "Identity", "ReLU"]
+    assert model[0].weight is weight and [n for n, _ in model.named_parameters()] == names
+    nn.fuse(model)
+    assert [type(m).__name__ for m in model.modules()] == kinds
 
 
 def test_no_grad_keeps_nothing_for_backward():
@@ -106,7 +123,7 @@ def test_no_grad_keeps_nothing_for_backward():
 
 
 @pytest.mark.parametrize("x,message", [
-    (np.zeros((2, 3, 28, 28), np.float32), r"Conv2d\(1, 16.*expects input of shape \(N, 1, H, W\), got \(2, 3, 28, 28\)"),
+    (np.zeros((2, 3, 28, 28), np.float32), r"ConvReLU2d\(1, 16.*expects input of shape \(N, 1, H, W\), got \(2, 3, 28, 28\)"),
     (np.zeros((28, 28), np.float32), r"expects input of shape \(N, 1, H, W\), got \(28, 28\)"),
     (np.zeros((2, 1, 28, 28), np.uint8), "floating-point"),
 ])

@@ -168,9 +168,9 @@ def test_model_presets():
 def test_summary_field_column_of_deepconvnet():
     table = shendu.summary(models.get("deepconvnet"))
     convs_and_pools = [f for row, f in zip(table, table.fields)
-                       if row["type"] in ("Conv2d", "MaxPool2d")]
+                       if row["type"] in ("ConvReLU2d", "MaxPool2d")]
     assert convs_and_pools == [(r, j) for r, j, _, _ in DEEPCONVNET]
-    assert table.fields[1] == (3, 1)  # a ReLU keeps the field
+    assert table.fields[1] == (3, 1)  # the fused ReLU's Identity keeps the field
     assert table.fields[15:] == [None] * 6  # Flatten on: no feature map
     assert "36x36 /8" in str(table) and table.total_parameters == 123552
 

@@ -12,14 +12,22 @@ torch = pytest.importorskip("torch")
 F = torch.nn
 
 
+class TorchConvReLU2d(F.Conv2d):
+    """ReLU after a convolution, with the convolution's parameter names (weight, bias)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
 def _to_torch(layer):
     """The same layer in PyTorch, with shendu's weights copied in."""
     kind = type(layer).__name__
     if kind == "Linear":
         t = F.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    elif kind == "Conv2d":
-        t = F.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                     layer.padding, bias=layer.bias is not None)
+    elif kind in ("Conv2d", "ConvReLU2d"):
+        t = (F.Conv2d if kind == "Conv2d" else TorchConvReLU2d)(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            bias=layer.bias is not None)
     elif kind in ("MaxPool2d", "AvgPool2d"):
         return getattr(F, kind)(layer.kernel_size, layer.stride, layer.padding)
     elif kind == "GlobalAvgPool2d":

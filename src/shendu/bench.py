@@ -58,7 +58,7 @@ def shendu_engine():
     def train_step(x, t):
         model.train()
         loss_fn(model(x), t)
-        model.backward(loss_fn.backward(), input_grad=False)
+        nn.data_backward(model, loss_fn.backward())
         opt.step()
 
     def infer(x):
@@ -223,19 +223,15 @@ def layer_profile(batch=100, steps=20):
             h, t = x_all[idx].astype(np.float32) / 255, t_all[idx]
         with _timer(totals, "augment"):
             h = transform(h, np.random.default_rng(step))
-        for layer, relu in model.passes():  # as model(h) runs them, a ReLU fused or not
-            i = layers.index(layer)
+        for i, layer in enumerate(layers):  # as model(h) runs them
             with _timer(totals, (i, "forward")):
-                h = layer.forward(h, relu=True) if relu else layer(h)
-            if relu:
-                with _timer(totals, (i + 1, "forward")):
-                    h = relu.follow(h)
+                h = layer(h)
         with _timer(totals, "loss"):
             loss_fn(h, t)
             d = loss_fn.backward()
         for i in reversed(range(len(layers))):
             with _timer(totals, (i, "backward")):
-                d = layers[i].backward(d, input_grad=False) if i == 0 else layers[i].backward(d)
+                d = layers[i].backward(d) if i else nn.data_backward(layers[i], d)
         with _timer(totals, "optimizer"):
             opt.step()
     rows = [(f"{i} {type(layer).__name__}", 1e3 * totals[i, "forward"] / steps,

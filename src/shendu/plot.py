@@ -109,9 +109,9 @@ def block_diagram(block, title=None):
 
     def label(m):
         name = type(m).__name__
-        if name == "Conv2d":
+        if name in ("Conv2d", "ConvReLU2d"):
             return f"conv {m.kernel_size}×{m.kernel_size}, {m.out_channels}" + (
-                f", /{m.stride}" if m.stride > 1 else "")
+                f", /{m.stride}" if m.stride > 1 else "") + (" + ReLU" if name != "Conv2d" else "")
         if name in ("MaxPool2d", "AvgPool2d"):
             return f"{name[:3].lower()} pool {m.kernel_size}×{m.kernel_size}" + (
                 f", /{m.stride}" if m.stride > 1 else "")

@@ -27,15 +27,15 @@ import numpy as np
 from . import models
 from .errors import ShenduError
 from .nn import (AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten,
-                 GlobalAvgPool2d, Linear, MaxPool2d, ReLU, Residual, Sequential, Sigmoid, Tanh,
-                 enable_grad)
+                 GlobalAvgPool2d, Identity, Linear, MaxPool2d, ReLU, Residual, Sequential, Sigmoid,
+                 Tanh, enable_grad)
 
 __all__ = ["Layer", "LayerField", "fields", "grow", "layer_of", "stack_of", "presets", "preset",
            "Preset", "param_comparison", "feature_layers", "effective_field", "EffectiveField"]
 
 KINDS = ("conv", "maxpool", "avgpool")
 # Layers that act on each value (or each channel) alone: they leave the field as it is.
-_ELEMENTWISE = (ReLU, Sigmoid, Tanh, Dropout, BatchNorm1d, BatchNorm2d)
+_ELEMENTWISE = (ReLU, Sigmoid, Tanh, Dropout, BatchNorm1d, BatchNorm2d, Identity)
 # Layers after which a unit sees the whole image: where a stack of feature maps ends.
 _ENDS = (Flatten, GlobalAvgPool2d, Linear)
 

@@ -97,16 +97,12 @@ class Conv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
         self.x = None
 
-    fuses_relu = True
-
-    def forward(self, x, relu=False):
-        """relu=True applies ReLU too, row by row while the output is in cache: Sequential fuses
-        a Conv2d followed by a ReLU this way (ReLU.follow)."""
+    def forward(self, x):
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         self.x = x if self.keeps_cache else None
         b = self.bias.data if self.bias is not None else None
         return _nchw(kernels.of(x).conv_forward(x, self.weight.data, b, self.stride,
-                                                self.padding, relu))
+                                                self.padding))
 
     accepts_input_grad = True
 
@@ -120,6 +116,34 @@ class Conv2d(Module):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class ConvReLU2d(Conv2d):
+    """y = max(conv(x), 0) in one pass: the convolution rectifies each row of its output while
+    it is in cache, instead of ReLU reading the whole output again. `nn.fuse` puts one in place
+    of a Conv2d followed by a ReLU, as PyTorch's fuse_modules does; it holds that Conv2d's own
+    parameters, under the same names."""
+
+    def __init__(self, conv):
+        Module.__init__(self)  # the convolution's settings and Parameters, not new ones
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding"):
+            setattr(self, name, getattr(conv, name))
+        self.weight, self.bias = conv.weight, conv.bias
+        self.x = self.y = None
+
+    def forward(self, x):
+        x = _nhwc(_check_input(self, x, 4, self.in_channels))
+        self.x = x if self.keeps_cache else None
+        b = self.bias.data if self.bias is not None else None
+        y = _nchw(kernels.of(x).conv_forward(x, self.weight.data, b, self.stride, self.padding,
+                                             relu=True))
+        self.y = y if self.keeps_cache else None
+        return y
+
+    def backward(self, dy, input_grad=True):
+        """ReLU's backward (dy passes where y > 0), then the convolution's."""
+        return super().backward(kernels.of(dy).relu_backward(dy, self._cached(self.y)),
+                                input_grad)
 
 
 class _Pool2d(Module):
@@ -222,15 +246,23 @@ class ReLU(Module):
         self.y = None
 
     def forward(self, x):
-        return self.follow(kernels.of(x).relu_forward(x))
-
-    def follow(self, y):
-        """Take y = max(x, 0), computed by the layer before (fused), as this layer's output."""
+        y = kernels.of(x).relu_forward(x)
         self.y = y if self.keeps_cache else None
         return y
 
     def backward(self, dy):
         return kernels.of(dy).relu_backward(dy, self._cached(self.y))
+
+
+class Identity(Module):
+    """y = x: a placeholder that keeps a layer's place (where nn.fuse took a ReLU into the
+    convolution before it), as PyTorch's nn.Identity."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
 
 
 class Sigmoid(Module):

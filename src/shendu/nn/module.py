@@ -67,11 +67,14 @@ class Module:
     def __setattr__(self, name, value):
         if "_params" not in self.__dict__:
             raise ShenduError(f"{type(self).__name__}.__init__ must call super().__init__() first")
-        self._params.pop(name, None)
-        self._modules.pop(name, None)
-        if isinstance(value, (Parameter, Module)):
+        kind = (self._params if isinstance(value, Parameter)
+                else self._modules if isinstance(value, Module) else None)
+        for registry in (self._params, self._modules):
+            if registry is not kind:
+                registry.pop(name, None)
+        if kind is not None:
             self._buffers.pop(name, None)
-            (self._params if isinstance(value, Parameter) else self._modules)[name] = value
+            kind[name] = value  # a module replaced (nn.fuse) keeps its place, as in PyTorch
         object.__setattr__(self, name, value)  # a buffer given a new array stays a buffer
 
     def register_buffer(self, name, array):
@@ -89,12 +92,8 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError
 
-    # Layers whose backward takes `input_grad=False` to skip dL/dx when their input is data
-    # (the first convolution of a network: that product would be thrown away).
+    # Layers whose backward takes `input_grad=False` to skip dL/dx (see `data_backward`).
     accepts_input_grad = False
-
-    # Layers whose forward takes `relu=True` to apply a following ReLU in the same pass.
-    fuses_relu = False
 
     @property
     def keeps_cache(self):
@@ -250,34 +249,27 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for layer, relu in self.passes():
-            x = relu.follow(layer.forward(x, relu=True)) if relu else layer(x)
+        for layer in self:
+            x = layer(x)
         return x
-
-    def passes(self):
-        """The layers as forward runs them: (layer, None), or (layer, the ReLU after it) when
-        the layer applies that ReLU in its own pass over the output (one pass, not two)."""
-        layers = list(self._modules.values())
-        i = 0
-        while i < len(layers):
-            fused = (layers[i].fuses_relu and i + 1 < len(layers)
-                     and hasattr(layers[i + 1], "follow"))
-            yield layers[i], layers[i + 1] if fused else None
-            i += 2 if fused else 1
 
     accepts_input_grad = True
 
     def backward(self, dy, input_grad=True):
         """dL/dx from dL/dy, through every layer in reverse. With input_grad=False (the input is
-        data, as in training) the first layer may skip dL/dx, and None is returned."""
+        data, as in training) the first layer skips dL/dx where it can, and None is returned."""
         first, *rest = self._modules.values()
         for layer in reversed(rest):
             dy = layer.backward(dy)
-        if input_grad:
-            return first.backward(dy)
-        # The first layer still needs its backward for its own parameters' gradients.
-        if first.accepts_input_grad:
-            first.backward(dy, input_grad=False)
-        else:
-            first.backward(dy)
-        return None
+        return first.backward(dy) if input_grad else data_backward(first, dy)
+
+
+def data_backward(module, dy):
+    """Backward through a module whose input is data (a network's input in training): its
+    parameters' gradients, without dL/dx, which nobody needs. A module whose backward can skip
+    that product (accepts_input_grad: Conv2d, Linear, Sequential) skips it; another computes it
+    and it is dropped. Returns None. The one place that decides it."""
+    if module.accepts_input_grad:
+        module.backward(dy, input_grad=False)
+    else:
+        module.backward(dy)
