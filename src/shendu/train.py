@@ -19,24 +19,22 @@ saves a checkpoint and returns; run the same `fit` again and it continues. From 
 `trainer.fit(..., resume="runs/demo")` continues from the run directory's checkpoint, ending with
 the weights an uninterrupted run would have had, bit for bit.
 """
-import hashlib
 import math
 import os
 import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import kernels, nn, rng
+from . import checkpointing, kernels, nn
 from .errors import ShenduError
-from .io import (CHECKPOINT, CheckpointError, check_json, lock_run_dir, read_checkpoint,
-                 remove_temporaries, save, write_atomic, write_checkpoint)
+from .interrupts import stop_requests
+from .io import CheckpointError, lock_run_dir, save, write_atomic, write_checkpoint
+from .rollback import Rollback, diverged
 
 __all__ = ["Trainer", "evaluate", "predict_proba", "profile", "set_profile", "planned_steps",
            "METRICS"]
@@ -79,6 +77,18 @@ def planned_steps(n, batch_size, epochs):
     if profile() == "quick":
         n, epochs = min(n, QUICK_TRAIN), min(epochs, QUICK_EPOCHS)
     return epochs * _steps(n, batch_size)
+
+
+def _profile_caps(x, t, x_test, t_test, epochs):
+    """The data and epochs a fit uses: all of them, or in the quick profile the first
+    QUICK_TRAIN training and QUICK_TEST test images and QUICK_EPOCHS epochs, as it says."""
+    if profile() != "quick":
+        return x, t, x_test, t_test, epochs
+    print(f"SHENDU_PROFILE=quick: {min(len(x), QUICK_TRAIN)} of {len(x)} training images, "
+          f"{min(len(x_test), QUICK_TEST)} of {len(x_test)} test images, "
+          f"{min(epochs, QUICK_EPOCHS)} of {epochs} epochs")
+    return (x[:QUICK_TRAIN], t[:QUICK_TRAIN], x_test[:QUICK_TEST], t_test[:QUICK_TEST],
+            min(epochs, QUICK_EPOCHS))
 
 
 # -- inference ---------------------------------------------------------------------------------
@@ -203,6 +213,10 @@ class Trainer:
     "skipped". `settings`, any JSON-safe dict, is stored in every checkpoint (the command line
     keeps its flags there). `augment` (see `shendu.augment`) transforms each training batch,
     with randomness that follows from `seed`, so augmented runs repeat and resume exactly too.
+
+    The loop is here; around it, each in its module: what a checkpoint holds and how it is
+    restored (`shendu.checkpointing`), stop requests by signals (`shendu.interrupts`), and the
+    rollback of a step whose loss is not finite (`shendu.rollback`).
     """
 
     def __init__(self, model, optimizer, loss_fn=None, batch_size=100, scheduler=None, seed=0,
@@ -254,41 +268,24 @@ class Trainer:
         epochs = _positive_int("epochs", epochs)
         if target_accuracy is not None and not 0 < target_accuracy <= 1:
             raise ShenduError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
-        if profile() == "quick":
-            print(f"SHENDU_PROFILE=quick: {min(len(x), QUICK_TRAIN)} of {len(x)} training images, "
-                  f"{min(len(x_test), QUICK_TEST)} of {len(x_test)} test images, "
-                  f"{min(epochs, QUICK_EPOCHS)} of {epochs} epochs")
-            x, t, epochs = x[:QUICK_TRAIN], t[:QUICK_TRAIN], min(epochs, QUICK_EPOCHS)
-            x_test, t_test = x_test[:QUICK_TEST], t_test[:QUICK_TEST]
-        data = _fingerprint(x, t)
+        x, t, x_test, t_test, epochs = _profile_caps(x, t, x_test, t_test, epochs)
+        data = checkpointing.fingerprint(x, t)
         run_dir = self.run_dir or (None if resume is None else Path(resume))
         with nullcontext() if run_dir is None else lock_run_dir(run_dir):  # one writer at a time
-            if resume is not None:
-                self._restore(Path(resume), data)
-                self.run_dir = self.run_dir or Path(resume)
-            elif self._fit is not None and data != self._data:
-                raise ShenduError("this trainer's interrupted fit was on other training data: "
-                                  "continue it with the same data, or make a new Trainer")
-            start = len(self.history) if self._fit is None else self._fit["start"]
-            reached = len(self.history) + (self._epoch is not None)
-            if start + epochs < reached:
-                raise ShenduError(f"the fit being continued began after epoch {start} and has "
-                                  f"reached epoch {reached}: ask for epochs={reached - start} "
-                                  "or more")
-            self._fit, self._data, self.stopped = {"start": start, "epochs": epochs}, data, None
+            start = self._begin_fit(data, epochs, resume)
             try:
-                with _stop_requests() as stop:
-                    self._save_checkpoint()  # proves the run directory writable before any work
+                with stop_requests() as stop:
+                    checkpointing.save(self)  # proves the run directory writable before any work
                     while (len(self.history) < start + epochs and stop.signum is None
                            and not _reached(self.history[start:], target_accuracy)):
-                        self._train_steps(x, t, start + epochs, stop, on_step)
+                        self._train_epoch(x, t, start + epochs, stop, on_step)
                         if stop.signum is None:
                             metrics = self._end_epoch(len(x), x_test, t_test)
                             if on_epoch is not None:
-                                _call(on_epoch, metrics, stop)
+                                stop.call(on_epoch, metrics)
                     if stop.signum is not None:
                         self.stopped = stop.signum
-                        self._save_checkpoint()
+                        checkpointing.save(self)
             except BaseException:
                 self._fit = self._epoch = None  # only an interrupt leaves a fit to continue
                 raise
@@ -305,12 +302,12 @@ class Trainer:
             hint += f", or from a new session with fit(..., resume={str(self.run_dir)!r})"
         return hint + "."
 
-    # -- steps and epochs -------------------------------------------------------------------
-    def _train_steps(self, x, t, last, stop, on_step):
+    # -- the loop: epochs, steps, metrics ---------------------------------------------------
+    def _train_epoch(self, x, t, last, stop, on_step):
         """The steps left in the epoch under way (or a new one), until its end or a stop."""
         if self._epoch is None:
             self._epoch = self._new_epoch(len(x))
-        e, steps = self._epoch, _steps(len(x), self.batch_size)
+        e, steps = self._epoch, self._epoch_steps(len(x))
         K = device_of(self.model)
         self.model.train()
         with tqdm(total=len(x), initial=min(e["step"] * self.batch_size, len(x)),
@@ -322,10 +319,10 @@ class Trainer:
                 if e["used"]:
                     bar.set_postfix(loss=f"{e['loss_sum'] / e['used']:.4f}", refresh=False)
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
-                    self._save_checkpoint()
+                    checkpointing.save(self)
                 if on_step is not None:
-                    _call(on_step, {"epoch": e["number"], "step": e["step"], "steps": steps,
-                                    "global_step": self.global_step, "loss": loss}, stop)
+                    stop.call(on_step, {"epoch": e["number"], "step": e["step"], "steps": steps,
+                                        "global_step": self.global_step, "loss": loss})
 
     def _new_epoch(self, n):
         start = self.rng.bit_generator.state  # saved, so a resumed epoch redraws the same order
@@ -334,10 +331,6 @@ class Trainer:
                 "augment_seed": augment_seed, "step": 0, "loss_sum": 0.0, "correct": 0,
                 "used": 0, "skipped": 0, "lr": self.optimizer.lr, "time": 0.0}
 
-    def _augment_name(self):
-        """The augmentation as checkpoints record it (its repr: the transforms and strengths)."""
-        return None if self.augment is None else repr(self.augment)
-
     def _epoch_draws(self, generator, n):
         """An epoch's order of the images and the seed of its augmentations. Each step augments
         with a generator made from (seed, step), so a resumed epoch repeats its steps exactly;
@@ -345,37 +338,31 @@ class Trainer:
         order = generator.permutation(n)
         return order, None if self.augment is None else int(generator.integers(2 ** 63))
 
+    def _epoch_steps(self, n):
+        """The steps in an epoch on n images (the last batch may be smaller)."""
+        return _steps(n, self.batch_size)
+
     def _step(self, x, t, e, K):
         """One step on the epoch's next batch, the model's device being K; returns its loss."""
         began = time.perf_counter()
         batch = e["order"][e["step"] * self.batch_size:(e["step"] + 1) * self.batch_size]
-        # A step that is not taken must not move BatchNorm's running statistics either.
-        buffers = {name: K.copy(b) for name, b in self.model.named_buffers()}
+        rollback = Rollback(self.model, K)  # the forward pass moves BatchNorm's statistics
         images = _as_input(x[batch])
         if self.augment is not None:
             images = self.augment(images, np.random.default_rng([e["augment_seed"], e["step"]]))
         logits = self.model(K.array(images))
         loss = self.loss_fn(logits, t[batch])
         if math.isfinite(loss):
-            dlogits = self.loss_fn.backward()
-            if getattr(self.model, "accepts_input_grad", False):  # no dL/dx for data
-                self.model.backward(dlogits, input_grad=False)
-            else:
-                self.model.backward(dlogits)
+            nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images
             self.optimizer.step()
             e["loss_sum"] += loss * len(batch)
             e["correct"] += int(np.count_nonzero(kernels.to_host(logits).argmax(axis=1)
                                                  == t[batch]))
             e["used"] += len(batch)
         else:
-            self.model.load_state_dict(buffers, strict=False)
+            rollback.undo()  # a step that is not taken must not move them either
             if not self.skip_nonfinite:
-                kept = (f"; the last checkpoint in {self.run_dir} is unchanged (fit(..., "
-                        "resume=...) continues from it)" if self.run_dir is not None else "")
-                raise ShenduError(
-                    f"the loss became {loss} at step {e['step'] + 1} of epoch {e['number']}: "
-                    f"training diverged, and that step was not taken{kept}. Lower the learning "
-                    "rate, or pass skip_nonfinite=True to skip such steps")
+                raise diverged(loss, e["step"] + 1, e["number"], self.run_dir)
             e["skipped"] += 1
         if self.scheduler is not None and self.per_batch:
             self.scheduler.step()  # a schedule follows the data, skipped steps included
@@ -402,141 +389,49 @@ class Trainer:
         self.history.append(metrics)
         self._epoch = None
         if self.run_dir is not None:
-            state = self._checked_state()
-            save(self.model, self.run_dir)
-            rows = [METRICS] + [[repr(h[k]) for k in METRICS] for h in self.history]
-            path = self.run_dir / "metrics.csv"
-            try:  # rewritten whole and atomically: always a complete table, even after a crash
-                write_atomic({path: "".join(",".join(row) + "\n" for row in rows).encode()})
-            except OSError as e:
-                raise CheckpointError(f"could not write {path}: {e}") from None
-            write_checkpoint(self.run_dir, *state)  # last: a crash before it redoes this epoch end
+            self._save_epoch()
         return metrics
+
+    # -- around the loop --------------------------------------------------------------------
+    def _begin_fit(self, data, epochs, resume):
+        """Begin a fit of `epochs` epochs on the training set with fingerprint `data`, or continue
+        the interrupted one, loaded first from RUN_DIR `resume` if given; returns the number of
+        epochs in the history when the fit began."""
+        if resume is not None:
+            checkpointing.restore(self, Path(resume), data)
+            self.run_dir = self.run_dir or Path(resume)
+        elif self._fit is not None and data != self._data:
+            raise ShenduError("this trainer's interrupted fit was on other training data: "
+                              "continue it with the same data, or make a new Trainer")
+        start = len(self.history) if self._fit is None else self._fit["start"]
+        reached = len(self.history) + (self._epoch is not None)
+        if start + epochs < reached:
+            raise ShenduError(f"the fit being continued began after epoch {start} and has "
+                              f"reached epoch {reached}: ask for epochs={reached - start} "
+                              "or more")
+        self._fit, self._data, self.stopped = {"start": start, "epochs": epochs}, data, None
+        return start
+
+    def _save_epoch(self):
+        """Bring the run directory up to date after an epoch: the model, metrics.csv and, last,
+        the checkpoint, so a crash before it redoes this epoch end."""
+        state = checkpointing.checked_state(self)  # first: diverged weights replace no file
+        save(self.model, self.run_dir)
+        rows = [METRICS] + [[repr(h[k]) for k in METRICS] for h in self.history]
+        path = self.run_dir / "metrics.csv"
+        try:  # rewritten whole and atomically: always a complete table, even after a crash
+            write_atomic({path: "".join(",".join(row) + "\n" for row in rows).encode()})
+        except OSError as e:
+            raise CheckpointError(f"could not write {path}: {e}") from None
+        write_checkpoint(self.run_dir, *state)
 
     def _stop_message(self):
         e, name = self._epoch, signal.Signals(self.stopped).name
         where = (f"in epoch {e['number']} after step {e['step']} of "
-                 f"{_steps(self._data['train_size'], self.batch_size)}" if e is not None
+                 f"{self._epoch_steps(self._data['train_size'])}" if e is not None
                  else f"after epoch {len(self.history)}")
         saved = f"; checkpoint saved in {self.run_dir}" if self.run_dir is not None else ""
         return f"Training interrupted ({name}) {where}{saved}. {self.resume_hint()}"
-
-    # -- checkpoints ------------------------------------------------------------------------
-    def _save_checkpoint(self):
-        if self.run_dir is not None:
-            write_checkpoint(self.run_dir, *self._checked_state())
-
-    def _checked_state(self):
-        """The state to save, refused if a weight or moment is not finite (an update can diverge
-        before any loss does): a checkpoint on disk is always one worth resuming from."""
-        meta, arrays = self._state()
-        bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
-        if bad:
-            raise ShenduError(f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''} became "
-                              f"non-finite by step {self.global_step}: training diverged, and the "
-                              f"last checkpoint in {self.run_dir} is unchanged. Lower the learning "
-                              "rate")
-        return meta, arrays
-
-    def _state(self):
-        """(meta, arrays): everything fit needs to continue exactly, as a checkpoint holds it."""
-        optimizer = self.optimizer.state_dict()
-        arrays = {**{f"model.{k}": a for k, a in self.model.state_dict().items()},
-                  **{f"optimizer.{k}": a for k, a in optimizer.pop("buffers").items()}}
-        meta = {
-            "model": getattr(self.model, "config", None),
-            "optimizer": optimizer,
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "trainer": {"batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
-                        "skip_nonfinite": self.skip_nonfinite, "settings": self.settings,
-                        "augment": self._augment_name()},
-            "data": self._data,
-            "fit": self._fit,
-            "global_step": self.global_step,
-            "rng": {"data": self.rng.bit_generator.state, "shendu": rng.get_state()},
-            "epoch": (None if self._epoch is None  # the order is redrawn from rng_start
-                      else {k: v for k, v in self._epoch.items()
-                            if k not in ("order", "augment_seed")}),
-            "history": self.history,
-        }
-        return meta, arrays
-
-    def _restore(self, run_dir, data):
-        """Load run_dir's checkpoint into this trainer: all of it, or (CheckpointError) none."""
-        meta, arrays = read_checkpoint(run_dir)
-        check_json(meta, _CHECKPOINT_FIELDS, str(run_dir / CHECKPOINT))
-        saved, fit, e = meta["data"], meta["fit"], meta["epoch"]
-        problem = None
-        if saved != data:
-            problem = (f"it was trained on {saved['train_size']} images with another digest, "
-                       f"not on these {data['train_size']}: resume with the same training data")
-        elif meta["trainer"]["batch_size"] != self.batch_size:
-            problem = (f"it was trained with batch size {meta['trainer']['batch_size']}, this "
-                       f"trainer has {self.batch_size}")
-        elif meta["trainer"]["augment"] != self._augment_name():
-            problem = (f"it was trained with augmentation {meta['trainer']['augment']}, this "
-                       f"trainer has {self.augment!r}")
-        elif (meta["scheduler"] is None) != (self.scheduler is None):
-            problem = ("it was trained " + ("without" if meta["scheduler"] is None else "with")
-                       + " a learning-rate schedule, this trainer has "
-                       + ("one" if self.scheduler is not None else "none"))
-        elif not (0 <= fit["start"] <= len(meta["history"]) and fit["epochs"] >= 1
-                  and meta["global_step"] >= 0 and (e is None or (
-                      e["number"] == len(meta["history"]) + 1
-                      and 0 <= e["step"] <= _steps(data["train_size"], self.batch_size)))):
-            problem = "its counters contradict each other"
-        if problem:
-            raise CheckpointError(f"cannot resume from {run_dir}: {problem}")
-        backup = self._state()
-        try:
-            self._apply(meta, arrays)
-        except ShenduError as err:
-            self._apply(*backup)
-            raise CheckpointError(f"cannot resume from {run_dir}: {err}") from None
-        remove_temporaries(run_dir)
-
-    def _apply(self, meta, arrays):
-        """Set this trainer's state from (meta, arrays). A part that does not fit raises
-        ShenduError, maybe after others were set: `_restore` then puts the old state back."""
-        parts = {"model.": {}, "optimizer.": {}}
-        for key, a in arrays.items():
-            prefix = key[:key.find(".") + 1]
-            if prefix not in parts:
-                raise ShenduError(f"unexpected array {key!r}")
-            parts[prefix][key[len(prefix):]] = a
-        self.model.load_state_dict(parts["model."])
-        self.optimizer.load_state_dict({**meta["optimizer"], "buffers": parts["optimizer."]})
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(meta["scheduler"])
-        self.rng = rng.from_state(meta["rng"]["data"])
-        rng.set_state(meta["rng"]["shendu"])
-        e = meta["epoch"]
-        if e is not None:
-            order, augment_seed = self._epoch_draws(rng.from_state(e["rng_start"]),
-                                                    meta["data"]["train_size"])
-            e = {**e, "order": order, "augment_seed": augment_seed}
-        self._epoch = e
-        self.history = [dict(row) for row in meta["history"]]
-        self._fit = None if meta["fit"] is None else dict(meta["fit"])
-        self._data, self.global_step = meta["data"], meta["global_step"]
-
-
-# What a checkpoint's JSON holds (see Trainer._state); checked field by field before use.
-_CHECKPOINT_FIELDS = {
-    "format": str, "version": int, "shendu_version": str, "arrays": str, "sha256": str,
-    "model": (dict, None), "optimizer": dict, "scheduler": (dict, None),
-    "trainer": {"batch_size": int, "checkpoint_every": (int, None), "skip_nonfinite": bool,
-                "settings": (dict, None), "augment": (str, None)},
-    "data": {"train_size": int, "train_sha256": str},
-    "fit": {"start": int, "epochs": int},
-    "global_step": int,
-    "rng": {"data": dict, "shendu": dict},
-    "epoch": (None, {"number": int, "rng_start": dict, "step": int, "loss_sum": float,
-                     "correct": int, "used": int, "skipped": int, "lr": float, "time": float}),
-    "history": [{"epoch": int, "train_loss": float, "train_acc": float, "test_acc": float,
-                 "lr": float, "epoch_time": float, "images_per_s": float, "skipped": int,
-                 "elapsed": float}],
-}
 
 
 def _reached(history, target):
@@ -547,44 +442,3 @@ def _reached(history, target):
 
 def _steps(n, batch_size):
     return -(-n // batch_size)
-
-
-def _fingerprint(x, t):
-    """The training set's size and SHA-256 (shapes, dtypes, bytes): resuming on other data would
-    silently change the order and the steps, so it is refused."""
-    digest = hashlib.sha256()
-    for a in (x, t):
-        a = np.ascontiguousarray(a)
-        digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(memoryview(a).cast("B"))
-    return {"train_size": len(x), "train_sha256": digest.hexdigest()}
-
-
-@contextmanager
-def _stop_requests():
-    """While training, SIGINT (Ctrl-C, a notebook's interrupt) and SIGTERM only ask for a stop,
-    which fit honours between two steps: an update is never cut in half. Python delivers signals
-    to the main thread only; in other threads nothing changes."""
-    stop = SimpleNamespace(signum=None)
-
-    def request(signum, frame):
-        stop.signum = signum
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(s) is not None:  # None: set outside Python, could not be restored
-                previous[s] = signal.signal(s, request)
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _call(callback, arg, stop):
-    """Run a callback; a KeyboardInterrupt it raises (between two steps) is a stop request."""
-    try:
-        callback(arg)
-    except KeyboardInterrupt:
-        stop.signum = signal.SIGINT
