@@ -2,8 +2,8 @@
 NumPy for the rest.
 
 kernels.cuda has the same names with the same semantics on device arrays, so that a layer picks
-its module by where its input lives (`K = kernels.of(x)`) and is written once. Most entries here
-are the NumPy expressions the layers used to hold; the results are the same, bit for bit.
+its module by where its input lives (`K = kernels.of(x)`) and is written once. What has no Numba
+kernel of its own is a NumPy expression here.
 """
 import numpy as np
 
