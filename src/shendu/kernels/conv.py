@@ -1,5 +1,10 @@
 """Convolution as direct loops over a register tile, compiled by Numba.
 
+Read kernels/textbook.py first: its `conv_forward` and `conv_backward` are the formulas of a
+convolution and its gradients as plain loops, one loop per index. The kernels here compute the
+same numbers, in an order that keeps the CPU's vector units busy; tests/test_textbook_kernels.py
+proves that they agree (float64 to 1e-12, float32 within rounding).
+
 Images are NHWC inside the kernels (channels last). A convolution is a sum over the kernel's taps
 (a, b) of a matrix product: the output pixels of a row, each a row of input channels shifted by the
 tap, times the tap's (in, out) slice of the weights. No patch matrix (im2col) is built: the inner
@@ -11,7 +16,7 @@ The inner loop is `_fma_tile`, the micro-kernel of a BLAS written as a Numba int
 tile scalar; this is the one place the engine writes LLVM IR.
 
 Each kernel has a pure-NumPy reference beside it or in the tests; tests prove they agree, and
-prove `conv_backward` against the textbook's col2im (`col2im_reference`).
+prove `conv_backward` against the book's col2im (`col2im_reference`).
 """
 import numpy as np
 from llvmlite import ir
@@ -133,7 +138,11 @@ def correlate(x, x_stride, pad, hp, wp, w, start, stride, relu, y):
     """y[n, i, j, :] = start + Σ_{a, b, c} xp[n, i·stride + a, j·stride + b, c] · w[a, b, c, :]
     for weights w (KH, KW, C, O), a vector start (O) and y (N, OH, OW, O), O a multiple of
     WIDTH; then max(y, 0) if relu, a row at a time while it is in cache. xp (N, HP, WP, C) is x
-    spread by x_stride and padded by pad, built an image at a time while it is in cache."""
+    spread by x_stride and padded by pad, built an image at a time while it is in cache.
+
+    Called by conv_forward (x_stride 1), y equals `textbook.conv_forward` with the weights
+    w.transpose(3, 2, 0, 1) and the bias start; called by conv_backward (dy spread by the stride,
+    the kernel flipped), it equals `textbook.conv_input_grad`."""
     n, c = x.shape[0], x.shape[3]
     kh, kw, _, o = w.shape
     oh, ow = y.shape[1], y.shape[2]
@@ -167,6 +176,9 @@ def weight_grad(x, pad, dy, stride, kh, kw, parts):
     columns, (OH, WP, O), zero beyond column OW. Then pixel m = i·WP + j of dy meets xp at
     stride·m + (a·WP + b) for every tap: one sum over the whole image (the zero columns read past
     a row's end, into the next, to no effect).
+
+    Σ_p parts[p] (its first O columns) equals `textbook.conv_weight_grad` transposed to
+    (KH, KW, C, O).
     """
     n, h, w, c = x.shape
     oh = dy.shape[1]
@@ -230,7 +242,9 @@ def _convolve(x, x_stride, pad, hp, wp, w, stride, out_shape, start=None, relu=F
 
 
 def conv_forward(x, w, b, stride, pad, relu=False):
-    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O); max(y, 0) if relu."""
+    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O); max(y, 0) if relu.
+
+    Equals `textbook.conv_forward`; tested in tests/test_textbook_kernels.py."""
     n, h, wd, c = x.shape
     o, _, kh, kw = w.shape
     oh, ow = out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad)
@@ -245,6 +259,9 @@ def conv_backward(dy, x, w, stride, pad, input_grad=True):
     dL/dw correlates the padded input with dy. dL/dx is itself a convolution: dy (with stride − 1
     zeros between its pixels) correlated with the kernel flipped in space and transposed in
     channels, padded by k − 1 − pad (no scatter-add needed).
+
+    Equals `textbook.conv_backward` (its conv_input_grad, conv_weight_grad and conv_bias_grad);
+    tested in tests/test_textbook_kernels.py.
     """
     o, c, kh, kw = w.shape
     n, h, wd, _ = x.shape

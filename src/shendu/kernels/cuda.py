@@ -20,6 +20,10 @@ Three patterns, each written once:
   which are then added block by block in order, as `norm.column_sums` does on the CPU: the same
   sums on every run, whatever the GPU.
 
+The kernels of the layers (convolution, pooling, ReLU, BatchNorm) equal, within float32
+rounding, the kernels of the same names in kernels/textbook.py, the formulas as plain loops;
+tests/test_textbook_kernels.py proves it.
+
 Launches are asynchronous; `copy_to_host` waits for them. Under NUMBA_ENABLE_CUDASIM=1 the same
 code runs in numba's CUDA simulator, every GPU thread a Python thread (the tests).
 """
@@ -253,7 +257,9 @@ def _copy(x, y):
 
 
 def relu_forward(x):
-    """max(x, 0), a new device array."""
+    """max(x, 0), a new device array.
+
+    Equals `textbook.relu_forward`; tested in tests/test_textbook_kernels.py."""
     x = _dense(x)
     y = empty_like(x)
     _relu[_elementwise(x.size)](_flat(x), _flat(y))
@@ -262,7 +268,9 @@ def relu_forward(x):
 
 def relu_backward(dy, y):
     """dL/dx = dy where y > 0 (y the forward output, or its input: both are > 0 at the same
-    places)."""
+    places).
+
+    Equals `textbook.relu_backward`; tested in tests/test_textbook_kernels.py."""
     y = _dense(y)
     dx = empty_like(y)
     _relu_backward[_elementwise(y.size)](_flat(_in_layout(dy, y)), _flat(y), _flat(dx))
@@ -364,7 +372,8 @@ def _patch(x, p, q, oh, ow, kw, stride, pad):
 def _conv(x, w_mat, kh, kw, stride, pad, y):
     """y[n, i, j, o] = Σ_{a, b, c} x[n, i·stride − pad + a, j·stride − pad + b, c] ·
     w_mat[(a·kw + b)·C + c, o]: the patch matrix (rows (n, i, j), columns (a, b, c)) times w_mat,
-    tile by tile, the patches read from x as they are staged.
+    tile by tile, the patches read from x as they are staged. With w_mat from
+    _weights_as_matrix(w, flip=False), y equals `textbook.conv_forward(x, w, None, stride, pad)`.
 
     A block computes TILE output pixels × TILE output channels; each thread one of them.
     """
@@ -398,9 +407,9 @@ def _conv(x, w_mat, kh, kw, stride, pad, y):
 @cuda.jit
 def _weight_matrix(w, flip, out):
     """The kernel w (O, C, KH, KW) as a matrix whose rows are ordered like a patch row:
-    out[(a·KW + b)·C + c, o] = w[o, c, a, b] (conv.py's w_mat); with flip, the kernel flipped in
-    space and transposed in channels, for dL/dx: out[(a·KW + b)·O + o, c] = w[o, c, KH−1−a, KW−1−b]
-    (conv.py's w_flipped)."""
+    out[(a·KW + b)·C + c, o] = w[o, c, a, b]; with flip, the kernel flipped in space and
+    transposed in channels, for dL/dx: out[(a·KW + b)·O + o, c] = w[o, c, KH−1−a, KW−1−b]. (The
+    CPU kernels read w in place and build no such matrix.)"""
     k = cuda.grid(1)
     if k < w.size:
         o, c, a, b = _unravel(k, w.shape)
@@ -428,7 +437,7 @@ def _dilate(dy, stride, out):
 def _weight_grad(dy, x, oh, ow, kh, kw, stride, pad, partial):
     """partial[z, o, c, a, b] = Σ_p dy[p, o] · patch[p, (a, b, c)] over the output pixels p of
     slice z (BLOCK pixels): dL/dw = dyᵀ · patches, the long reduction over (n, i, j) cut into
-    slices so that many blocks share it.
+    slices so that many blocks share it. Σ_z partial[z] equals `textbook.conv_weight_grad`.
 
     A block computes TILE output channels × TILE taps of one slice; each thread one of them.
     """
@@ -477,7 +486,9 @@ def _weights_as_matrix(w, flip):
 
 def conv_forward(x, w, b, stride, pad, relu=False):
     """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O), plus the bias b (O,) unless None;
-    max(y, 0) if relu."""
+    max(y, 0) if relu.
+
+    Equals `textbook.conv_forward`; tested in tests/test_textbook_kernels.py."""
     n, h, wd, _ = x.shape
     o, c, kh, kw = w.shape
     y = cuda.device_array((n, out_size(h, kh, stride, pad), out_size(wd, kw, stride, pad), o),
@@ -498,6 +509,8 @@ def conv_backward(dy, x, w, stride, pad, input_grad=True):
     dL/db sums dy over them. dL/dx is itself a convolution: dy (with stride − 1 zeros between its
     pixels) correlated with the kernel flipped in space and transposed in channels, padded by
     k − 1 − pad (the forward kernel, no scatter-add).
+
+    Equals `textbook.conv_backward`; tested in tests/test_textbook_kernels.py.
     """
     o, c, kh, kw = w.shape
     n, oh, ow, _ = dy.shape
@@ -590,22 +603,32 @@ def _avgpool_backward(dy, k, stride, pad, dx):
 
 def maxpool_forward(x, k, stride, pad, y, arg):
     """y = the window maximum; arg = where it came from (row * W + column), as pool.py; arg None
-    (inference) gets scratch space, so that the kernel has one signature."""
+    (inference) gets scratch space, so that the kernel has one signature.
+
+    Equals `textbook.maxpool_forward` (y and arg); tested in tests/test_textbook_kernels.py."""
     arg = empty(y.shape, np.int32) if arg is None else arg
     _maxpool_forward[_elementwise(y.size)](x, k, stride, pad, y, arg)
 
 
 def maxpool_backward(dy, arg, dx):
-    """Each output's gradient goes back to the one input that won its window."""
+    """Each output's gradient goes back to the one input that won its window.
+
+    Equals `textbook.maxpool_backward`; tested in tests/test_textbook_kernels.py."""
     fill(dx, 0)
     _maxpool_backward[_elementwise(dy.size)](dy, arg, dx)
 
 
 def avgpool_forward(x, k, stride, pad, y):
+    """y = the window mean, padded cells counting as zeros.
+
+    Equals `textbook.avgpool_forward`; tested in tests/test_textbook_kernels.py."""
     _avgpool_forward[_elementwise(y.size)](x, k, stride, pad, y)
 
 
 def avgpool_backward(dy, k, stride, pad, dx):
+    """Each output's gradient is shared equally, dy / k², by the k × k cells of its window.
+
+    Equals `textbook.avgpool_backward`; tested in tests/test_textbook_kernels.py."""
     _avgpool_backward[_elementwise(dx.size)](dy, k, stride, pad, dx)
 
 
@@ -704,7 +727,9 @@ def _column_reduction(a, b, shift, count, dtype):
 
 
 def column_sums(a, b, shift):
-    """Σ_i a[i] and Σ_i (a[i] − shift) · b[i], per column, in float64."""
+    """Σ_i a[i] and Σ_i (a[i] − shift) · b[i], per column, in float64.
+
+    Equals `textbook.column_sums`; tested in tests/test_textbook_kernels.py."""
     return _column_reduction(a, b, shift, 1, np.float64)
 
 
@@ -715,7 +740,9 @@ def sum_rows(a):
 
 def batch_stats(x):
     """Mean and biased variance of each column of x (M, C), float64, in two passes (no
-    cancellation: Σ (x − μ) x = Σ (x − μ)²)."""
+    cancellation: Σ (x − μ) x = Σ (x − μ)²).
+
+    Equals `textbook.batch_stats`; tested in tests/test_textbook_kernels.py."""
     mean = _column_reduction(x, x, zeros(x.shape[1]), len(x), np.float64)[0]
     return mean, _column_reduction(x, x, mean, len(x), np.float64)[1]
 
@@ -739,12 +766,16 @@ def _normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
 
 
 def normalize(x, mean, inv_std, gamma, beta, xhat, y):
-    """x̂ = (x − μ) / σ and y = γ x̂ + β, one thread per element."""
+    """x̂ = (x − μ) / σ and y = γ x̂ + β, one thread per element.
+
+    Equals `textbook.normalize`; tested in tests/test_textbook_kernels.py."""
     _normalize[_elementwise(x.size)](x, mean, inv_std, gamma, beta, xhat, y)
 
 
 def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
-    """dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy x̂)), one thread per element (scale = γ/σ)."""
+    """dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy x̂)), one thread per element (scale = γ/σ).
+
+    Equals `textbook.normalize_backward`; tested in tests/test_textbook_kernels.py."""
     _normalize_backward[_elementwise(dy.size)](dy, xhat, mean_dy, mean_dy_xhat, scale, dx)
 
 

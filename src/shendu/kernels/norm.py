@@ -6,6 +6,9 @@ The sums are split into fixed blocks of rows, summed in parallel and added block
 order, so they do not depend on the number of threads (a resumed run stays bitwise); they
 accumulate in float64. The blocks are kernels.pointwise's, whose `sum_rows` gives the mean. The
 NumPy references beside the kernels are what the tests compare with.
+
+batch_stats, column_sums, normalize and normalize_backward equal the kernels of the same names in
+kernels/textbook.py, the formulas as plain loops; tests/test_textbook_kernels.py proves it.
 """
 import numpy as np
 from numba import njit, prange
@@ -14,7 +17,9 @@ from .pointwise import BLOCK, add_blocks, sum_rows
 
 
 def column_sums(a, b, shift):
-    """Σ_i a[i] and Σ_i (a[i] − shift) · b[i], per column, in float64."""
+    """Σ_i a[i] and Σ_i (a[i] − shift) · b[i], per column, in float64.
+
+    Equals `textbook.column_sums`; tested in tests/test_textbook_kernels.py."""
     # Added up here, not inside the kernel: Numba's disk cache would not notice a change to
     # add_blocks, which lives in another file.
     s1, s2 = _block_sums(a, b, shift)
@@ -38,7 +43,9 @@ def _block_sums(a, b, shift):
 
 @njit(parallel=True, cache=True)
 def normalize(x, mean, inv_std, gamma, beta, xhat, y):
-    """x̂ = (x − μ) / σ and y = γ x̂ + β, row by row."""
+    """x̂ = (x − μ) / σ and y = γ x̂ + β, row by row.
+
+    Equals `textbook.normalize`; tested in tests/test_textbook_kernels.py."""
     for i in prange(x.shape[0]):
         for j in range(x.shape[1]):
             h = (x[i, j] - mean[j]) * inv_std[j]
@@ -48,7 +55,9 @@ def normalize(x, mean, inv_std, gamma, beta, xhat, y):
 
 @njit(parallel=True, cache=True)
 def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
-    """dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy x̂)), row by row (scale = γ/σ)."""
+    """dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy x̂)), row by row (scale = γ/σ).
+
+    Equals `textbook.normalize_backward`; tested in tests/test_textbook_kernels.py."""
     for i in prange(dy.shape[0]):
         for j in range(dy.shape[1]):
             dx[i, j] = scale[j] * (dy[i, j] - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
@@ -56,7 +65,9 @@ def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
 
 def batch_stats(x):
     """Mean and biased variance of each column of x (M, C), float64, in two passes (no
-    cancellation: Σ (x − μ) x = Σ (x − μ)²)."""
+    cancellation: Σ (x − μ) x = Σ (x − μ)²).
+
+    Equals `textbook.batch_stats`; tested in tests/test_textbook_kernels.py."""
     mean = sum_rows(x) / len(x)
     return mean, column_sums(x, x, mean)[1] / len(x)
 

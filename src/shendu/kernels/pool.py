@@ -2,6 +2,9 @@
 
 Padding follows PyTorch: max pooling never picks a padded cell, average pooling counts padded
 cells as zeros (count_include_pad=True).
+
+Each kernel equals the kernel of the same name in kernels/textbook.py, the pooling formulas as
+plain loops; tests/test_textbook_kernels.py proves it.
 """
 import numpy as np
 from numba import njit, prange
@@ -11,7 +14,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 @njit(parallel=True, cache=True)
 def maxpool_forward(x, k, stride, pad, y, arg):
     """y = the window maximum; arg = where it came from (row * W + column), for backward, unless
-    arg is None (inference)."""
+    arg is None (inference).
+
+    Equals `textbook.maxpool_forward` (y and arg); tested in tests/test_textbook_kernels.py."""
     n, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for img in prange(n):
@@ -41,7 +46,9 @@ def maxpool_forward(x, k, stride, pad, y, arg):
 
 @njit(parallel=True, cache=True)
 def maxpool_backward(dy, arg, dx):
-    """Each output's gradient goes back to the one input that won its window."""
+    """Each output's gradient goes back to the one input that won its window.
+
+    Equals `textbook.maxpool_backward`; tested in tests/test_textbook_kernels.py."""
     n, h, w, c = dx.shape
     oh, ow = dy.shape[1], dy.shape[2]
     for img in prange(n):
@@ -55,6 +62,9 @@ def maxpool_backward(dy, arg, dx):
 
 @njit(parallel=True, cache=True)
 def avgpool_forward(x, k, stride, pad, y):
+    """y = the window mean, padded cells counting as zeros.
+
+    Equals `textbook.avgpool_forward`; tested in tests/test_textbook_kernels.py."""
     n, h, w, c = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for img in prange(n):
@@ -72,6 +82,9 @@ def avgpool_forward(x, k, stride, pad, y):
 
 @njit(parallel=True, cache=True)
 def avgpool_backward(dy, k, stride, pad, dx):
+    """Each output's gradient is shared equally, dy / k², by the k × k cells of its window.
+
+    Equals `textbook.avgpool_backward`; tested in tests/test_textbook_kernels.py."""
     n, h, w, c = dx.shape
     oh, ow = dy.shape[1], dy.shape[2]
     for img in prange(n):
