@@ -187,28 +187,6 @@ def test_notebook_pair_in_sync(entry):
 
 
 @pytest.mark.parametrize("entry", toc_notebooks())
-def test_notebook_imports_shendu_before_numpy(entry):
-    """shendu sets OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads when NumPy is first imported:
-    a notebook that imports NumPy first keeps OpenBLAS's idle threads spinning."""
-    import ast
-
-    import jupytext
-
-    modules = []
-    for cell in jupytext.read(ROOT / f"{entry}.md").cells:
-        if cell.cell_type == "code" and not cell.source.lstrip().startswith(("%", "!")):
-            for node in ast.walk(ast.parse(cell.source)):
-                if isinstance(node, ast.Import):
-                    modules += [a.name.split(".")[0] for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module:
-                    modules.append(node.module.split(".")[0])
-    assert "shendu" in modules and "numpy" in modules, f"{entry}: imports {modules}"
-    assert modules.index("shendu") < modules.index("numpy"), (
-        f"{entry}: import shendu before NumPy (imports in order: {modules})"
-    )
-
-
-@pytest.mark.parametrize("entry", toc_notebooks())
 def test_first_visible_cell_chooses_profile_and_device(entry):
     """The first cell a reader sees (the Colab cell is hidden) is where the profile is chosen,
     and where a notebook that trains picks the GPU when there is one."""

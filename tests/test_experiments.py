@@ -295,3 +295,21 @@ def test_experiments_write_into_the_checkout_they_run_in(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ShenduError, match="not inside a checkout of the course"):
         experiments.run("toy")
+
+
+def test_tuning_measures_every_configuration_in_its_own_process(monkeypatch):
+    """Each configuration runs in a fresh process of its own and gives its rates; one that
+    imports a module not installed here (PyTorch, on a machine without it) is left out."""
+    monkeypatch.setattr(experiments, "TUNING", {
+        "as shendu runs": ("", "", {}),
+        "NumPy first": ("numpy", "", {}),
+        "no tuning": ("", "", {"SHENDU_TUNING": "0"}),
+        "threaded": ("", "threaded-blas", {}),
+        "missing module first": ("no_such_module_here", "", {}),
+    })
+    figures = experiments.tuning(rounds=1)
+    assert figures["rounds"] == 1 and set(figures["configs"]) == {
+        "as shendu runs", "NumPy first", "no tuning", "threaded"}  # a missing module is left out
+    for row in figures["configs"].values():
+        for work in ("train", "infer"):
+            assert 0 < row[work]["min"] <= row[work]["median"] <= row[work]["max"]

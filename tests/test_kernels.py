@@ -275,16 +275,40 @@ def test_bilinear_reads_pixels_and_midpoints():
     np.testing.assert_allclose(out[0, 0, 0], [0, 11, 2.5, 3.5, 0])
 
 
-def test_threads_wait_asleep_where_shendu_is_imported_first():
-    """Numba's OpenMP workers and OpenBLAS's threads must not spin between two pieces of work:
-    they would take the cores from each other and from a process training beside this one."""
+def test_matrix_products_run_blas_in_one_thread():
+    """kernels.cpu.matmul runs NumPy's BLAS in one thread, for that call only, so that BLAS's
+    threads never wake (and then spin on the cores Numba's kernels need), whatever was imported
+    first; the process's own setting is back afterwards."""
+    import threadpoolctl
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"]
+
+    seen = []
+
+    class Probe(np.ndarray):
+        def __matmul__(self, other):
+            seen.append(blas_threads())
+            return np.asarray(self) @ np.asarray(other)
+
+    before = blas_threads()
+    a = np.ones((4, 3), np.float32).view(Probe)
+    np.testing.assert_array_equal(cpu.matmul(a, np.ones((2, 3), np.float32), transpose_b=True),
+                                  np.full((4, 2), 3, np.float32))
+    assert before and seen == [[1] * len(before)] and blas_threads() == before
+
+
+def test_importing_shendu_changes_no_thread_setting():
+    """The process keeps its own OMP_WAIT_POLICY and BLAS settings (shendu/tuning.py)."""
     import subprocess
     import sys
-    probe = ("import ctypes, glob, os, shendu, numpy\n"
-             "lib, = glob.glob(os.path.join(numpy.__path__[0], '..', 'numpy.libs', '*openblas*'))\n"
-             "print(ctypes.CDLL(lib).openblas_thread_timeout(), os.environ['OMP_WAIT_POLICY'])")
+    probe = "import os, shendu; print(os.environ.get('OMP_WAIT_POLICY'), " \
+            "os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == ["4", "passive"]
+    assert out == ["None", "None"]
+
+

@@ -151,7 +151,7 @@ def test_summary_counts_multiply_adds_by_hand():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_freed_arrays_come_back_without_page_faults():
-    """Importing shendu keeps freed blocks for reuse (shendu._keep_freed_memory): a step that
+    """Importing shendu keeps freed blocks for reuse (shendu.tuning): a step that
     allocates and frees arrays of a few MiB (a batch's activations) faults no pages in again."""
     def step():
         a = np.ones(6 << 20, np.uint8)
@@ -164,3 +164,14 @@ def test_freed_arrays_come_back_without_page_faults():
     for _ in range(5):
         step()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 100  # glibc's own: ~1800
+
+
+def test_shendu_tuning_0_leaves_the_process_as_it_is(monkeypatch):
+    calls = []
+    monkeypatch.setattr(shendu.tuning, "keep_freed_memory", lambda: calls.append("mallopt"))
+    monkeypatch.setenv("SHENDU_TUNING", "0")
+    shendu.tuning.apply()
+    assert calls == []
+    monkeypatch.delenv("SHENDU_TUNING")
+    shendu.tuning.apply()
+    assert calls == ["mallopt"]

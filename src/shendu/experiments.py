@@ -123,6 +123,80 @@ def bench():
     return bench_module.run()
 
 
+# One configuration of the process, measured in a fresh Python: what it imports first, then
+# DeepConvNet's training (forward, backward, Adam) and inference at batch 100, images per second.
+_TUNING_WORKER = """
+import json, sys, time
+first, change = sys.argv[1], sys.argv[2]
+if first:
+    __import__(first)
+import shendu
+from shendu import models, nn, optim
+from shendu.kernels import cpu
+if change == "threaded-blas":
+    cpu.matmul = lambda a, b, transpose_a=False, transpose_b=False: (
+        (a.T if transpose_a else a) @ (b.T if transpose_b else b))
+import numpy as np
+rng = np.random.default_rng(0)
+X, T = rng.random((8, 100, 1, 28, 28), np.float32), rng.integers(0, 10, (8, 100))
+net, loss_fn = models.DeepConvNet(), nn.CrossEntropyLoss()
+opt = optim.Adam(net.parameters(), lr=1e-3)
+def train():
+    net.train()
+    for x, t in zip(X, T):
+        loss_fn(net(x), t)
+        nn.data_backward(net, loss_fn.backward())
+        opt.step()
+def infer():
+    net.eval()
+    with nn.no_grad():
+        for x in X:
+            net(x)
+train(), infer()  # compiled (or read from Numba's cache) and warm
+rates = {}
+for name, work in (("train", train), ("infer", infer)):
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - start)
+    rates[name] = X.shape[0] * X.shape[1] / sorted(seconds)[1]
+print(json.dumps(rates))
+"""
+
+# name: (module imported before shendu, change, environment)
+TUNING = {
+    "as shendu runs": ("", "", {}),
+    "NumPy imported first": ("numpy", "", {}),
+    "PyTorch imported first": ("torch", "", {}),
+    "freed memory not kept (SHENDU_TUNING=0)": ("", "", {"SHENDU_TUNING": "0"}),
+    "BLAS threaded in the layers' products": ("", "threaded-blas", {}),
+    "OMP_WAIT_POLICY=passive": ("", "", {"OMP_WAIT_POLICY": "passive"}),
+}
+
+
+@experiment
+def tuning(rounds=7):
+    """What shendu's process settings are worth (shendu/tuning.py): DeepConvNet's training and
+    inference in a fresh process per configuration, the configurations alternating round after
+    round so that a noisy machine slows each alike; medians and ranges of images per second."""
+    import importlib.util
+    configs = {name: c for name, c in TUNING.items()
+               if not c[0] or importlib.util.find_spec(c[0]) is not None}  # PyTorch: if there
+    runs = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, (first, change, env) in configs.items():
+            out = subprocess.run([sys.executable, "-c", _TUNING_WORKER, first, change],
+                                 env={**os.environ, **env}, capture_output=True, text=True,
+                                 check=True).stdout
+            runs[name].append(json.loads(out))
+    return {"rounds": rounds, "batch": 100, "configs": {
+        name: {work: {"median": float(np.median([r[work] for r in rows])),
+                      "min": min(r[work] for r in rows), "max": max(r[work] for r in rows)}
+               for work in ("train", "infer")}
+        for name, rows in runs.items()}}
+
+
 @experiment
 def chapter1():
     """The chapter's run: DeepConvNet, Adam 0.001, batch 100, 20 epochs, full MNIST."""

@@ -5,7 +5,10 @@ kernels.cuda has the same names with the same semantics on device arrays, so tha
 its module by where its input lives (`K = kernels.of(x)`) and is written once. What has no Numba
 kernel of its own is a NumPy expression here.
 """
+import functools
+
 import numpy as np
+import threadpoolctl
 
 from ..rng import generator
 from .conv import conv_backward, conv_forward  # noqa: F401  (kernels of both devices)
@@ -53,8 +56,17 @@ def on_host(f, *args):
 
 # -- layers' arithmetic -----------------------------------------------------------------------
 def matmul(a, b, transpose_a=False, transpose_b=False):
-    """op(a) · op(b), op = transpose where asked."""
-    return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+    """op(a) · op(b), op = transpose where asked, by NumPy's BLAS in one thread: these products
+    (the fully connected layers') are small, and a threaded one would leave BLAS's threads
+    spinning on the cores Numba's kernels need next (see shendu/tuning.py)."""
+    with _blas().limit(limits=1):
+        return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+
+
+@functools.cache
+def _blas():
+    """The BLAS libraries loaded in this process (NumPy's), to limit their threads."""
+    return threadpoolctl.ThreadpoolController().select(user_api="blas")
 
 
 def add_bias(y, b):
