@@ -176,7 +176,7 @@ TUNING = {
 
 
 @experiment
-def tuning(rounds=7):
+def tuning(rounds=11):
     """What shendu's process settings are worth (shendu/tuning.py): DeepConvNet's training and
     inference in a fresh process per configuration, the configurations alternating round after
     round so that a noisy machine slows each alike; medians and ranges of images per second."""
