@@ -14,5 +14,5 @@ from .train import Trainer, evaluate, planned_steps, predict_proba, profile, set
 
 __version__ = "0.1.0"
 __all__ = ["nn", "optim", "models", "ShenduError", "CheckpointError", "manual_seed", "Trainer",
-           "evaluate", "predict_proba", "profile", "set_profile", "save", "load", "load_image",
-           "summary", "cuda_available"]
+           "evaluate", "predict_proba", "profile", "set_profile", "planned_steps", "save", "load",
+           "load_image", "summary", "cuda_available"]
