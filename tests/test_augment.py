@@ -185,6 +185,8 @@ def test_seeding_repeats_exactly():
                                  lambda: augment.RandomCrop(28, padding=-1),
                                  lambda: augment.RandomCrop(28, padding=(1, 2, 3)),
                                  lambda: augment.RandomCrop(28, padding=1.5),
+                                 lambda: augment.RandomCrop(28, fill=(0, 0, 0)),
+                                 lambda: augment.RandomCrop(28, pad_if_needed="yes"),
                                  lambda: augment.RandomCrop(28, padding_mode="wrap"),
                                  lambda: augment.Compose(augment.RandomCrop(28)),
                                  lambda: augment.Compose([augment.RandomCrop(28), "flip"]),

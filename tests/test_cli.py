@@ -406,3 +406,25 @@ def test_two_trainings_started_at_once_do_not_share_a_directory(tmp_path):
     assert len(err.splitlines()) == 1 and (f"{run} is in use by another process" in err
                                           or f"{run} already holds a run" in err), err
     assert shendu.load(run).num_parameters() == 123_552
+
+
+def test_a_resumed_folder_is_held_too_and_a_read_only_cache_is_no_obstacle(tmp_path, monkeypatch):
+    """fit(run_dir=A, resume=B) writes A and reads B: another process writing B stops it; and
+    where the cache cannot be written the locks live in the temporary folder."""
+    source, target = tmp_path / "b", tmp_path / "a"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(source)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        model = models.get("deepconvnet")
+        trainer = shendu.Trainer(model, shendu.optim.SGD(model.parameters()), run_dir=target,
+                                 progress=False)
+        data = (np.zeros((4, 1, 28, 28), np.uint8), np.zeros(4, int))
+        with pytest.raises(shendu.ShenduError, match=f"{source} is in use"):
+            trainer.fit(data, data, resume=source)
+        assert not target.exists()
+    finally:
+        holder.communicate("")
+    monkeypatch.setenv("SHENDU_CACHE", "/proc/no-cache-here")
+    shendu.save(model, target)
+    assert shendu.load(target).num_parameters() == 123_552

@@ -313,3 +313,12 @@ def test_tuning_measures_every_configuration_in_its_own_process(monkeypatch):
     for row in figures["configs"].values():
         for work in ("train", "infer"):
             assert 0 < row[work]["min"] <= row[work]["median"] <= row[work]["max"]
+
+
+def test_results_need_the_package_to_ship_them(monkeypatch):
+    """An installation made before shendu.results existed says to reinstall, in one line."""
+    def missing(package):
+        raise ModuleNotFoundError(package)
+    monkeypatch.setattr(experiments.importlib.resources, "files", missing)
+    with pytest.raises(ShenduError, match="install it again"):
+        experiments.load("bench")

@@ -97,7 +97,8 @@ def test_fuse_is_a_pass_over_any_sequential():
                           nn.ReLU(), nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), nn.ReLU())
     weight = model[0].weight
     names = [name for name, _ in model.named_parameters()]
-    assert nn.fuse(model) is model
+    assert nn.fuse(model.eval()) is model
+    assert not any(m.training for m in model.modules())  # the fused layers keep the mode
     kinds = [type(m).__name__ for m in model.modules()]
     assert kinds == ["Sequential", "ConvReLU2d", "Identity", "Conv2d", "BatchNorm2d", "ReLU",
                      "Sequential", "ConvReLU2d", "Identity", "ReLU"]

@@ -64,7 +64,7 @@ def test_train_by_recipe_stops_at_the_target(runs):
     rows = (dirs[0] / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",")[-1] == "elapsed" and len(rows) == 2  # stopped after one epoch
     meta, _ = shendu.io.read_checkpoint(dirs[0])
-    assert meta["trainer"]["augment"].startswith("Compose(RandomAffine(degrees=(-10.0, 10.0)")
+    assert meta["trainer"]["augment"].startswith("Compose([RandomAffine(degrees=(-10.0, 10.0)")
     assert meta["scheduler"]["total_steps"] == 30  # the recipe's 3 epochs of 10 steps
     assert meta["trainer"]["settings"]["target_accuracy"] == 0.15
 

@@ -186,7 +186,7 @@ def test_augmentation_explorer_starts_as_the_identity_and_draws_at_construction(
 
 def test_augmentation_sliders_build_the_transform_and_redraw():
     w = widgets.augmentation_explorer(DIGITS, rotation=30)
-    assert "Compose(RandomAffine(degrees=(-30.0, 30.0)))" in w.described.value
+    assert "Compose([RandomAffine(degrees=(-30.0, 30.0))])" in w.described.value
     before = shown_png(w)
     w.sliders["erasing"].value = 50
     w.sliders["elastic"].value = 10

@@ -40,7 +40,7 @@ class Compose:
         return x
 
     def __repr__(self):
-        return f"Compose({', '.join(map(repr, self.transforms))})"
+        return f"Compose([{', '.join(map(repr, self.transforms))}])"
 
 
 class RandomCrop:
@@ -59,6 +59,12 @@ class RandomCrop:
             "padding", padding, (1, 2, 4), 0, "a whole number ≥ 0 or a tuple of 2 or 4 of them")
         left, top, right, bottom = pads * (4 // len(pads))  # p; (left/right, top/bottom); all four
         self.pad = ((top, bottom), (left, right))  # (rows, columns), as np.pad takes them
+        if isinstance(fill, bool) or not isinstance(fill, (int, float, np.number)):
+            raise ShenduError(f"RandomCrop fill must be a number (one value for every channel), "
+                              f"got {fill!r}")
+        if not isinstance(pad_if_needed, bool):
+            raise ShenduError(f"RandomCrop pad_if_needed must be True or False, got "
+                              f"{pad_if_needed!r}")
         if padding_mode not in self._MODES:
             raise ShenduError(f"RandomCrop padding_mode must be one of {', '.join(self._MODES)}, "
                               f"got {padding_mode!r}")

@@ -48,7 +48,7 @@ def fingerprint(x, t):
     return {"train_size": len(x), "train_sha256": digest.hexdigest()}
 
 
-def save(trainer):
+def write(trainer):
     """Write the trainer's checkpoint into its run directory, if it has one."""
     if trainer.run_dir is not None:
         write_checkpoint(trainer.run_dir, *checked_state(trainer))
@@ -155,7 +155,7 @@ def _apply(trainer, meta, arrays):
         e = {**e, "order": order, "augment_seed": augment_seed}
     trainer._epoch = e
     trainer.history = [dict(row) for row in meta["history"]]
-    trainer._fit = None if meta["fit"] is None else dict(meta["fit"])
+    trainer._fit = None if meta["fit"] is None else dict(meta["fit"])  # None: from a backup
     trainer._data, trainer.global_step = meta["data"], meta["global_step"]
 
 

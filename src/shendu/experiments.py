@@ -35,10 +35,10 @@ def names():
 
 
 def _commit(out_dir):
-    """The commit of the checkout the experiment ran in (None outside one), its results
-    folder excepted."""
+    """The commit of the code that ran: the checkout that holds this package (None for an
+    installed wheel), its results folder excepted."""
     try:
-        return commit(checkout(), unless_changed_in=out_dir)
+        return commit(checkout(Path(__file__).parent), unless_changed_in=out_dir)
     except ShenduError:
         return None
 
@@ -107,8 +107,14 @@ def load(name, results_dir=None):
     """The recorded results of an experiment (for notebooks): from `results_dir`, or by default
     from the package's own copy, `shendu.results` (in a checkout installed with `pip install -e`,
     that is notebooks/results itself; in a wheel, the files committed when it was built)."""
-    folder = Path(results_dir) if results_dir is not None else importlib.resources.files(
-        "shendu.results")
+    if results_dir is None:
+        try:
+            folder = importlib.resources.files("shendu.results")
+        except ModuleNotFoundError:  # installed before the package shipped its results
+            raise ShenduError("this installation of shendu has no results: install it again "
+                              "(pip install -e . in a checkout)") from None
+    else:
+        folder = Path(results_dir)
     path = folder / f"{name}.json"
     if not path.is_file():
         raise ShenduError(f"no results for {name!r}: run `python -m shendu experiment {name}`")

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import struct
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,23 +60,19 @@ def lock_run_dir(run_dir):
 
     The lock is the operating system's (flock, or LockFileEx on Windows, through `filelock`), so
     it ends with its process however that ends: a killed run leaves nothing to clean up. Its file
-    lies in the cache (`<cache>/locks/`, named by the directory's resolved path), not in the run
-    directory, which holds only the run."""
+    lies in the cache (`<cache>/locks/`, named by the directory's resolved path; in the temporary
+    folder where the cache is read-only), not in the run directory, which holds only the run."""
     key = Path(run_dir).resolve()
     held = _HELD.get(key)
     if held is None:
-        folder = cache_dir() / "locks"
-        name = hashlib.sha256(str(key).encode()).hexdigest()[:32]
-        lock = filelock.FileLock(folder / f"{name}.lock", timeout=0)
+        lock = filelock.FileLock(_lock_folder() / f"{_digest(str(key))}.lock", timeout=0)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except filelock.Timeout:
             raise ShenduError(f"{run_dir} is in use by another process (a run writing into it): "
                               "wait for it to end, or choose another run directory") from None
         except OSError as e:
-            raise CheckpointError(f"could not take the lock of {run_dir} in {folder} ({e}): set "
-                                  "SHENDU_CACHE to a writable folder") from None
+            raise CheckpointError(f"could not take the lock of {run_dir}: {e}") from None
         held = _HELD[key] = [lock, 0]
     held[1] += 1
     try:
@@ -85,6 +82,24 @@ def lock_run_dir(run_dir):
         if held[1] == 0:
             del _HELD[key]
             held[0].release()
+
+
+def _lock_folder():
+    """<cache>/locks, or a folder of this user's in the temporary folder where the cache cannot
+    be written (a read-only home)."""
+    for folder in (cache_dir() / "locks",
+                   Path(tempfile.gettempdir()) / f"shendu-locks-{_digest(str(Path.home()))}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            continue
+    raise CheckpointError("no folder to keep run-directory locks in: set SHENDU_CACHE to a "
+                          "writable folder")
+
+
+def _digest(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 # -- saving ------------------------------------------------------------------------------------
@@ -192,12 +207,12 @@ def write_checkpoint(run_dir, meta, arrays):
             write_atomic({run_dir / CHECKPOINT: text.encode()})
         except OSError as e:
             raise CheckpointError(f"could not write a checkpoint in {run_dir}: {e}") from None
-    for old in run_dir.glob("checkpoint-*.safetensors"):
-        if old.name != name:
-            try:
-                old.unlink()
-            except OSError:  # harmless: nothing names it, and the next checkpoint tries again
-                pass
+        for old in run_dir.glob("checkpoint-*.safetensors"):
+            if old.name != name:
+                try:
+                    old.unlink()
+                except OSError:  # harmless: nothing names it, and the next checkpoint tries again
+                    pass
 
 
 def read_checkpoint(run_dir):

@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,7 @@ def _profile_caps(x, t, x_test, t_test, epochs):
     QUICK_TRAIN training and QUICK_TEST test images and QUICK_EPOCHS epochs, as it says."""
     if profile() != "quick":
         return x, t, x_test, t_test, epochs
-    print(f"SHENDU_PROFILE=quick: {min(len(x), QUICK_TRAIN)} of {len(x)} training images, "
+    print(f"profile quick: {min(len(x), QUICK_TRAIN)} of {len(x)} training images, "
           f"{min(len(x_test), QUICK_TEST)} of {len(x_test)} test images, "
           f"{min(epochs, QUICK_EPOCHS)} of {epochs} epochs")
     return (x[:QUICK_TRAIN], t[:QUICK_TRAIN], x_test[:QUICK_TEST], t_test[:QUICK_TEST],
@@ -270,12 +270,13 @@ class Trainer:
             raise ShenduError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
         x, t, x_test, t_test, epochs = _profile_caps(x, t, x_test, t_test, epochs)
         data = checkpointing.fingerprint(x, t)
-        run_dir = self.run_dir or (None if resume is None else Path(resume))
-        with nullcontext() if run_dir is None else lock_run_dir(run_dir):  # one writer at a time
+        with ExitStack() as held:  # one writer at a time, in the folder read and the one written
+            for folder in sorted({Path(d).resolve() for d in (self.run_dir, resume) if d}):
+                held.enter_context(lock_run_dir(folder))
             start = self._begin_fit(data, epochs, resume)
             try:
                 with stop_requests() as stop:
-                    checkpointing.save(self)  # proves the run directory writable before any work
+                    checkpointing.write(self)  # proves the run directory writable before any work
                     while (len(self.history) < start + epochs and stop.signum is None
                            and not _reached(self.history[start:], target_accuracy)):
                         self._train_epoch(x, t, start + epochs, stop, on_step)
@@ -285,7 +286,7 @@ class Trainer:
                                 stop.call(on_epoch, metrics)
                     if stop.signum is not None:
                         self.stopped = stop.signum
-                        checkpointing.save(self)
+                        checkpointing.write(self)
             except BaseException:
                 self._fit = self._epoch = None  # only an interrupt leaves a fit to continue
                 raise
@@ -319,7 +320,7 @@ class Trainer:
                 if e["used"]:
                     bar.set_postfix(loss=f"{e['loss_sum'] / e['used']:.4f}", refresh=False)
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
-                    checkpointing.save(self)
+                    checkpointing.write(self)
                 if on_step is not None:
                     stop.call(on_step, {"epoch": e["number"], "step": e["step"], "steps": steps,
                                         "global_step": self.global_step, "loss": loss})

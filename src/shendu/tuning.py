@@ -16,8 +16,7 @@ Done where it is needed, so that it holds whatever was imported first:
 
 - The fully connected layers' matrix products run NumPy's BLAS in one thread
   (`kernels.cpu.matmul`, through threadpoolctl, for that call only). Threaded, OpenBLAS leaves
-  its threads spinning for about 0.1 s after each product, on the cores Numba's kernels need
-  next. (The OPENBLAS_THREAD_TIMEOUT variable would do it for the whole process, but only if set
+  its threads spinning for a while after each product, on the cores Numba's kernels need next. (The OPENBLAS_THREAD_TIMEOUT variable would do it for the whole process, but only if set
   before NumPy is first imported: a notebook would have to import shendu first.)
 
 Left as they are: OMP_WAIT_POLICY (Numba's OpenMP threads spin briefly between parallel loops,

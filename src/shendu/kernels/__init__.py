@@ -2,6 +2,9 @@
 (numba.cuda device arrays), with the same names and semantics. A layer asks `kernels.of(x)` for
 the module of its input's device and calls it, so each layer is written once.
 
+Read `kernels.textbook` first: the same kernels as the loops of a textbook, each the formula in
+its docstring; every fast kernel says which of them it equals, and the tests prove it.
+
 kernels.cuda (and numba.cuda with it) is imported only when a device array or "cuda" appears:
 numba-cuda is an optional dependency.
 """

@@ -6,6 +6,7 @@ its module by where its input lives (`K = kernels.of(x)`) and is written once. W
 kernel of its own is a NumPy expression here.
 """
 import functools
+import threading
 
 import numpy as np
 import threadpoolctl
@@ -56,11 +57,15 @@ def on_host(f, *args):
 
 # -- layers' arithmetic -----------------------------------------------------------------------
 def matmul(a, b, transpose_a=False, transpose_b=False):
-    """op(a) · op(b), op = transpose where asked, by NumPy's BLAS in one thread: these products
-    (the fully connected layers') are small, and a threaded one would leave BLAS's threads
-    spinning on the cores Numba's kernels need next (see shendu/tuning.py)."""
-    with _blas().limit(limits=1):
+    """op(a) · op(b), op = transpose where asked, by NumPy's BLAS in one thread: a threaded
+    product would leave BLAS's threads spinning on the cores Numba's kernels need next (see
+    shendu/tuning.py). The course's fully connected layers are small beside its convolutions.
+    The limit is the process's, so one thread at a time sets and restores it."""
+    with _BLAS_LIMIT, _blas().limit(limits=1):
         return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+
+
+_BLAS_LIMIT = threading.Lock()
 
 
 @functools.cache

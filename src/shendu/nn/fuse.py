@@ -22,6 +22,6 @@ def fuse(model):
             layers = list(module._modules.items())
             for (name, layer), (after, following) in zip(layers, layers[1:]):
                 if type(layer) is Conv2d and type(following) is ReLU:
-                    setattr(module, name, ConvReLU2d(layer))
-                    setattr(module, after, Identity())
+                    setattr(module, name, ConvReLU2d(layer).train(layer.training))
+                    setattr(module, after, Identity().train(following.training))
     return model
