@@ -283,6 +283,17 @@ def test_textbook_batchnorm_matches_its_definition(m, c):
 
 
 # -- 2. the fast CPU kernels against the textbook kernels ----------------------------------------
+def _backward_equals_the_textbook(dy, x, wt, s, p, agree):
+    """cpu.conv_backward's dx, dw and db, and dw and db without dx, agree with the textbook's."""
+    want = tb.conv_backward(dy, x, wt, s, p)
+    for got, expected in zip(cpu.conv_backward(dy, x, wt, s, p), want):
+        agree(got, expected)
+    dx, dw, db = cpu.conv_backward(dy, x, wt, s, p, input_grad=False)
+    assert dx is None
+    agree(dw, want[1])
+    agree(db, want[2])
+
+
 @pytest.mark.parametrize("n,h,w,c,o,k,s,p", CONV_CASES)
 def test_fast_convolution_equals_the_textbook_in_float64(n, h, w, c, o, k, s, p):
     x, wt, b = _conv_args(n, h, w, c, o, k, seed=3)
@@ -290,14 +301,8 @@ def test_fast_convolution_equals_the_textbook_in_float64(n, h, w, c, o, k, s, p)
         for relu in (False, True):
             _same(cpu.conv_forward(x, wt, bias, s, p, relu=relu),
                   tb.conv_forward(x, wt, bias, s, p, relu))
-    dy = _rand(n, _out(h, k, s, p), _out(w, k, s, p), o, seed=4)
-    want = tb.conv_backward(dy, x, wt, s, p)
-    for got, expected in zip(cpu.conv_backward(dy, x, wt, s, p), want):
-        _same(got, expected)
-    dx, dw, db = cpu.conv_backward(dy, x, wt, s, p, input_grad=False)
-    assert dx is None
-    _same(dw, want[1])
-    _same(db, want[2])
+    _backward_equals_the_textbook(_rand(n, _out(h, k, s, p), _out(w, k, s, p), o, seed=4), x,
+                                  wt, s, p, _same)
 
 
 @pytest.mark.parametrize("values", [_rand, _ties])
@@ -402,14 +407,8 @@ def test_fast_convolution_equals_the_textbook_in_float32(n, h, c, o, k, s, p):
     y = tb.conv_forward(x, wt, b, s, p)
     _close32(cpu.conv_forward(x, wt, b, s, p), y)
     _close32(cpu.conv_forward(x, wt, b, s, p, relu=True), tb.conv_forward(x, wt, b, s, p, True))
-    dy = _rand(*y.shape, seed=9, dtype=np.float32)
-    want = tb.conv_backward(dy, x, wt, s, p)
-    for got, expected in zip(cpu.conv_backward(dy, x, wt, s, p), want):
-        _close32(got, expected)
-    dx, dw, db = cpu.conv_backward(dy, x, wt, s, p, input_grad=False)
-    assert dx is None
-    _close32(dw, want[1])
-    _close32(db, want[2])
+    _backward_equals_the_textbook(_rand(*y.shape, seed=9, dtype=np.float32), x, wt, s, p,
+                                  _close32)
 
 
 def test_fast_pooling_relu_and_batchnorm_equal_the_textbook_in_float32():
