@@ -130,43 +130,34 @@ def bench():
 
 
 # One configuration of the process, measured in a fresh Python: what it imports first, then
-# DeepConvNet's training (forward, backward, Adam) and inference at batch 100, images per second.
+# bench's DeepConvNet engine (training: forward, backward, Adam; inference) at batch 100.
 _TUNING_WORKER = """
 import json, sys, time
 first, change = sys.argv[1], sys.argv[2]
 if first:
     __import__(first)
 import shendu
-from shendu import models, nn, optim
+from shendu import bench
 from shendu.kernels import cpu
 if change == "threaded-blas":
     cpu.matmul = lambda a, b, transpose_a=False, transpose_b=False: (
         (a.T if transpose_a else a) @ (b.T if transpose_b else b))
 import numpy as np
+train_step, infer = bench.shendu_engine()
 rng = np.random.default_rng(0)
-X, T = rng.random((8, 100, 1, 28, 28), np.float32), rng.integers(0, 10, (8, 100))
-net, loss_fn = models.DeepConvNet(), nn.CrossEntropyLoss()
-opt = optim.Adam(net.parameters(), lr=1e-3)
-def train():
-    net.train()
-    for x, t in zip(X, T):
-        loss_fn(net(x), t)
-        nn.data_backward(net, loss_fn.backward())
-        opt.step()
-def infer():
-    net.eval()
-    with nn.no_grad():
-        for x in X:
-            net(x)
-train(), infer()  # compiled (or read from Numba's cache) and warm
+batches = [(rng.random((100, 1, 28, 28), np.float32), rng.integers(0, 10, 100)) for _ in range(8)]
+work = {"train": lambda: [train_step(x, t) for x, t in batches],
+        "infer": lambda: [infer(x) for x, _ in batches]}
+for run in work.values():
+    run()  # compiled (or read from Numba's cache) and warm
 rates = {}
-for name, work in (("train", train), ("infer", infer)):
+for name, run in work.items():
     seconds = []
     for _ in range(3):
         start = time.perf_counter()
-        work()
+        run()
         seconds.append(time.perf_counter() - start)
-    rates[name] = X.shape[0] * X.shape[1] / sorted(seconds)[1]
+    rates[name] = 8 * 100 / sorted(seconds)[1]
 print(json.dumps(rates))
 """
 
