@@ -76,14 +76,14 @@ def assert_close(actual, expected, rtol=1e-4):
 
 def assert_matches_torch(module, reference, x, seed=0):
     """One forward and backward pass of a shendu module and its PyTorch twin (same weights, same
-    parameter names) on float32 x: outputs, dL/dx, every parameter's gradient and every buffer
-    (BatchNorm's running statistics) agree."""
+    parameter names) on x (float32, or float64 where rounding must not count): outputs, dL/dx,
+    every parameter's gradient and every buffer (BatchNorm's running statistics) agree."""
     import torch
 
     xt = torch.tensor(x, requires_grad=True)
     y, yt = module(x), reference(xt)
     assert_close(y, yt.detach().numpy())
-    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
     yt.backward(torch.tensor(dy))
     assert_close(module.backward(dy), xt.grad.numpy())
     grads = dict(reference.named_parameters())

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "shendu"
-TOOLING = {"experiments", "bench", "widgets", "plot", "receptive", "summarize", "cli",
-           "provenance"}
+TOOLING = {"experiments", "bench", "bench_worker", "widgets", "plot", "receptive", "summarize",
+           "cli", "provenance"}
 # The core: nn, kernels, optim, models, io, datasets, augment, and every other module but the
 # tooling's (the trainer, recipes, checkpoints); the package's __init__ may export tooling.
 CORE = {"nn", "kernels", "optim", "models", "io", "datasets", "augment", "train", "recipes",
@@ -41,6 +41,9 @@ def imports(name, path, known):
                     found.add(sub)
                 elif not (target == "" and alias.name == "__version__"):
                     found.add(target)
+        elif isinstance(node, ast.ImportFrom) and node.module == "shendu":
+            # absolute, as in a module run as a script: `from shendu import nn` imports nn
+            found |= {alias.name if alias.name in known else "" for alias in node.names}
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
             for full in names:

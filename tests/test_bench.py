@@ -1,34 +1,62 @@
-"""The benchmark's arithmetic and report (its figures are measured by `python -m shendu bench`,
-never asserted by a timed test)."""
+"""The benchmark's workers, rounds and report (its figures are measured by `python -m shendu
+bench`, never asserted by a timed test)."""
+import pytest
+
 from shendu import bench
 
 
-def test_throughput_measures_every_task():
-    rates = bench.throughput(8, ["shendu"], repeats=2, seconds=0.01)
-    assert set(rates) == {"shendu"}
-    assert all(len(v) == 2 and min(v) > 0 for v in rates["shendu"].values())
+def test_each_worker_imports_only_the_engine_it_measures():
+    """The fairness the benchmark rests on: PyTorch's process never loads Numba or shendu, and
+    shendu's loads PyTorch only when asked to (the import-order check)."""
+    assert bench._worker("torch", "deepconvnet", 4, seconds=0.01)["imported"] == ["torch"]
+    alone = bench._worker("shendu", "resnet20", 4, seconds=0.01)
+    assert alone["imported"] == ["numba", "shendu"]
+    after = bench._worker("shendu", "deepconvnet", 4, first="torch", seconds=0.01)
+    assert after["imported"] == ["numba", "shendu", "torch"]
+    for result in (alone, after):
+        assert len(result["train"]) == len(result["infer"]) == 3
+        assert min(result["train"] + result["infer"]) > 0 and result["peak_mib"] > 50
 
 
-def test_report_compares_with_the_faster_pytorch_layout():
-    task = {"median": 0.0, "min": 0.0, "max": 0.0, "percent_of_peak": 0.0}
+def test_fair_alternates_fresh_processes_round_after_round(monkeypatch):
+    calls = []
 
-    def engine(train, infer):
-        return {"train": {**task, "median": train}, "infer": {**task, "median": infer}}
-    results = {"gemm_peak_gflops": 100.0, "train_flops_per_image": 3e6, "infer_flops_per_image": 1e6,
-               "batches": {"100": {"shendu": engine(500, 2000), "torch": engine(1000, 8000),
-                                   "torch-cl": engine(2000, 4000)}},
-               "peak_memory_mib": {"shendu": 250.0},
+    def worker(engine, model, batch, first="", seconds=1.0):
+        calls.append((engine, model, batch, first))
+        rate = len(calls)  # each process's own figure, to see where it lands
+        return {"train": [rate, rate + 2, rate + 1], "infer": [2 * rate], "peak_mib": 100.0 + rate}
+    monkeypatch.setattr(bench, "_worker", worker)
+    monkeypatch.setattr(bench, "_torch_available", lambda: True)
+    runs = bench.fair(["vgg11_bn"], ["small", 256], rounds=2)
+    one_round = [("shendu", "vgg11_bn", 128, ""), ("torch", "vgg11_bn", 128, ""),
+                 ("shendu", "vgg11_bn", 128, "torch"), ("shendu", "vgg11_bn", 256, ""),
+                 ("torch", "vgg11_bn", 256, "")]
+    assert calls == one_round * 2
+    assert runs["vgg11_bn"]["128"]["torch"] == {"train": [3, 8], "infer": [4, 14],
+                                                "peak_mib": [102.0, 107.0]}
+    assert set(runs["vgg11_bn"]["256"]) == {"shendu", "torch"}
+
+
+def test_report_gives_medians_ranges_ratios_import_order_and_memory():
+    def figures(train, infer, mib):
+        return {"train": {"median": train, "min": train - 10, "max": train + 10},
+                "infer": {"median": infer, "min": infer - 10, "max": infer + 10},
+                "peak_mib": {"median": mib, "min": mib, "max": mib}}
+    results = {"gemm_peak_gflops": 100.0, "rounds": 3, "networks": {"resnet20": {
+        "train_flops_per_image": 1e8, "infer_flops_per_image": 4e7,
+        "batches": {"128": {"shendu": figures(500, 2000, 300), "torch": figures(1000, 1600, 600),
+                            bench.IMPORT_FIRST: figures(450, 2100, 310)}}}},
                "startup_s": {"empty_cache": {"import_s": 1.0, "first_step_s": 30.0, "next_step_s": 0.1},
                              "cached": {"import_s": 0.8, "first_step_s": 2.0, "next_step_s": 0.12}}}
-    assert bench.best_torch(results["batches"]["100"], "train") == "torch-cl"
-    assert bench.best_torch(results["batches"]["100"], "infer") == "torch"
     lines = bench.report(results).splitlines()
-    shendu_train = next(line for line in lines if "train" in line and "shendu" in line)
-    shendu_infer = next(line for line in lines if "infer" in line and "shendu" in line)
-    assert shendu_train.endswith("0.25") and shendu_infer.endswith("0.25")  # 500/2000, 2000/8000
-    assert "shendu: 250 MiB" in lines[-2]
-    assert lines[-1] == ("a fresh process: import 0.8 s; first training step 30.0 s with an empty "
-                         "Numba cache (compiling), 2.0 s from the cache; the next step 0.12 s")
+    assert lines[2].split() == ["resnet20", "128", "train", "500", "(490-510)", "50.0%", "1000",
+                                "(990-1010)", "100.0%", "0.50x"]  # 500 × 1e8 FLOP / 100 GFLOP/s
+    assert lines[3].split()[-1] == "1.25x"  # 2000 / 1600
+    assert lines[4] == ("shendu with PyTorch imported first, relative to alone: resnet20 train "
+                        "0.90x, resnet20 infer 1.05x")
+    assert lines[5] == "peak memory of a training process, shendu vs PyTorch: resnet20 128: 300 vs 600 MiB"
+    assert lines[6] == ("a fresh process: import 0.8 s; first training step 30.0 s with an empty "
+                        "Numba cache (compiling), 2.0 s from the cache; the next step 0.12 s")
 
 
 def test_profile_table_totals_the_step_and_gives_augmentations_share():

@@ -4,29 +4,13 @@ import pytest
 
 import shendu
 from gradcheck import assert_matches_torch, rand
-from shendu import models
+from shendu import bench_worker, models
 
 torch = pytest.importorskip("torch")
 T = torch.nn
 
 
-class TorchResidual(T.Module):
-    def __init__(self, body, shortcut=None):
-        super().__init__()
-        self.body, self.shortcut = body, shortcut
-
-    def forward(self, x):
-        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-
-
-class TorchConcat(T.Module):
-    def __init__(self, *branches):
-        super().__init__()
-        for i, branch in enumerate(branches):
-            self.add_module(str(i), branch)
-
-    def forward(self, x):
-        return torch.cat([branch(x) for branch in self.children()], dim=1)
+TorchResidual, TorchConcat = bench_worker.torch_blocks().Residual, bench_worker.torch_blocks().Concat
 
 
 def torch_conv_bn_relu(c_in, c_out, k, stride=1, bn=True):
@@ -72,3 +56,24 @@ def test_blocks_match_pytorch(name):
     assert_matches_torch(block, reference, rand(3, 4, 9, 7, seed=1).astype(np.float32), seed=2)
 
 
+
+
+@pytest.mark.parametrize("name", bench_worker.NETWORKS)
+def test_the_benchmarks_pytorch_twins_are_the_zoos_networks(name):
+    """`python -m shendu bench` times each network against a twin written in PyTorch: with
+    shendu's weights loaded, the twin computes the same outputs and gradients. In float64: in
+    float32 the engines' rounding differs enough to flip a max-pooling window's winner between
+    two near-equal values, and with it where the gradient goes."""
+    options = bench_worker.NETWORKS[name]["options"]
+    shendu.manual_seed(0)
+    net, twin = models.get(name, **options), bench_worker.torch_twin(name, **options)
+    state = net.state_dict()
+    assert set(state) == {k for k in twin.state_dict() if "num_batches" not in k}
+    twin.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=False)
+    for module in net.modules():
+        for key in module._buffers:
+            setattr(module, key, getattr(module, key).astype(np.float64))
+    for p in net.parameters():
+        p.data = p.data.astype(np.float64)
+    net.eval(), twin.double().eval()  # dropout off in both; BatchNorm on running statistics
+    assert_matches_torch(net, twin, rand(3, 1, 28, 28, seed=1), seed=2)

@@ -1,21 +1,26 @@
-"""`python -m shendu bench`: shendu and PyTorch side by side, in one run, on the same machine.
+"""`python -m shendu bench`: shendu and PyTorch side by side, on the same machine, measured fairly.
 
-Speed is a ratio measured here, never an absolute figure from somewhere else: both engines train
-(forward, backward, Adam) and infer DeepConvNet on the same batches, in alternating repeats, so
-a noisy neighbour slows both alike. Peak memory is measured in a fresh process per engine.
+Speed is a ratio measured here, never an absolute figure from somewhere else. Both engines train
+(forward, backward, optimizer step) and infer each network of the course (DeepConvNet, ResNet-20,
+VGG-11 with BatchNorm and GoogLeNet, as the course trains them on 28×28 images) on the same
+batches. Each engine runs in fresh processes of its own (bench_worker.py), the engines alternating
+over several rounds: one process holding both would share their OpenMP runtimes and settings and
+skew both, and a noisy neighbour now slows each alike. The report gives medians and ranges.
 """
+import importlib.util
 import json
-import multiprocessing
 import os
-import resource
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from . import models, nn, optim
-
-BATCHES = (100, 256)
+from .bench_worker import INPUT, NETWORKS, shendu_engine  # noqa: F401  (for _FIRST_STEPS)
+from .errors import ShenduError
 
 
 # -- what the work costs ----------------------------------------------------------------------
@@ -43,128 +48,55 @@ def _seconds(fn):
     return time.perf_counter() - start
 
 
-# -- the engines --------------------------------------------------------------------------------
-def _batch(batch, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.random((batch, 1, 28, 28), np.float32), rng.integers(0, 10, batch)
+# -- shendu and PyTorch, each in fresh processes of its own ------------------------------------------
+WORKER = Path(__file__).with_name("bench_worker.py")
+IMPORT_FIRST = "shendu, torch imported first"  # shendu's worker, PyTorch imported before shendu
 
 
-def shendu_engine():
-    """(train_step(x, t), infer(x)) for shendu's DeepConvNet."""
-    model = models.DeepConvNet()
-    loss_fn = nn.CrossEntropyLoss()
-    opt = optim.Adam(model.parameters(), lr=1e-3)
-
-    def train_step(x, t):
-        model.train()
-        loss_fn(model(x), t)
-        nn.data_backward(model, loss_fn.backward())
-        opt.step()
-
-    def infer(x):
-        model.eval()
-        with nn.no_grad():
-            model(x)
-    return train_step, infer
-
-
-def torch_engine(channels_last):
-    """(train_step(x, t), infer(x)) for the same network in PyTorch, NCHW or channels_last."""
-    import torch
-    F = torch.nn
-    layers = []
-    for c_in, c_out, pad, pool in ((1, 16, 1, False), (16, 16, 1, True), (16, 32, 1, False),
-                                   (32, 32, 2, True), (32, 64, 1, False), (64, 64, 1, True)):
-        layers += [F.Conv2d(c_in, c_out, 3, padding=pad), F.ReLU()] + ([F.MaxPool2d(2)] if pool else [])
-    layers += [F.Flatten(), F.Linear(1024, 50), F.ReLU(), F.Dropout(0.5), F.Linear(50, 10), F.Dropout(0.5)]
-    model = F.Sequential(*layers)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def tensor(x):
-        return torch.from_numpy(x).contiguous(memory_format=memory_format)
-
-    def train_step(x, t):
-        model.train()
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(tensor(x)), torch.from_numpy(t)).backward()
-        opt.step()
-
-    def infer(x):
-        model.eval()
-        with torch.inference_mode():
-            model(tensor(x))
-    return train_step, infer
-
-
-ENGINES = {"shendu": shendu_engine, "torch": lambda: torch_engine(False),
-           "torch-cl": lambda: torch_engine(True)}
+def _worker(engine, model, batch, first="", seconds=1.0):
+    """One fresh process measuring one engine (bench_worker.py run as a script, so that it imports
+    nothing but that engine)."""
+    spec = json.dumps({"engine": engine, "model": model, "batch": batch, "first": first,
+                       "seconds": seconds})
+    out = subprocess.run([sys.executable, str(WORKER), spec], capture_output=True, text=True)
+    if out.returncode:
+        raise ShenduError(f"the benchmark's {engine} worker failed on {model}, batch {batch}:\n"
+                          + out.stderr.strip()[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _torch_available():
-    try:
-        import torch
-    except ImportError:
-        return False
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    return True
+    return importlib.util.find_spec("torch") is not None
 
 
-# -- measuring ------------------------------------------------------------------------------------
-def throughput(batch, names, repeats=5, seconds=1.0):
-    """images/s per engine and task: {engine: {"train": [per repeat], "infer": [...]}}.
-    Each repeat runs every engine in turn for about `seconds`, so drift hits all alike."""
-    x, t = _batch(batch)
-    tasks = {}
-    for name in names:
-        train_step, infer = ENGINES[name]()
-        tasks[name, "train"] = lambda step=train_step: step(x, t)
-        tasks[name, "infer"] = lambda step=infer: step(x)
-    steps = {}
-    for key, fn in tasks.items():
-        fn()  # compile and warm the caches
-        steps[key] = max(2, int(seconds / max(_seconds(fn), 1e-4)))
-    rates = {name: {"train": [], "infer": []} for name in names}
-    for _ in range(repeats):
-        for (name, task), fn in tasks.items():
-            n = steps[name, task]
-            rates[name][task].append(n * batch / _seconds(lambda: [fn() for _ in range(n)]))
-    return rates
+def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0):
+    """{network: {batch: {engine: {"train": [images/s], "infer": [...], "peak_mib": [...]}}}}, one
+    entry per round. Each round starts a fresh process per network, batch and engine, the engines
+    alternating, so that whatever else the machine does slows each alike. The engines: shendu,
+    PyTorch (channels_last) and, at the network's own batch size, shendu in a process that
+    imported PyTorch first. "small" is each network's own batch size (100 or 128)."""
+    engines = ["shendu"] + (["torch", IMPORT_FIRST] if _torch_available() else [])
+    runs = {}
+    for _ in range(rounds):
+        for model in networks:
+            own = NETWORKS[model]["batch"]
+            for batch in [own if b == "small" else int(b) for b in batches]:
+                for engine in engines:
+                    if engine == IMPORT_FIRST and batch != own:
+                        continue
+                    first = "torch" if engine == IMPORT_FIRST else ""
+                    result = _worker("shendu" if first else engine, model, batch, first, seconds)
+                    entry = runs.setdefault(model, {}).setdefault(str(batch), {}).setdefault(
+                        engine, {"train": [], "infer": [], "peak_mib": []})
+                    for key in ("train", "infer"):
+                        entry[key].append(float(np.median(result[key])))
+                    entry["peak_mib"].append(result["peak_mib"])
+    return runs
 
 
-def _peak_memory_child(name, batch, steps, queue):
-    """Train on full MNIST for a few steps in this fresh process; report its peak RSS (MiB)."""
-    from . import datasets
-    if name != "shendu":
-        _torch_available()
-    (x, t), _ = datasets.load_mnist()
-    train_step, _ = ENGINES[name]()
-    for i in range(steps):
-        train_step(x[i * batch:(i + 1) * batch].astype(np.float32) / 255, t[i * batch:(i + 1) * batch])
-    queue.put(_peak_rss_mib())
-
-
-def _peak_rss_mib():
-    """This process's peak resident memory. Linux's VmHWM belongs to the address space, which
-    exec renews; getrusage's ru_maxrss would start from the parent's peak after fork + exec."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def peak_memory(name, batch=100, steps=20):
-    ctx = multiprocessing.get_context("spawn")  # a fresh process: nothing inherited
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_memory_child, args=(name, batch, steps, queue))
-    proc.start()
-    result = queue.get(timeout=600)
-    proc.join()
-    return result
+def _spread(values):
+    return {"median": float(np.median(values)), "min": float(min(values)),
+            "max": float(max(values))}
 
 
 # What a fresh process does first: import shendu, then two training steps of DeepConvNet. The
@@ -174,8 +106,10 @@ import json, time
 start = time.perf_counter()
 from shendu import bench
 imported = time.perf_counter()
-train_step, _ = bench.shendu_engine()
-x, t = bench._batch(100)
+import numpy as np
+train_step, _ = bench.shendu_engine("deepconvnet")
+rng = np.random.default_rng(0)
+x, t = rng.random((100, 1, 28, 28), np.float32), rng.integers(0, 10, 100)
 first, second = (bench._seconds(lambda: train_step(x, t)) for _ in range(2))
 print(json.dumps({"import_s": imported - start, "first_step_s": first, "next_step_s": second}))
 """
@@ -185,8 +119,6 @@ def startup():
     """Seconds a fresh process takes to import shendu, for DeepConvNet's first training step
     and for the next: with an empty Numba cache (every kernel compiles: a notebook's first run
     on a new machine), then with the cache that run filled (its second run)."""
-    import subprocess
-    import sys
     import tempfile
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
@@ -242,55 +174,58 @@ def layer_profile(batch=100, steps=20):
 
 
 # -- the report -------------------------------------------------------------------------------
-def run(repeats=5, batches=BATCHES, memory=True, start_up=True):
-    """All the figures, as a dict (what `--json` writes)."""
+def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=True, seconds=1.0):
+    """All the figures, as a dict (what `--json` writes and `experiment bench` records)."""
     from .provenance import machine
-    names = ["shendu"] + (["torch", "torch-cl"] if _torch_available() else [])
-    model = models.DeepConvNet()
-    train_flops, infer_flops = flops_per_image(model, (1, 28, 28))
-    peak = gemm_peak()
-    results = {"machine": machine(), "gemm_peak_gflops": peak, "train_flops_per_image": train_flops,
-               "infer_flops_per_image": infer_flops, "repeats": repeats, "batches": {}}
-    for batch in batches:
-        rates = throughput(batch, names, repeats)
-        entry = {}
-        for name, tasks in rates.items():
-            entry[name] = {}
-            for task, values in tasks.items():
-                flops = train_flops if task == "train" else infer_flops
-                median = float(np.median(values))
-                entry[name][task] = {"median": median, "min": float(min(values)),
-                                     "max": float(max(values)),
-                                     "percent_of_peak": 100 * median * flops / 1e9 / peak}
-        results["batches"][str(batch)] = entry
-    if memory:
-        results["peak_memory_mib"] = {name: peak_memory(name) for name in names}
+    results = {"machine": machine(), "gemm_peak_gflops": gemm_peak(), "rounds": rounds,
+               "networks": {}}
+    for model, by_batch in fair(networks, batches, rounds, seconds).items():
+        spec = NETWORKS[model]
+        train_flops, infer_flops = flops_per_image(
+            models.get(model, input_shape=INPUT, **spec["options"]), INPUT)
+        results["networks"][model] = {
+            "options": spec["options"], "optimizer": spec["optimizer"],
+            "train_flops_per_image": train_flops, "infer_flops_per_image": infer_flops,
+            "batches": {batch: {engine: {key: _spread(values) for key, values in runs.items()}
+                                for engine, runs in engines.items()}
+                        for batch, engines in by_batch.items()}}
     if start_up:
         results["startup_s"] = startup()
     return results
 
 
-def best_torch(entry, task):
-    """PyTorch's better layout for a task (the issue compares with the best of NCHW and NHWC)."""
-    options = [name for name in ("torch", "torch-cl") if name in entry]
-    return max(options, key=lambda name: entry[name][task]["median"]) if options else None
-
-
 def report(results):
-    lines = [f"float32 GEMM peak: {results['gemm_peak_gflops']:.0f} GFLOP/s; DeepConvNet costs "
-             f"{results['train_flops_per_image'] / 1e6:.1f} MFLOP per training image, "
-             f"{results['infer_flops_per_image'] / 1e6:.1f} per inference image",
-             f"{'batch':>5} {'task':6} {'engine':9} {'images/s':>9} {'(min-max)':>15} {'% peak':>7} {'ratio':>6}"]
-    for batch, entry in results["batches"].items():
-        for task in ("train", "infer"):
-            rival = best_torch(entry, task)
-            for name, tasks in entry.items():
-                r = tasks[task]
-                ratio = (f"{r['median'] / entry[rival][task]['median']:.2f}" if rival else "")
-                lines.append(f"{batch:>5} {task:6} {name:9} {r['median']:9.0f} "
-                             f"{r['min']:7.0f}-{r['max']:<7.0f} {r['percent_of_peak']:6.1f}% {ratio:>6}")
-    for name, mib in results.get("peak_memory_mib", {}).items():
-        lines.append(f"peak memory training at batch 100 on MNIST, {name}: {mib:.0f} MiB")
+    """The results as a table: medians over fresh processes, their range, and shendu's ratio to
+    PyTorch; then the import-order check, peak memory and start-up."""
+    peak = results["gemm_peak_gflops"]
+    lines = [f"images/s, median (min-max) of {results['rounds']} fresh processes per engine; "
+             f"% of the {peak:.0f} GFLOP/s float32 GEMM peak measured here",
+             f"{'network':12} {'batch':>5} {'task':5} {'shendu':>21} {'% peak':>6} "
+             f"{'PyTorch':>21} {'% peak':>6} {'ratio':>6}"]
+    memory, order = [], []
+    for model, entry in results["networks"].items():
+        flops = {"train": entry["train_flops_per_image"], "infer": entry["infer_flops_per_image"]}
+        for batch, engines in entry["batches"].items():
+            for task in ("train", "infer"):
+                cells = []
+                for engine in ("shendu", "torch"):
+                    r = engines.get(engine)
+                    cells += ([f"{r[task]['median']:7.0f} ({r[task]['min']:.0f}-{r[task]['max']:.0f})",
+                               f"{100 * r[task]['median'] * flops[task] / 1e9 / peak:5.1f}%"]
+                              if r else ["", ""])
+                ratio = (f"{engines['shendu'][task]['median'] / engines['torch'][task]['median']:.2f}x"
+                         if "torch" in engines else "")
+                lines.append(f"{model:12} {batch:>5} {task:5} {cells[0]:>21} {cells[1]:>6} "
+                             f"{cells[2]:>21} {cells[3]:>6} {ratio:>6}")
+                if IMPORT_FIRST in engines:
+                    order.append(f"{model} {task} {engines[IMPORT_FIRST][task]['median'] / engines['shendu'][task]['median']:.2f}x")
+            if "torch" in engines:
+                memory.append(f"{model} {batch}: {engines['shendu']['peak_mib']['median']:.0f} vs "
+                              f"{engines['torch']['peak_mib']['median']:.0f} MiB")
+    if order:
+        lines.append("shendu with PyTorch imported first, relative to alone: " + ", ".join(order))
+    if memory:
+        lines.append("peak memory of a training process, shendu vs PyTorch: " + ", ".join(memory))
     if "startup_s" in results:
         cold, warm = results["startup_s"]["empty_cache"], results["startup_s"]["cached"]
         lines.append(f"a fresh process: import {warm['import_s']:.1f} s; first training step "
@@ -316,7 +251,8 @@ def main(args):
     if args.profile:
         print(profile_table(layer_profile()))
         return
-    results = run(repeats=args.repeats, memory=not args.no_memory, start_up=not args.no_startup)
+    results = run(networks=args.networks, batches=args.batches, rounds=args.rounds,
+                  start_up=not args.no_startup)
     print(report(results))
     if args.json:
         with open(args.json, "w") as f:

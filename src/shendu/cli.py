@@ -8,7 +8,8 @@
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28] [--classes 10]
     shendu experiment NAME [--readme] [--only RUN,...]
-    shendu bench [--json FILE] [--profile] [--repeats N] [--no-memory] [--no-startup]
+    shendu bench [--networks NAME,...] [--batches B,...] [--rounds N] [--json FILE]
+                 [--no-startup] [--profile]
 
 User errors (bad files, checkpoints, images, no data) print one line `shendu: error: ...` on
 stderr and exit with status 2, as do bad arguments (argparse's usage message); Ctrl-C exits with
@@ -239,6 +240,21 @@ def _number(kind, allow_zero=False):
     return parse
 
 
+def _networks(text):
+    """An argparse type: names of the benchmark's networks, comma-separated."""
+    names = [name.strip().lower() for name in text.split(",")]
+    unknown = [name for name in names if name not in bench.NETWORKS]
+    if unknown or not text.strip():
+        raise argparse.ArgumentTypeError(f"unknown network {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(bench.NETWORKS)}")
+    return tuple(names)
+
+
+def _batches(text):
+    """An argparse type: batch sizes, comma-separated, 'small' for each network's own."""
+    return tuple(b if b == "small" else _number(int)(b) for b in text.split(","))
+
+
 def _fraction(text):
     """An argparse type: a number in (0, 1]."""
     value = _number(float)(text)
@@ -320,12 +336,19 @@ def _parser():
                    help="rerun only these of the experiment's runs, keep the others' results")
     p.set_defaults(command=_experiment)
 
-    p = commands.add_parser("bench", help="shendu vs PyTorch on this machine, side by side")
+    p = commands.add_parser("bench", help="shendu vs PyTorch on this machine, each engine in "
+                                          "fresh processes of its own, alternating")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--profile", action="store_true",
                    help="time per layer (forward, backward), optimizer and data pipeline instead")
-    p.add_argument("--repeats", type=_number(int), default=5, help="alternating repeats (default 5)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--networks", type=_networks, default=tuple(bench.NETWORKS),
+                   metavar="NAME[,NAME...]",
+                   help=f"the networks to measure (default: {','.join(bench.NETWORKS)})")
+    p.add_argument("--batches", type=_batches, default=("small", 256), metavar="B[,B...]",
+                   help="batch sizes; 'small' is each network's own, 100 or 128 "
+                        "(default: small,256)")
+    p.add_argument("--rounds", type=_number(int), default=3,
+                   help="fresh processes per engine, alternating (default 3)")
     p.add_argument("--no-startup", action="store_true",
                    help="skip timing a fresh process's first steps (compiling, then cached)")
     p.set_defaults(command=bench.main)

@@ -143,7 +143,7 @@ if change == "threaded-blas":
     cpu.matmul = lambda a, b, transpose_a=False, transpose_b=False: (
         (a.T if transpose_a else a) @ (b.T if transpose_b else b))
 import numpy as np
-train_step, infer = bench.shendu_engine()
+train_step, infer = bench.shendu_engine("deepconvnet")
 rng = np.random.default_rng(0)
 batches = [(rng.random((100, 1, 28, 28), np.float32), rng.integers(0, 10, 100)) for _ in range(8)]
 work = {"train": lambda: [train_step(x, t) for x, t in batches],
