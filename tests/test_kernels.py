@@ -61,12 +61,12 @@ def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p):
     np.testing.assert_allclose(db, dy.sum(axis=(0, 1, 2)), rtol=1e-10)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", range(1, conv.ROWS + 1))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fma_tile_matches_its_formula(rows, dtype):
     # odd strides and offsets everywhere, three taps, a start value from another array
     a, b = _rand(400, seed=1).astype(dtype), _rand(900, seed=2).astype(dtype)
-    c, start = _rand(200, seed=3).astype(dtype), _rand(100, seed=4).astype(dtype)
+    c, start = _rand(200, seed=3).astype(dtype), _rand(200, seed=4).astype(dtype)
     taps, k_len = np.array([0, 37, 5]), 6
     a_at, a_row, a_k, b_at, b_k, b_tap = 3, 11, 7, 2, 19, 131
     c_at, c_row, s_at, s_row = 5, 23, 9, 17
@@ -80,6 +80,33 @@ def test_fma_tile_matches_its_formula(rows, dtype):
                start, s_at, s_row)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tol, atol=tol)  # and nothing else written
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
+def test_im2col_and_col2im_kernels_equal_their_references(n, h, w, c, k, s, p):
+    x = _rand(n, h, w, c, seed=1)
+    col = conv._patches(x, k, k, s, p)
+    want = conv.im2col_reference(x, k, k, s, p)
+    np.testing.assert_array_equal(col, want.reshape(col.shape))
+    dcol = _rand(*col.shape, seed=2).astype(np.float64)
+    dx = np.full(x.shape, np.nan)
+    conv.col2im(dcol, k, k, s, p, dx)
+    np.testing.assert_allclose(dx, conv.col2im_reference(dcol.reshape(want.shape), s, p, x.shape),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 300, 5), (130, 513, 40), (64, 256, 16)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_kernel_equals_numpy(m, k, n, transposed):
+    """Panels of KCHUNK sums and MCHUNK rows, ragged at every edge; a read row-major or, as
+    conv_backward reads the patch matrix for dL/dw, column by column."""
+    a, b = _rand(m, k, seed=1).astype(np.float64), _rand(k, n, seed=2).astype(np.float64)
+    stored = np.ascontiguousarray(a.T) if transposed else a
+    a_row, a_k = (1, m) if transposed else (k, 1)
+    c = conv._product(stored, a_row, a_k, m, k, b)
+    assert c.shape == (m, -(-n // conv.WIDTH) * conv.WIDTH)
+    np.testing.assert_allclose(c[:, :n], a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(c[:, n:], 0)
 
 
 @pytest.mark.parametrize("stride,offset", [(1, 2), (2, 1), (3, 0), (1, -1)])
@@ -222,6 +249,8 @@ LAYOUTS = {  # how an array of logical shape (2, 3, 4, 5) may lie in memory
     "contiguous": lambda a: np.ascontiguousarray(a),
     "channels last": lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
     "strided": lambda a: np.pad(a, ((0, 0), (0, 0), (0, 0), (0, 3)))[..., :5],  # not dense
+    "channel slice": lambda a: np.ascontiguousarray(  # Concat's gradient, one branch's part
+        np.pad(a, ((0, 0), (2, 1), (0, 0), (0, 0))).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)[:, 2:5],
 }
 
 
@@ -233,7 +262,7 @@ def test_relu_matches_numpy_in_every_layout(layout, dy_layout):
     xl = LAYOUTS[layout](x)
     y = cpu.relu_forward(xl)
     np.testing.assert_array_equal(y, np.maximum(x, 0))  # NaN stays NaN
-    if layout != "strided":
+    if layout in ("contiguous", "channels last"):
         assert y.strides == xl.strides  # the next layer gets the layout it gave
     dy = _rand(2, 3, 4, 5, seed=1)
     np.testing.assert_array_equal(cpu.relu_backward(LAYOUTS[dy_layout](dy), y),

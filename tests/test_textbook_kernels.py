@@ -305,6 +305,21 @@ def test_fast_convolution_equals_the_textbook_in_float64(n, h, w, c, o, k, s, p)
                                   wt, s, p, _same)
 
 
+@pytest.mark.parametrize("path", ["direct", "patches"])
+@pytest.mark.parametrize("n,h,w,c,o,k,s,p", CONV_CASES)
+def test_both_ways_of_the_fast_backward_equal_the_textbook(monkeypatch, path, n, h, w, c, o, k,
+                                                           s, p):
+    """conv_backward takes the patch matrix on small maps and the direct loops elsewhere: each
+    way, forced on every case, gives the textbook's gradients."""
+    from shendu.kernels import conv
+    limit = 10 ** 9 if path == "patches" else 0
+    monkeypatch.setattr(conv, "PATCH_DW", limit)
+    monkeypatch.setattr(conv, "PATCH_DX", limit)
+    x, wt, _ = _conv_args(n, h, w, c, o, k, seed=7)
+    _backward_equals_the_textbook(_rand(n, _out(h, k, s, p), _out(w, k, s, p), o, seed=8), x,
+                                  wt, s, p, _same)
+
+
 @pytest.mark.parametrize("values", [_rand, _ties])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n,h,w,c,k,s,p", POOL_CASES)

@@ -52,12 +52,12 @@ def maxpool_backward(dy, arg, dx):
     n, h, w, c = dx.shape
     oh, ow = dy.shape[1], dy.shape[2]
     for img in prange(n):
-        dx[img] = 0
+        cells = dx[img].reshape(h * w, c)  # cell r·W + s is row `where`: no division
+        cells[:] = 0
         for i in range(oh):
             for j in range(ow):
                 for ch in range(c):
-                    where = arg[img, i, j, ch]
-                    dx[img, where // w, where % w, ch] += dy[img, i, j, ch]
+                    cells[arg[img, i, j, ch], ch] += dy[img, i, j, ch]
 
 
 @njit(parallel=True, cache=True)
