@@ -166,7 +166,8 @@ def test_batchnorm_kernels_match_numpy(m, c):
     gamma, beta = rng.standard_normal((2, c)).astype(np.float32)
     xhat, y = cuda.device_array((m, c), np.float32), cuda.device_array((m, c), np.float32)
     gpu.normalize(cuda.to_device(x), cuda.to_device(ref_mean.astype(np.float32)),
-                  cuda.to_device(inv_std), cuda.to_device(gamma), cuda.to_device(beta), xhat, y)
+                  cuda.to_device(inv_std), cuda.to_device(gamma), cuda.to_device(beta), False, xhat,
+                  y)
     xhat, y = _host(xhat), _host(y)
     np.testing.assert_allclose(xhat, (x - ref_mean) * inv_std, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y, xhat * gamma + beta, rtol=1e-6, atol=1e-6)
@@ -181,7 +182,8 @@ def test_batchnorm_kernels_match_numpy(m, c):
     mean_dy_xhat = (dy64 * xhat).mean(axis=0).astype(np.float32)
     dx = cuda.device_array((m, c), np.float32)
     gpu.normalize_backward(cuda.to_device(dy), cuda.to_device(xhat), cuda.to_device(mean_dy),
-                           cuda.to_device(mean_dy_xhat), cuda.to_device(gamma * inv_std), dx)
+                           cuda.to_device(mean_dy_xhat), cuda.to_device(gamma * inv_std),
+                           cuda.to_device(gamma), cuda.to_device(beta), False, dx)
     ref = norm.normalize_backward_reference(dy, xhat, inv_std, gamma)
     np.testing.assert_allclose(_host(dx), ref, rtol=1e-4, atol=1e-4 * np.abs(gamma * inv_std).max())
 

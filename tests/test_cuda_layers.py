@@ -93,6 +93,7 @@ LAYERS = [  # (constructor, input shape)
     (lambda: nn.ReLU(), (3, 7)),
     (lambda: nn.BatchNorm1d(5), (7, 5)),
     (lambda: nn.BatchNorm2d(3), (3, 3, 4, 5)),
+    (lambda: nn.BatchNormReLU2d(nn.BatchNorm2d(3)), (3, 3, 4, 5)),
     (lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU())), (2, 3, 5, 4)),
     (lambda: nn.Residual(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Conv2d(2, 3, 1, stride=2)),
      (2, 2, 5, 4)),
@@ -113,6 +114,8 @@ def test_layer_on_cuda_matches_the_cpu(make, shape):
 
 
 @pytest.mark.parametrize("make,shape", [(lambda: nn.BatchNorm2d(3), (2, 3, 4, 3)),
+                                        (lambda: nn.BatchNormReLU2d(nn.BatchNorm2d(3)),
+                                         (2, 3, 4, 3)),
                                         (lambda: nn.BatchNorm1d(4), (5, 4))])
 def test_batchnorm_in_eval_mode_matches_the_cpu(make, shape):
     def trained():

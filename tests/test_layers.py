@@ -33,6 +33,7 @@ LAYERS = [
     (lambda: nn.Dropout(0.3), (6, 9)),
     (lambda: nn.BatchNorm1d(5), (8, 5)),
     (lambda: nn.BatchNorm2d(3), (4, 3, 5, 3)),
+    (lambda: nn.BatchNormReLU2d(nn.BatchNorm2d(3)), (4, 3, 5, 3)),
 ]
 IDS = [f"{make()!r}-{shape}" for make, shape in LAYERS]
 

@@ -64,16 +64,20 @@ def test_train_and_eval_reach_every_layer():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_fusion_gives_the_same_bits(training):
-    """nn.fuse runs each Conv2d + ReLU as one ConvReLU2d: the same outputs and gradients as the
-    layers one by one, bit for bit, and the same parameters under the same names."""
+@pytest.mark.parametrize("name,fused_kinds", [
+    ("deepconvnet", ["ConvReLU2d", "Identity", "ConvReLU2d", "Identity", "MaxPool2d"]),
+    ("fastnet", ["Conv2d", "BatchNormReLU2d", "Identity", "Conv2d", "BatchNormReLU2d"])])
+def test_fusion_gives_the_same_bits(training, name, fused_kinds):
+    """nn.fuse runs each Conv2d + ReLU as one ConvReLU2d and each BatchNorm2d + ReLU as one
+    BatchNormReLU2d: the same outputs, gradients and running statistics as the layers one by
+    one, bit for bit, and the same parameters and buffers under the same names."""
+    build = {"deepconvnet": models.DeepConvNet, "fastnet": models.FastNet}[name]
     manual_seed(0)
-    plain = models.DeepConvNet.__wrapped__().train(training)  # the builder, before fusion
+    plain = build.__wrapped__().train(training)  # the builder, before fusion
     manual_seed(0)
-    fused = models.DeepConvNet().train(training)
-    assert [type(m).__name__ for m in list(fused)[:5]] == ["ConvReLU2d", "Identity",
-                                                           "ConvReLU2d", "Identity", "MaxPool2d"]
-    assert [type(m).__name__ for m in list(plain)[:2]] == ["Conv2d", "ReLU"]
+    fused = build().train(training)
+    assert [type(m).__name__ for m in list(fused)[:5]] == fused_kinds
+    assert "ReLU" in [type(m).__name__ for m in plain]
     assert list(fused.state_dict()) == list(plain.state_dict())
     for (name, a), (_, b) in zip(fused.named_parameters(), plain.named_parameters()):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
@@ -87,22 +91,26 @@ def test_fusion_gives_the_same_bits(training):
     np.testing.assert_array_equal(outputs[1], outputs[0])
     for g_fused, g_plain in zip(grads[1], grads[0]):
         np.testing.assert_array_equal(g_fused, g_plain)
+    for (name, a), (_, b) in zip(fused.named_buffers(), plain.named_buffers()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_fuse_is_a_pass_over_any_sequential():
-    """Only a Conv2d directly followed by a ReLU, in any Sequential of the model, is fused; its
-    place and its parameters' names stay; a fused model fuses no further."""
+    """Only a Conv2d or a BatchNorm2d directly followed by a ReLU, in any Sequential of the
+    model, is fused; its place and its parameters' names stay; a fused model fuses no further."""
     manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2),
                           nn.ReLU(), nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), nn.ReLU())
-    weight = model[0].weight
+    weight, running_var = model[0].weight, model[3].running_var
     names = [name for name, _ in model.named_parameters()]
+    state = list(model.state_dict())
     assert nn.fuse(model.eval()) is model
     assert not any(m.training for m in model.modules())  # the fused layers keep the mode
     kinds = [type(m).__name__ for m in model.modules()]
-    assert kinds == ["Sequential", "ConvReLU2d", "Identity", "Conv2d", "BatchNorm2d", "ReLU",
-                     "Sequential", "ConvReLU2d", "Identity", "ReLU"]
+    assert kinds == ["Sequential", "ConvReLU2d", "Identity", "Conv2d", "BatchNormReLU2d",
+                     "Identity", "Sequential", "ConvReLU2d", "Identity", "ReLU"]
     assert model[0].weight is weight and [n for n, _ in model.named_parameters()] == names
+    assert model[3].running_var is running_var and list(model.state_dict()) == state
     nn.fuse(model)
     assert [type(m).__name__ for m in model.modules()] == kinds
 

@@ -19,6 +19,13 @@ class TorchConvReLU2d(F.Conv2d):
         return torch.relu(super().forward(x))
 
 
+class TorchBatchNormReLU2d(F.BatchNorm2d):
+    """ReLU after BatchNorm, with BatchNorm's names (weight, bias, running statistics)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
 def _to_torch(layer):
     """The same layer in PyTorch, with shendu's weights copied in."""
     kind = type(layer).__name__
@@ -32,8 +39,9 @@ def _to_torch(layer):
         return getattr(F, kind)(layer.kernel_size, layer.stride, layer.padding)
     elif kind == "GlobalAvgPool2d":
         return F.Sequential(F.AdaptiveAvgPool2d(1), F.Flatten())
-    elif kind in ("BatchNorm1d", "BatchNorm2d"):
-        t = getattr(F, kind)(layer.num_features, layer.eps, layer.momentum)
+    elif kind in ("BatchNorm1d", "BatchNorm2d", "BatchNormReLU2d"):
+        t = (TorchBatchNormReLU2d if kind == "BatchNormReLU2d" else getattr(F, kind))(
+            layer.num_features, layer.eps, layer.momentum)
     else:
         return getattr(F, kind)()
     t.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()}, strict=False)
@@ -96,6 +104,7 @@ def test_deep_conv_net_matches_pytorch():
 
 
 EVAL_MODE = [(lambda: nn.BatchNorm1d(5), (8, 5)), (lambda: nn.BatchNorm2d(3), (4, 3, 5, 3)),
+             (lambda: nn.BatchNormReLU2d(nn.BatchNorm2d(3)), (4, 3, 5, 3)),
              (lambda: nn.Dropout(0.3), (6, 9))]
 
 

@@ -13,7 +13,8 @@ import threadpoolctl
 
 from ..rng import generator
 from .conv import conv_backward, conv_forward  # noqa: F401  (kernels of both devices)
-from .norm import batch_stats, column_sums, normalize, normalize_backward  # noqa: F401
+from .norm import (batch_stats, column_sums, grad_sums, normalize,  # noqa: F401
+                   normalize_backward)
 from . import pointwise
 from .pool import (avgpool_backward, avgpool_forward, maxpool_backward,  # noqa: F401
                    maxpool_forward)

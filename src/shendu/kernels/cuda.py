@@ -748,35 +748,66 @@ def batch_stats(x):
 
 
 @cuda.jit
-def _normalize(x, mean, inv_std, gamma, beta, xhat, y):
+def _normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
     k = cuda.grid(1)
     if k < x.size:
         i, j = k // x.shape[1], k % x.shape[1]
         h = (x[i, j] - mean[j]) * inv_std[j]
         xhat[i, j] = h
-        y[i, j] = h * gamma[j] + beta[j]
+        v = h * gamma[j] + beta[j]
+        y[i, j] = 0 if relu and v < 0 else v
 
 
 @cuda.jit
-def _normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
+def _passed(dy, xhat, gamma, beta, g):
+    """g = dy where γ x̂ + β > 0 (where a ReLU after BatchNorm let the output through), else 0."""
     k = cuda.grid(1)
     if k < dy.size:
         i, j = k // dy.shape[1], k % dy.shape[1]
-        dx[i, j] = scale[j] * (dy[i, j] - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
+        g[i, j] = dy[i, j] if xhat[i, j] * gamma[j] + beta[j] > 0 else 0
 
 
-def normalize(x, mean, inv_std, gamma, beta, xhat, y):
-    """x̂ = (x − μ) / σ and y = γ x̂ + β, one thread per element.
+@cuda.jit
+def _normalize_backward(g, xhat, mean_dy, mean_dy_xhat, scale, dx):
+    k = cuda.grid(1)
+    if k < g.size:
+        i, j = k // g.shape[1], k % g.shape[1]
+        dx[i, j] = scale[j] * (g[i, j] - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
+
+
+def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
+    """x̂ = (x − μ) / σ and y = γ x̂ + β, then max(y, 0) if relu, one thread per element.
 
     Equals `textbook.normalize`; tested in tests/test_textbook_kernels.py."""
-    _normalize[_elementwise(x.size)](x, mean, inv_std, gamma, beta, xhat, y)
+    _normalize[_elementwise(x.size)](x, mean, inv_std, gamma, beta, relu, xhat, y)
 
 
-def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
-    """dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy x̂)), one thread per element (scale = γ/σ).
+def _gradient_before_relu(dy, xhat, gamma, beta, relu):
+    """dy, or with relu the gradient before the ReLU (a pass of its own here; the CPU kernels
+    test the condition inside their sums)."""
+    if not relu:
+        return dy
+    g = cuda.device_array_like(dy)
+    _passed[_elementwise(dy.size)](dy, xhat, gamma, beta, g)
+    return g
+
+
+def grad_sums(dy, xhat, gamma, beta, relu):
+    """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64; g = dy where γ x̂ + β > 0 with
+    relu, dy without.
+
+    Equals `textbook.grad_sums`; tested in tests/test_textbook_kernels.py."""
+    return column_sums(_gradient_before_relu(dy, xhat, gamma, beta, relu), xhat,
+                       zeros(dy.shape[1]))
+
+
+def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
+    """dx = γ/σ · (g − mean(g) − x̂ · mean(g x̂)), one thread per element (scale = γ/σ), g as in
+    grad_sums.
 
     Equals `textbook.normalize_backward`; tested in tests/test_textbook_kernels.py."""
-    _normalize_backward[_elementwise(dy.size)](dy, xhat, mean_dy, mean_dy_xhat, scale, dx)
+    g = _gradient_before_relu(dy, xhat, gamma, beta, relu)
+    _normalize_backward[_elementwise(dy.size)](g, xhat, mean_dy, mean_dy_xhat, scale, dx)
 
 
 # -- dropout ----------------------------------------------------------------------------------

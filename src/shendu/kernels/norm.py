@@ -7,8 +7,13 @@ order, so they do not depend on the number of threads (a resumed run stays bitwi
 accumulate in float64. The blocks are kernels.pointwise's, whose `sum_rows` gives the mean. The
 NumPy references beside the kernels are what the tests compare with.
 
-batch_stats, column_sums, normalize and normalize_backward equal the kernels of the same names in
-kernels/textbook.py, the formulas as plain loops; tests/test_textbook_kernels.py proves it.
+With relu, BatchNorm and the ReLU after it run as one layer (BatchNormReLU2d): normalize
+rectifies what it writes, and the backward kernels pass the gradient only where γ x̂ + β > 0, the
+forward's own test, recomputed from x̂ instead of reading the output again.
+
+batch_stats, column_sums, grad_sums, normalize and normalize_backward equal the kernels of the
+same names in kernels/textbook.py, the formulas as plain loops; tests/test_textbook_kernels.py
+proves it.
 """
 import numpy as np
 from numba import njit, prange
@@ -42,25 +47,55 @@ def _block_sums(a, b, shift):
 
 
 @njit(parallel=True, cache=True)
-def normalize(x, mean, inv_std, gamma, beta, xhat, y):
-    """x̂ = (x − μ) / σ and y = γ x̂ + β, row by row.
+def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
+    """x̂ = (x − μ) / σ and y = γ x̂ + β, row by row; then max(y, 0) if relu (BatchNorm followed
+    by ReLU in one pass).
 
     Equals `textbook.normalize`; tested in tests/test_textbook_kernels.py."""
     for i in prange(x.shape[0]):
         for j in range(x.shape[1]):
             h = (x[i, j] - mean[j]) * inv_std[j]
             xhat[i, j] = h
-            y[i, j] = h * gamma[j] + beta[j]
+            v = h * gamma[j] + beta[j]
+            y[i, j] = 0 if relu and v < 0 else v
+
+
+def grad_sums(dy, xhat, gamma, beta, relu):
+    """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64: g = dy, or with relu dy where
+    γ x̂ + β > 0 (where the ReLU let the output through).
+
+    Equals `textbook.grad_sums`; tested in tests/test_textbook_kernels.py."""
+    s1, s2 = _block_grad_sums(dy, xhat, gamma, beta, relu)
+    return add_blocks(s1), add_blocks(s2)
 
 
 @njit(parallel=True, cache=True)
-def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx):
-    """dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy x̂)), row by row (scale = γ/σ).
+def _block_grad_sums(dy, xhat, gamma, beta, relu):
+    """grad_sums of each block of rows."""
+    m, c = dy.shape
+    blocks = (m + BLOCK - 1) // BLOCK
+    s1 = np.zeros((blocks, c))
+    s2 = np.zeros((blocks, c))
+    for k in prange(blocks):
+        for i in range(k * BLOCK, min(m, (k + 1) * BLOCK)):
+            for j in range(c):
+                if not relu or xhat[i, j] * gamma[j] + beta[j] > 0:
+                    g = np.float64(dy[i, j])  # the products too in float64
+                    s1[k, j] += g
+                    s2[k, j] += g * xhat[i, j]
+    return s1, s2
+
+
+@njit(parallel=True, cache=True)
+def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
+    """dx = γ/σ · (g − mean(g) − x̂ · mean(g x̂)), row by row (scale = γ/σ; the two means
+    given), g as in grad_sums.
 
     Equals `textbook.normalize_backward`; tested in tests/test_textbook_kernels.py."""
     for i in prange(dy.shape[0]):
         for j in range(dy.shape[1]):
-            dx[i, j] = scale[j] * (dy[i, j] - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
+            g = dy[i, j] if not relu or xhat[i, j] * gamma[j] + beta[j] > 0 else 0
+            dx[i, j] = scale[j] * (g - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
 
 
 def batch_stats(x):

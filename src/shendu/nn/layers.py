@@ -331,6 +331,8 @@ class _BatchNorm(Module):
     """y = γ (x − μ) / √(σ² + ε) + β, with μ, σ² from the batch in training and from running
     averages in evaluation (the running variance is unbiased, as in PyTorch)."""
 
+    relu = False  # BatchNormReLU2d: max(y, 0) in the same pass
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -348,7 +350,7 @@ class _BatchNorm(Module):
             self._statistics, batch, self.running_mean, self.running_var, len(x), x.dtype)
         y = K.empty_like(x)
         xhat = K.empty_like(x) if self.keeps_cache else y  # x̂ is only kept for backward
-        K.normalize(x, mean, inv_std, self.weight.data, self.bias.data, xhat, y)
+        K.normalize(x, mean, inv_std, self.weight.data, self.bias.data, self.relu, xhat, y)
         self.cache = (xhat, inv_std, self.training) if self.keeps_cache else None
         return y
 
@@ -370,25 +372,27 @@ class _BatchNorm(Module):
         xhat, inv_std, batch_stats = self._cached(self.cache)
         K = kernels.of(dy)
         dy = K.contiguous(dy)
-        sums = K.column_sums(dy, xhat, K.zeros(dy.shape[1]))  # Σ dy, Σ dy x̂
+        gamma, beta = self.weight.data, self.bias.data
+        sums = K.grad_sums(dy, xhat, gamma, beta, self.relu)  # Σ g, Σ g x̂ (g: dy past the ReLU)
         self.bias.grad, self.weight.grad, scale, mean_dy, mean_dy_xhat = K.on_host(
-            _gradient_terms, sums, self.weight.data, inv_std, len(dy), dy.dtype)
-        if not batch_stats:  # running statistics are constants
-            return K.multiply(dy, scale)
-        # μ and σ² depend on every x: dx = γ/σ (dy − mean(dy) − x̂ · mean(dy x̂))
+            _gradient_terms, sums, gamma, inv_std, len(dy), dy.dtype, batch_stats)
+        # μ and σ² depend on every x in training: dx = γ/σ (g − mean(g) − x̂ · mean(g x̂));
+        # running statistics are constants: dx = γ/σ · g (the two means given as zeros)
         dx = K.empty_like(dy)
-        K.normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, dx)
+        K.normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, self.relu, dx)
         return dx
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-def _gradient_terms(sums, gamma, inv_std, m, dtype):
-    """dL/dβ = Σ dy and dL/dγ = Σ dy x̂ (summed in float64), γ/σ, and the means of dy and dy x̂."""
+def _gradient_terms(sums, gamma, inv_std, m, dtype, batch_stats):
+    """dL/dβ = Σ g and dL/dγ = Σ g x̂ (summed in float64), γ/σ, and the means of g and g x̂
+    (zeros where the statistics were the running ones, constants)."""
     dbeta, dgamma = sums
+    means = (dbeta / m, dgamma / m) if batch_stats else (np.zeros_like(dbeta),) * 2
     return (dbeta.astype(dtype), dgamma.astype(dtype), gamma * inv_std,
-            (dbeta / m).astype(dtype), (dgamma / m).astype(dtype))
+            means[0].astype(dtype), means[1].astype(dtype))
 
 
 class BatchNorm1d(_BatchNorm):
@@ -410,3 +414,21 @@ class BatchNorm2d(_BatchNorm):
     def backward(self, dy):
         dyh = _nhwc(dy)
         return _nchw(self._backward(dyh.reshape(-1, dyh.shape[3])).reshape(dyh.shape))
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """y = max(BatchNorm2d(x), 0) in one pass over memory: the ReLU rectifies each value as it
+    is written, and its backward is folded into BatchNorm's (the gradient passes where
+    γ x̂ + β > 0), so neither keeps an output of its own. `nn.fuse` puts one in place of a
+    BatchNorm2d followed by a ReLU; it holds that BatchNorm2d's parameters and running
+    statistics, under the same names."""
+
+    relu = True
+
+    def __init__(self, bn):
+        Module.__init__(self)  # the BatchNorm's settings, Parameters and buffers, not new ones
+        self.num_features, self.eps, self.momentum = bn.num_features, bn.eps, bn.momentum
+        self.weight, self.bias = bn.weight, bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+        self.cache = None
