@@ -126,6 +126,16 @@ def test_batchnorm_in_eval_mode_matches_the_cpu(make, shape):
     _compare(trained, _images(*shape) if len(shape) == 4 else _rand(*shape), train=False)
 
 
+def test_folded_inference_on_cuda_matches_the_cpu():
+    """Conv2d + BatchNorm2d folded into one convolution in inference, on the device."""
+    from test_module import _folding_net
+    model, x = _folding_net()
+    with nn.no_grad():
+        y = model(x)
+        y_dev = copy.deepcopy(model).to("cuda")(_device_images(x))
+    _close(_host(y_dev), y, "y")
+
+
 def test_contiguous_nchw_input_as_from_the_host():
     # data arrives as plain NCHW; the identity shortcut then meets a channels-last body output
     make = lambda: nn.Residual(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()))  # noqa

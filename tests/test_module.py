@@ -115,6 +115,50 @@ def test_fuse_is_a_pass_over_any_sequential():
     assert [type(m).__name__ for m in model.modules()] == kinds
 
 
+def _folding_net():
+    """Every case of folding: Conv2d + BatchNormReLU2d (after nn.fuse), Conv2d (with a bias) +
+    BatchNorm2d, and BatchNorm2d after a ConvReLU2d (not folded: the ReLU comes between), in
+    a Residual's body too; running statistics away from 0 and 1."""
+    manual_seed(0)
+    model = nn.fuse(nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))),
+        nn.Conv2d(4, 3, 1), nn.ReLU(), nn.BatchNorm2d(3)))
+    for p in model.parameters():
+        p.data = p.data + 0.3 * np.random.default_rng(p.size).standard_normal(p.shape).astype(
+            p.data.dtype)
+    x = np.random.default_rng(1).standard_normal((5, 2, 6, 7)).astype(np.float32)
+    for _ in range(3):
+        model(3 * x + 1)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_inference_folds_batchnorm_into_the_convolution_before_it(monkeypatch, dtype, tol):
+    """In eval mode inside no_grad() a Sequential runs Conv2d + BatchNorm2d as one convolution
+    with folded weights: the outputs of the layers one by one, within rounding; BatchNorm's own
+    forward is not called for those it folded."""
+    model, x = _folding_net()
+    model.astype(dtype)
+    x = x.astype(dtype)
+    want = model(x)  # eval mode, recording for backward: the layers one by one
+    calls = []
+    forward = nn.BatchNorm2d.forward
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", lambda self, x: calls.append(self) or
+                        forward(self, x))
+    with nn.no_grad():
+        got = model(x)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert calls == [model[6]]  # only the BatchNorm after the ReLU ran on its own
+    calls.clear()
+    model(x)
+    assert len(calls) == 3  # outside no_grad(): the layers one by one, differentiable
+    with nn.no_grad():
+        model.train()
+        model(x)
+    assert len(calls) == 6  # in training: batch statistics, nothing folded
+
+
 def test_no_grad_keeps_nothing_for_backward():
     """Inference inside no_grad() keeps no caches, in either mode; backward then says why."""
     model = models.DeepConvNet()

@@ -113,9 +113,29 @@ class Conv2d(Module):
             self.bias.grad = db
         return _nchw(dx) if input_grad else None
 
+    def forward_folded(self, x, bn):
+        """bn(self(x)) for a BatchNorm2d (or BatchNormReLU2d) in eval mode, in one pass: its
+        running statistics make it y = s·z + t per channel, s = γ/√(σ² + ε), t = β − μ·s, so
+        the convolution runs with the weights s·W and the bias s·b + t (then max(y, 0) with a
+        ReLU). Inference only (see Sequential.forward): nothing is kept for backward."""
+        x = _nhwc(_check_input(self, x, 4, self.in_channels))
+        K = kernels.of(x)
+        w, b = K.on_host(_folded, self.weight.data,
+                         None if self.bias is None else self.bias.data, bn.weight.data,
+                         bn.bias.data, bn.running_mean, bn.running_var, bn.eps)
+        return _nchw(K.conv_forward(x, w, b, self.stride, self.padding, relu=bn.relu))
+
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+def _folded(w, b, gamma, beta, mean, var, eps):
+    """The weights and bias of a convolution with the BatchNorm after it folded in (float64
+    arithmetic, stored in the weights' dtype)."""
+    scale = gamma / np.sqrt(var.astype(np.float64) + eps)
+    shift = beta - mean * scale + (0 if b is None else b * scale)
+    return (w * scale[:, None, None, None]).astype(w.dtype), shift.astype(w.dtype)
 
 
 class ConvReLU2d(Conv2d):
@@ -139,6 +159,8 @@ class ConvReLU2d(Conv2d):
                                              relu=True))
         self.y = y if self.keeps_cache else None
         return y
+
+    forward_folded = None  # its ReLU comes before any BatchNorm: nothing to fold
 
     def backward(self, dy, input_grad=True):
         """ReLU's backward (dy passes where y > 0), then the convolution's."""
@@ -405,6 +427,8 @@ class BatchNorm1d(_BatchNorm):
 
 class BatchNorm2d(_BatchNorm):
     """Statistics per channel over the batch and every position."""
+
+    folds_into_conv = True  # in inference, by a Conv2d just before it (Sequential.forward)
 
     def forward(self, x):
         x = _check_input(self, x, 4, self.num_features)
