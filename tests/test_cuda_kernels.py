@@ -196,6 +196,7 @@ def test_elementwise_kernels_match_numpy():
     np.testing.assert_array_equal(_host(gpu.relu_forward(dx_)), np.maximum(x, 0))
     np.testing.assert_array_equal(_host(gpu.relu_backward(dd, dx_)), d * (x > 0))
     np.testing.assert_array_equal(_host(gpu.add(dx_, dd)), x + d)
+    np.testing.assert_array_equal(_host(gpu.add_relu(dx_, dd)), np.maximum(x + d, 0))
     np.testing.assert_array_equal(_host(gpu.multiply(dx_, dd)), x * d)
     b = _rand(7, seed=2)
     gpu.add_bias(dx_, cuda.to_device(b))

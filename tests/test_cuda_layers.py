@@ -103,6 +103,8 @@ LAYERS = [  # (constructor, input shape)
     (lambda: models.PadShortcut(2, 2), (2, 3, 5, 5)),
     (lambda: nn.Residual(nn.Conv2d(2, 3, 3, stride=2, padding=1), models.PadShortcut(2, 1)),
      (2, 2, 5, 5)),
+    (lambda: nn.ResidualReLU(nn.Residual(nn.Conv2d(2, 3, 3, stride=2, padding=1),
+                                         models.PadShortcut(2, 1))), (2, 2, 5, 5)),
 ]
 
 

@@ -18,6 +18,7 @@ BLOCKS = {
         nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4)),
         nn.Sequential(nn.Conv2d(3, 4, 1, 2, bias=False), nn.BatchNorm2d(4))),
     "pad": lambda: nn.Residual(conv(3, 5, stride=2), models.PadShortcut(2, 2)),
+    "relu": lambda: nn.ResidualReLU(nn.Residual(conv(3, 5, stride=2), models.PadShortcut(2, 2))),
     "concat": lambda: nn.Concat(conv(3, 2, 1), nn.Sequential(conv(3, 2, 1), nn.Tanh(), conv(2, 3)),
                                 nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(3, 1, 1))),
     "nested": lambda: nn.Sequential(nn.Concat(conv(3, 2), nn.Residual(conv(3, 3))), conv(5, 2)),

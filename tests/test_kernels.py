@@ -256,6 +256,18 @@ LAYOUTS = {  # how an array of logical shape (2, 3, 4, 5) may lie in memory
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("b_layout", LAYOUTS)
+def test_add_relu_matches_numpy_in_every_layout(layout, b_layout):
+    a, b = _rand(2, 3, 4, 5), _rand(2, 3, 4, 5, seed=1)
+    a[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    al = LAYOUTS[layout](a)
+    y = cpu.add_relu(al, LAYOUTS[b_layout](b))
+    np.testing.assert_array_equal(y, np.maximum(a + b, 0))  # NaN stays NaN
+    if layout in ("contiguous", "channels last"):
+        assert y.strides == al.strides
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dy_layout", LAYOUTS)
 def test_relu_matches_numpy_in_every_layout(layout, dy_layout):
     x = _rand(2, 3, 4, 5)

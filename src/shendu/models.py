@@ -1,8 +1,9 @@
 """Model zoo: networks by name, each buildable for any input shape and number of classes.
 
-Every model comes fused (`nn.fuse`: each convolution followed by a ReLU computes both in one
-pass, as a ConvReLU2d, the ReLU's place holding an Identity): the same function, the same
-parameters and names, one pass over memory fewer."""
+Every model comes fused (`nn.fuse`: each convolution, BatchNorm or residual sum followed by a
+ReLU computes both in one pass, as a ConvReLU2d, BatchNormReLU2d or ResidualReLU, the ReLU's
+place holding an Identity): the same function, the same parameters and names, one pass over
+memory fewer."""
 import functools
 import inspect
 
@@ -274,19 +275,24 @@ class PadShortcut(Module):
         self.shape = x.shape
         kept = K.view(x, np.s_[:, :, ::s, ::s])
         n, c, h, w = kept.shape
-        y = K.zeros((n, c + self.extra, h, w), x.dtype)
+        y = _channels_last_zeros(K, (n, c + self.extra, h, w), x.dtype)  # as the body's output
         K.copy_into(K.view(y, np.s_[:, :c]), kept)
         return y
 
     def backward(self, dy):
         K, s = kernels.of(dy), self.stride
-        n, c, h, w = self._cached(self.shape)
-        dx = K.zeros((n, c, h, w), dy.dtype)
-        K.copy_into(K.view(dx, np.s_[:, :, ::s, ::s]), K.view(dy, np.s_[:, :c]))
+        dx = _channels_last_zeros(K, self._cached(self.shape), dy.dtype)
+        K.copy_into(K.view(dx, np.s_[:, :, ::s, ::s]), K.view(dy, np.s_[:, :self.shape[1]]))
         return dx
 
     def extra_repr(self):
         return f"stride={self.stride}, extra={self.extra}"
+
+
+def _channels_last_zeros(K, shape, dtype):
+    """Zeros of logical shape (N, C, H, W) in channels-last memory, the layers' layout."""
+    n, c, h, w = shape
+    return K.transpose(K.zeros((n, h, w, c), dtype), (0, 3, 1, 2))
 
 
 _RESNET = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]),

@@ -89,6 +89,15 @@ def add(a, b):
     return a + b
 
 
+def add_relu(a, b):
+    """max(a + b, 0) (b of a's shape), a new array laid out like a."""
+    a = _dense(a)
+    b = _laid_out_like(b, a)
+    y = np.empty_like(a)
+    pointwise.add_relu(_memory_order(a), _memory_order(b), _memory_order(y))
+    return y
+
+
 def multiply(a, b):
     """a · b, b of a's shape or a vector over a's last axis."""
     return a * b

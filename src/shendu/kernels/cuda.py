@@ -285,6 +285,11 @@ def add(a, b):
     return out
 
 
+def add_relu(a, b):
+    """max(a + b, 0), a new device array: a residual block's output after its ReLU."""
+    return relu_forward(add(a, b))
+
+
 def multiply(a, b):
     """a · b, a new device array: b of a's shape (dropout's mask), or a vector over a's last
     axis (BatchNorm's γ/σ)."""

@@ -1,5 +1,5 @@
-"""Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, the bias added
-along the last axis, and the column sums that give the bias its gradient. NumPy runs each of these
+"""Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, a sum with the
+ReLU after it, the bias added along the last axis, and the column sums that give the bias its gradient. NumPy runs each of these
 on one core, through temporaries; here both cores work in one pass.
 
 ReLU's kernels take arrays flattened in memory order (kernels.cpu passes the NCHW views of NHWC
@@ -29,6 +29,14 @@ def relu_backward(dy, y, dx):
     dx equals `textbook.relu_backward(dy, y)`; tested in tests/test_textbook_kernels.py."""
     for i in prange(y.size):
         dx[i] = dy[i] if y[i] > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def add_relu(a, b, y):
+    """y = max(a + b, 0): a residual block's sum and the ReLU after it, in one pass."""
+    for i in prange(y.size):
+        s = a[i] + b[i]
+        y[i] = 0 if s < 0 else s
 
 
 @njit(parallel=True, cache=True)

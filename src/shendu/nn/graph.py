@@ -31,11 +31,34 @@ class Residual(Module):
                               f"{'(identity) ' if self.shortcut is None else ''}gives "
                               f"{tuple(s.shape)}; a body that changes the shape needs a "
                               "projection shortcut")
+        return self._sum(y, s)
+
+    def _sum(self, y, s):
         return kernels.of(y).add(y, s)
 
     def backward(self, dy):
         dx = self.body.backward(dy)
         return kernels.of(dx).add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))
+
+
+class ResidualReLU(Residual):
+    """y = max(body(x) + shortcut(x), 0), the sum and the ReLU after it in one pass; backward
+    passes dy where y > 0, then as Residual. `nn.fuse` puts one in place of a Residual followed
+    by a ReLU (the ResNets' blocks); it holds that Residual's body and shortcut, under the same
+    names."""
+
+    def __init__(self, residual):
+        Module.__init__(self)  # the Residual's own body and shortcut, not new ones
+        self.body, self.shortcut = residual.body, residual.shortcut
+        self.y = None
+
+    def _sum(self, y, s):
+        out = kernels.of(y).add_relu(y, s)
+        self.y = out if self.keeps_cache else None
+        return out
+
+    def backward(self, dy):
+        return super().backward(kernels.of(dy).relu_backward(dy, self._cached(self.y)))
 
 
 class Concat(Module):
