@@ -1,6 +1,7 @@
 """The experiment entry points, at toy sizes (quick profile): each runs, and its results hold
 what the book reads from them."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,3 +323,14 @@ def test_results_need_the_package_to_ship_them(monkeypatch):
     monkeypatch.setattr(experiments.importlib.resources, "files", missing)
     with pytest.raises(ShenduError, match="install it again"):
         experiments.load("bench")
+
+
+def test_the_readmes_results_are_those_of_the_results_files():
+    """Every `<!-- results:NAME -->` block of README.md is what `experiment NAME --readme` writes
+    from the committed notebooks/results/NAME.json: no figure typed by hand, none left stale."""
+    import re
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"<!-- results:(\w+) -->\n(.*?)\n<!-- /results -->", text, re.S)
+    assert {name for name, _ in blocks} == {"chapter1", "bench"}
+    for name, block in blocks:
+        assert block == experiments.readme_block(experiments.load(name)), name

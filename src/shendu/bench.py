@@ -7,6 +7,7 @@ batches. Each engine runs in fresh processes of its own (bench_worker.py), the e
 over several rounds: one process holding both would share their OpenMP runtimes and settings and
 skew both, and a noisy neighbour now slows each alike. The report gives medians and ranges.
 """
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -67,6 +68,14 @@ def _worker(engine, model, batch, first="", seconds=1.0):
 
 def _torch_available():
     return importlib.util.find_spec("torch") is not None
+
+
+def _torch_version():
+    """The installed PyTorch's version (None without it), read without importing it."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0):
@@ -178,7 +187,7 @@ def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=Tru
     """All the figures, as a dict (what `--json` writes and `experiment bench` records)."""
     from .provenance import machine
     results = {"machine": machine(), "gemm_peak_gflops": gemm_peak(), "rounds": rounds,
-               "networks": {}}
+               "torch_version": _torch_version(), "networks": {}}
     for model, by_batch in fair(networks, batches, rounds, seconds).items():
         spec = NETWORKS[model]
         train_flops, infer_flops = flops_per_image(

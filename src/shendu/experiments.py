@@ -521,13 +521,40 @@ def recipes(only=None, seeds=(0, 1, 2), more_members=MORE_MEMBERS, root=None):
 
 
 def readme_block(record):
-    """The README's results paragraph, written from a results file (never typed by hand)."""
+    """The README's results paragraph of an experiment, written from its results file (never
+    typed by hand)."""
+    return _README_BLOCKS[record["experiment"]](record)
+
+
+def _chapter1_block(record):
     f, m = record["figures"], record["machine"]
     return (f"Chapter 1's full run (`{record['command']}`, commit `{record['commit']}`, "
             f"{record['date'][:10]}): final test accuracy **{f['final_test_acc']:.2%}**, best "
             f"{f['best_test_acc']:.2%} (epoch {f['best_epoch']}), {f['train_time_s'] / 60:.1f} "
             f"minutes of training at {f['images_per_s']:,.0f} images/s on {m['cores']} cores of "
             f"an {m['cpu']}.")
+
+
+def _bench_block(record):
+    f, m = record["figures"], record["machine"]
+    names = {"deepconvnet": "DeepConvNet", "resnet20": "ResNet-20", "vgg11_bn": "VGG-11-BN",
+             "googlenet": "GoogLeNet"}
+
+    def ratios(task):
+        cells = []
+        for model, entry in f["networks"].items():
+            batch, engines = next(iter(entry["batches"].items()))  # the network's own batch
+            cells.append(f"{names.get(model, model)} "
+                         f"{engines['shendu'][task]['median'] / engines['torch'][task]['median']:.2f}x")
+        return ", ".join(cells)
+    return (f"shendu's speed as a multiple of PyTorch {f['torch_version']}'s on {m['cores']} cores "
+            f"of an {m['cpu']} (`{record['command']}`, commit `{record['commit']}`, "
+            f"{record['date'][:10]}; medians of {f['rounds']} fresh processes per engine, each "
+            f"network at its own batch size): training {ratios('train')}; inference "
+            f"{ratios('infer')}.")
+
+
+_README_BLOCKS = {"chapter1": _chapter1_block, "bench": _bench_block}
 
 
 def update_readme(record, readme=None):
