@@ -26,6 +26,7 @@ def test_every_recipe_builds_what_it_says(name, monkeypatch):
     if schedule is not None:  # sized for the recipe's epochs over 1,000 images
         assert schedule.total_steps == recipe.epochs * -(-1000 // recipe.batch_size)
     assert (trainer.augment is None) == (not recipe.transforms)
+    assert trainer.loss_fn.label_smoothing == recipe.label_smoothing
     assert recipe.dataset in datasets.names()
 
 

@@ -249,8 +249,7 @@ KCHUNK, MCHUNK = 256, 64  # a product's panels: KCHUNK sums deep, MCHUNK rows a 
 @njit(parallel=True, cache=True)
 def im2col(x, kh, kw, stride, pad, col):
     """col[(n·OH + i)·OW + j, (a·KW + b)·C + c] = x[n, i·stride + a − pad, j·stride + b − pad, c]
-    (zero outside the image), for x (N, H, W, C) and col (N·OH·OW, KH·KW·C) or wider (the extra
-    columns are left alone)."""
+    (zero outside the image), for x (N, H, W, C) and col (N·OH·OW, KH·KW·C)."""
     n, h, w, c = x.shape
     oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1  # out_size
     for img in prange(n):
@@ -271,7 +270,7 @@ def im2col(x, kh, kw, stride, pad, col):
 @njit(parallel=True, cache=True)
 def col2im(col, kh, kw, stride, pad, dx):
     """The adjoint of im2col: dx (N, H, W, C) = the sum of every patch entry of col where im2col
-    took it from."""
+    took it from (col may have more columns, as matmul leaves them: those are not read)."""
     n, h, w, c = dx.shape
     oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1  # out_size
     for img in prange(n):
