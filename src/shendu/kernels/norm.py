@@ -27,13 +27,22 @@ def column_sums(a, b, shift):
     Equals `textbook.column_sums`; tested in tests/test_textbook_kernels.py."""
     # Added up here, not inside the kernel: Numba's disk cache would not notice a change to
     # add_blocks, which lives in another file.
-    s1, s2 = _block_sums(a, b, shift)
+    s1, s2 = _block_sums(a, b, shift, shift, shift, False)
+    return add_blocks(s1), add_blocks(s2)
+
+
+def grad_sums(dy, xhat, gamma, beta, relu):
+    """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64: g = dy, or with relu dy where
+    γ x̂ + β > 0 (where the ReLU let the output through).
+
+    Equals `textbook.grad_sums`; tested in tests/test_textbook_kernels.py."""
+    s1, s2 = _block_sums(dy, xhat, np.zeros(dy.shape[1]), gamma, beta, relu)
     return add_blocks(s1), add_blocks(s2)
 
 
 @njit(parallel=True, cache=True)
-def _block_sums(a, b, shift):
-    """column_sums of each block of rows."""
+def _block_sums(a, b, shift, gamma, beta, relu):
+    """column_sums of each block of rows; with relu, only of the entries where b·γ + β > 0."""
     m, c = a.shape
     blocks = (m + BLOCK - 1) // BLOCK
     s1 = np.zeros((blocks, c))
@@ -41,8 +50,9 @@ def _block_sums(a, b, shift):
     for k in prange(blocks):
         for i in range(k * BLOCK, min(m, (k + 1) * BLOCK)):
             for j in range(c):
-                s1[k, j] += a[i, j]
-                s2[k, j] += (a[i, j] - shift[j]) * b[i, j]
+                if not relu or b[i, j] * gamma[j] + beta[j] > 0:
+                    s1[k, j] += a[i, j]
+                    s2[k, j] += (a[i, j] - shift[j]) * b[i, j]  # float64, as shift is
     return s1, s2
 
 
@@ -58,32 +68,6 @@ def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
             xhat[i, j] = h
             v = h * gamma[j] + beta[j]
             y[i, j] = 0 if relu and v < 0 else v
-
-
-def grad_sums(dy, xhat, gamma, beta, relu):
-    """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64: g = dy, or with relu dy where
-    γ x̂ + β > 0 (where the ReLU let the output through).
-
-    Equals `textbook.grad_sums`; tested in tests/test_textbook_kernels.py."""
-    s1, s2 = _block_grad_sums(dy, xhat, gamma, beta, relu)
-    return add_blocks(s1), add_blocks(s2)
-
-
-@njit(parallel=True, cache=True)
-def _block_grad_sums(dy, xhat, gamma, beta, relu):
-    """grad_sums of each block of rows."""
-    m, c = dy.shape
-    blocks = (m + BLOCK - 1) // BLOCK
-    s1 = np.zeros((blocks, c))
-    s2 = np.zeros((blocks, c))
-    for k in prange(blocks):
-        for i in range(k * BLOCK, min(m, (k + 1) * BLOCK)):
-            for j in range(c):
-                if not relu or xhat[i, j] * gamma[j] + beta[j] > 0:
-                    g = np.float64(dy[i, j])  # the products too in float64
-                    s1[k, j] += g
-                    s2[k, j] += g * xhat[i, j]
-    return s1, s2
 
 
 @njit(parallel=True, cache=True)
