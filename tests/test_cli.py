@@ -156,6 +156,9 @@ def usage_error_cases():
         "unknown recipe": ["train", "--recipe", "magic"],
         "bad input shape": ["summary", "deepconvnet", "--input", "28x28"],
         "predict without images": ["predict", "runs/x"],
+        "unknown bench network": ["bench", "--networks", "deepconvnet,alexnet"],
+        "bench batch 0": ["bench", "--batches", "small,0"],
+        "bench rounds 0": ["bench", "--rounds", "0"],
     }
 
 
