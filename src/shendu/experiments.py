@@ -122,11 +122,11 @@ def load(name, results_dir=None):
 
 
 @experiment
-def bench():
-    """shendu vs PyTorch on this machine (`python -m shendu bench`), recorded for the appendix
-    "How fast is it?"."""
+def bench(rounds=5):
+    """shendu vs PyTorch on this machine (`python -m shendu bench`, five rounds of fresh
+    processes), recorded for the appendix "How fast is it?" and the README."""
     from . import bench as bench_module
-    return bench_module.run()
+    return bench_module.run(rounds=rounds)
 
 
 # One configuration of the process, measured in a fresh Python: what it imports first, then
