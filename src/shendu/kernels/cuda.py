@@ -773,11 +773,12 @@ def _passed(dy, xhat, gamma, beta, g):
 
 
 @cuda.jit
-def _normalize_backward(g, xhat, mean_dy, mean_dy_xhat, scale, dx):
+def _normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
     k = cuda.grid(1)
-    if k < g.size:
-        i, j = k // g.shape[1], k % g.shape[1]
-        dx[i, j] = scale[j] * (g[i, j] - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
+    if k < dy.size:
+        i, j = k // dy.shape[1], k % dy.shape[1]
+        g = dy[i, j] if not relu or xhat[i, j] * gamma[j] + beta[j] > 0 else 0
+        dx[i, j] = scale[j] * (g - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
 
 
 def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
@@ -787,23 +788,17 @@ def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
     _normalize[_elementwise(x.size)](x, mean, inv_std, gamma, beta, relu, xhat, y)
 
 
-def _gradient_before_relu(dy, xhat, gamma, beta, relu):
-    """dy, or with relu the gradient before the ReLU (a pass of its own here; the CPU kernels
-    test the condition inside their sums)."""
-    if not relu:
-        return dy
-    g = cuda.device_array_like(dy)
-    _passed[_elementwise(dy.size)](dy, xhat, gamma, beta, g)
-    return g
-
-
 def grad_sums(dy, xhat, gamma, beta, relu):
     """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64; g = dy where γ x̂ + β > 0 with
-    relu, dy without.
+    relu, dy without. With relu, g is a pass of its own here, then column_sums (the CPU kernel
+    tests the condition inside its sums).
 
     Equals `textbook.grad_sums`; tested in tests/test_textbook_kernels.py."""
-    return column_sums(_gradient_before_relu(dy, xhat, gamma, beta, relu), xhat,
-                       zeros(dy.shape[1]))
+    g = dy
+    if relu:
+        g = cuda.device_array_like(dy)
+        _passed[_elementwise(dy.size)](dy, xhat, gamma, beta, g)
+    return column_sums(g, xhat, zeros(dy.shape[1]))
 
 
 def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
@@ -811,8 +806,8 @@ def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu
     grad_sums.
 
     Equals `textbook.normalize_backward`; tested in tests/test_textbook_kernels.py."""
-    g = _gradient_before_relu(dy, xhat, gamma, beta, relu)
-    _normalize_backward[_elementwise(dy.size)](g, xhat, mean_dy, mean_dy_xhat, scale, dx)
+    _normalize_backward[_elementwise(dy.size)](dy, xhat, mean_dy, mean_dy_xhat, scale, gamma,
+                                               beta, relu, dx)
 
 
 # -- dropout ----------------------------------------------------------------------------------
