@@ -10,38 +10,21 @@ torch = pytest.importorskip("torch")
 T = torch.nn
 
 
-TorchResidual, TorchConcat = bench_worker.torch_blocks().Residual, bench_worker.torch_blocks().Concat
-
-
-def torch_conv_bn_relu(c_in, c_out, k, stride=1, bn=True):
-    convolution = T.Conv2d(c_in, c_out, k, stride, k // 2, bias=not bn)
-    return [convolution, T.BatchNorm2d(c_out), T.ReLU()] if bn else [convolution, T.ReLU()]
+BLOCKS = bench_worker.torch_blocks()
 
 
 def torch_basic_block(c_in, c_out, stride):
     """torchvision's BasicBlock, written out with the module names shendu uses."""
-    body = T.Sequential(*torch_conv_bn_relu(c_in, c_out, 3, stride),
+    body = T.Sequential(*BLOCKS.conv_bn_relu(c_in, c_out, 3, stride),
                         T.Conv2d(c_out, c_out, 3, padding=1, bias=False), T.BatchNorm2d(c_out))
     shortcut = T.Sequential(T.Conv2d(c_in, c_out, 1, stride, bias=False), T.BatchNorm2d(c_out))
-    return T.Sequential(TorchResidual(body, shortcut), T.ReLU())
-
-
-def torch_inception(c_in, c1, c3r, c3, c5r, c5, cp):
-    def branch(*convs):
-        layers, c = [], c_in
-        for c_out, k in convs:
-            layers += torch_conv_bn_relu(c, c_out, k, bn=False)
-            c = c_out
-        return layers
-    return TorchConcat(T.Sequential(*branch((c1, 1))), T.Sequential(*branch((c3r, 1), (c3, 3))),
-                       T.Sequential(*branch((c5r, 1), (c5, 5))),
-                       T.Sequential(T.MaxPool2d(3, 1, 1), *branch((cp, 1))))
+    return T.Sequential(BLOCKS.Residual(body, shortcut), T.ReLU())
 
 
 ORACLE = {
     "basic_block": (lambda: models.basic_block(4, 6, stride=2), lambda: torch_basic_block(4, 6, 2)),
     "inception": (lambda: models.inception(4, 3, 2, 4, 2, 3, 2),
-                  lambda: torch_inception(4, 3, 2, 4, 2, 3, 2)),
+                  lambda: BLOCKS.inception(4, 3, 2, 4, 2, 3, 2)),
 }
 
 

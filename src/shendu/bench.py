@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import models, nn, optim
-from .bench_worker import INPUT, NETWORKS, shendu_engine  # noqa: F401  (for _FIRST_STEPS)
+from .bench_worker import INPUT, NETWORKS
 from .errors import ShenduError
 
 
@@ -49,7 +49,7 @@ def _seconds(fn):
     return time.perf_counter() - start
 
 
-# -- shendu and PyTorch, each in fresh processes of its own ------------------------------------------
+# -- shendu and PyTorch, each in fresh processes of its own ----------------------------------
 WORKER = Path(__file__).with_name("bench_worker.py")
 IMPORT_FIRST = "shendu, torch imported first"  # shendu's worker, PyTorch imported before shendu
 
@@ -116,7 +116,8 @@ start = time.perf_counter()
 from shendu import bench
 imported = time.perf_counter()
 import numpy as np
-train_step, _ = bench.shendu_engine("deepconvnet")
+from shendu import bench_worker
+train_step, _ = bench_worker.shendu_engine("deepconvnet")
 rng = np.random.default_rng(0)
 x, t = rng.random((100, 1, 28, 28), np.float32), rng.integers(0, 10, 100)
 first, second = (bench._seconds(lambda: train_step(x, t)) for _ in range(2))
@@ -203,6 +204,11 @@ def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=Tru
     return results
 
 
+def ratio(engines, task, engine="shendu", rival="torch"):
+    """One engine's median images/s over another's, for a task, from one batch's figures."""
+    return engines[engine][task]["median"] / engines[rival][task]["median"]
+
+
 def report(results):
     """The results as a table: medians over fresh processes, their range, and shendu's ratio to
     PyTorch; then the import-order check, peak memory and start-up."""
@@ -218,16 +224,16 @@ def report(results):
             for task in ("train", "infer"):
                 cells = []
                 for engine in ("shendu", "torch"):
-                    r = engines.get(engine)
-                    cells += ([f"{r[task]['median']:7.0f} ({r[task]['min']:.0f}-{r[task]['max']:.0f})",
-                               f"{100 * r[task]['median'] * flops[task] / 1e9 / peak:5.1f}%"]
+                    r = engines[engine][task] if engine in engines else None
+                    cells += ([f"{r['median']:7.0f} ({r['min']:.0f}-{r['max']:.0f})",
+                               f"{100 * r['median'] * flops[task] / 1e9 / peak:5.1f}%"]
                               if r else ["", ""])
-                ratio = (f"{engines['shendu'][task]['median'] / engines['torch'][task]['median']:.2f}x"
-                         if "torch" in engines else "")
+                shown = f"{ratio(engines, task):.2f}x" if "torch" in engines else ""
                 lines.append(f"{model:12} {batch:>5} {task:5} {cells[0]:>21} {cells[1]:>6} "
-                             f"{cells[2]:>21} {cells[3]:>6} {ratio:>6}")
+                             f"{cells[2]:>21} {cells[3]:>6} {shown:>6}")
                 if IMPORT_FIRST in engines:
-                    order.append(f"{model} {task} {engines[IMPORT_FIRST][task]['median'] / engines['shendu'][task]['median']:.2f}x")
+                    order.append(f"{model} {task} "
+                                 f"{ratio(engines, task, IMPORT_FIRST, 'shendu'):.2f}x")
             if "torch" in engines:
                 memory.append(f"{model} {batch}: {engines['shendu']['peak_mib']['median']:.0f} vs "
                               f"{engines['torch']['peak_mib']['median']:.0f} MiB")

@@ -31,8 +31,9 @@ INPUT = (1, 28, 28)
 # -- PyTorch twins ------------------------------------------------------------------------------
 @functools.cache
 def torch_blocks():
-    """PyTorch modules for what torch.nn lacks of shendu's: the shortcut sum, the Inception
-    concatenation, the parameter-free shortcut and global average pooling."""
+    """PyTorch modules for what torch.nn lacks of shendu's: the shortcut sum, the parameter-free
+    shortcut, global average pooling, and the zoo's convolution [+ BatchNorm] + ReLU and
+    Inception block (its branches concatenated)."""
     import torch
     T = torch.nn
 
@@ -66,25 +67,39 @@ def torch_blocks():
         def forward(self, x):
             return x.mean((2, 3))
 
-    return types.SimpleNamespace(Residual=Residual, Concat=Concat, PadShortcut=PadShortcut,
-                                 GlobalAvgPool=GlobalAvgPool)
+    def conv_bn_relu(c_in, c_out, k, stride=1, bn=True, bias=None, padding=None):
+        """As models._conv_bn_relu: "same" padding unless given, no bias before BatchNorm."""
+        conv = T.Conv2d(c_in, c_out, k, stride, k // 2 if padding is None else padding,
+                        bias=not bn if bias is None else bias)
+        return [conv, T.BatchNorm2d(c_out), T.ReLU()] if bn else [conv, T.ReLU()]
+
+    def inception(c_in, c1, c3r, c3, c5r, c5, cp, batch_norm=False):
+        """As models.inception: four branches, concatenated."""
+        def branch(*convs):
+            layers, c = [], c_in
+            for c_out, k in convs:
+                layers += conv_bn_relu(c, c_out, k, bn=batch_norm)
+                c = c_out
+            return layers
+        return Concat(T.Sequential(*branch((c1, 1))), T.Sequential(*branch((c3r, 1), (c3, 3))),
+                      T.Sequential(*branch((c5r, 1), (c5, 5))),
+                      T.Sequential(T.MaxPool2d(3, 1, 1), *branch((cp, 1))))
+
+    return types.SimpleNamespace(Residual=Residual, PadShortcut=PadShortcut,
+                                 GlobalAvgPool=GlobalAvgPool, conv_bn_relu=conv_bn_relu,
+                                 inception=inception)
 
 
 def torch_twin(model, width=1.0, batch_norm=False, num_classes=10):
     """The zoo's network `model` (for 1×28×28 inputs) built in PyTorch, shendu's names."""
     import torch
     T = torch.nn
-    Residual, Concat, PadShortcut, GlobalAvgPool = (
-        getattr(torch_blocks(), name) for name in ("Residual", "Concat", "PadShortcut",
-                                                    "GlobalAvgPool"))
+    blocks = torch_blocks()
+    Residual, PadShortcut, GlobalAvgPool, conv_bn_relu = (
+        blocks.Residual, blocks.PadShortcut, blocks.GlobalAvgPool, blocks.conv_bn_relu)
 
     def scale(c):
         return max(1, round(c * width))
-
-    def conv_bn_relu(c_in, c_out, k, stride=1, bn=True, bias=None, padding=None):
-        conv = T.Conv2d(c_in, c_out, k, stride, k // 2 if padding is None else padding,
-                        bias=not bn if bias is None else bias)
-        return [conv, T.BatchNorm2d(c_out), T.ReLU()] if bn else [conv, T.ReLU()]
 
     if model == "deepconvnet":
         layers, c = [], INPUT[0]
@@ -118,15 +133,6 @@ def torch_twin(model, width=1.0, batch_norm=False, num_classes=10):
                 size //= 2
         return T.Sequential(*layers, T.Flatten(), T.Linear(c * size * size, num_classes))
     if model == "googlenet":
-        def inception(c_in, c1, c3r, c3, c5r, c5, cp):
-            def branch(*convs):
-                layers, c = [], c_in
-                for c_out, k in convs:
-                    layers += conv_bn_relu(c, c_out, k, bn=batch_norm)
-                    c = c_out
-                return T.Sequential(*layers)
-            return Concat(branch((c1, 1)), branch((c3r, 1), (c3, 3)), branch((c5r, 1), (c5, 5)),
-                          T.Sequential(T.MaxPool2d(3, 1, 1), *branch((cp, 1))))
         layers = [*conv_bn_relu(INPUT[0], scale(192), 3, bn=batch_norm), T.MaxPool2d(3, 2, 1)]
         c = scale(192)
         for block in ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64), "M",
@@ -138,7 +144,7 @@ def torch_twin(model, width=1.0, batch_norm=False, num_classes=10):
                 layers.append(T.MaxPool2d(3, 2, 1))
             else:
                 block = [scale(v) for v in block]
-                layers.append(inception(c, *block))
+                layers.append(blocks.inception(c, *block, batch_norm=batch_norm))
                 c = block[0] + block[2] + block[4] + block[5]
         return T.Sequential(*layers, GlobalAvgPool(), T.Dropout(0.4), T.Linear(c, num_classes))
     raise ValueError(f"no PyTorch twin for {model!r}")

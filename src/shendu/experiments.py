@@ -130,20 +130,20 @@ def bench(rounds=5):
 
 
 # One configuration of the process, measured in a fresh Python: what it imports first, then
-# bench's DeepConvNet engine (training: forward, backward, Adam; inference) at batch 100.
+# the benchmark's DeepConvNet engine (training: forward, backward, Adam; inference) at batch 100.
 _TUNING_WORKER = """
 import json, sys, time
 first, change = sys.argv[1], sys.argv[2]
 if first:
     __import__(first)
 import shendu
-from shendu import bench
+from shendu import bench_worker
 from shendu.kernels import cpu
 if change == "threaded-blas":
     cpu.matmul = lambda a, b, transpose_a=False, transpose_b=False: (
         (a.T if transpose_a else a) @ (b.T if transpose_b else b))
 import numpy as np
-train_step, infer = bench.shendu_engine("deepconvnet")
+train_step, infer = bench_worker.shendu_engine("deepconvnet")
 rng = np.random.default_rng(0)
 batches = [(rng.random((100, 1, 28, 28), np.float32), rng.integers(0, 10, 100)) for _ in range(8)]
 work = {"train": lambda: [train_step(x, t) for x, t in batches],
@@ -536,17 +536,16 @@ def _chapter1_block(record):
 
 
 def _bench_block(record):
+    from . import bench as bench_module
     f, m = record["figures"], record["machine"]
     names = {"deepconvnet": "DeepConvNet", "resnet20": "ResNet-20", "vgg11_bn": "VGG-11-BN",
              "googlenet": "GoogLeNet"}
 
     def ratios(task):
-        cells = []
-        for model, entry in f["networks"].items():
-            batch, engines = next(iter(entry["batches"].items()))  # the network's own batch
-            cells.append(f"{names.get(model, model)} "
-                         f"{engines['shendu'][task]['median'] / engines['torch'][task]['median']:.2f}x")
-        return ", ".join(cells)
+        own = [(model, next(iter(entry["batches"].values())))  # the network's own batch first
+               for model, entry in f["networks"].items()]
+        return ", ".join(f"{names.get(model, model)} {bench_module.ratio(engines, task):.2f}x"
+                         for model, engines in own)
     return (f"shendu's speed as a multiple of PyTorch {f['torch_version']}'s on {m['cores']} cores "
             f"of an {m['cpu']} (`{record['command']}`, commit `{record['commit']}`, "
             f"{record['date'][:10]}; medians of {f['rounds']} fresh processes per engine, each "

@@ -116,29 +116,29 @@ def _tile(rows, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, 
           s_row):
     """_fma_tile for 1 to 8 rows (its row count is a compile-time constant)."""
     if rows == 8:
-        _fma_tile(8, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(8, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     elif rows == 7:
-        _fma_tile(7, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(7, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     elif rows == 6:
-        _fma_tile(6, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(6, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     elif rows == 5:
-        _fma_tile(5, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(5, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     elif rows == 4:
-        _fma_tile(4, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(4, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     elif rows == 3:
-        _fma_tile(3, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(3, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     elif rows == 2:
-        _fma_tile(2, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(2, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
     else:
-        _fma_tile(1, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row, start, s_at,
-                  s_row)
+        _fma_tile(1, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+                  start, s_at, s_row)
 
 
 @njit(cache=True)
@@ -393,7 +393,7 @@ def conv_backward(dy, x, w, stride, pad, input_grad=True):
 
     dL/dw correlates the padded input with dy. dL/dx is itself a convolution: dy (with stride − 1
     zeros between its pixels) correlated with the kernel flipped in space and transposed in
-    channels, padded by k − 1 − pad (no scatter-add needed). On small maps (see patch_grads) both
+    channels, padded by k − 1 − pad (no scatter-add needed). On small maps (see PATCH_DW, PATCH_DX) both
     are matrix products of the patch matrix instead.
 
     Equals `textbook.conv_backward` (its conv_input_grad, conv_weight_grad and conv_bias_grad);

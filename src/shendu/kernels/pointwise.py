@@ -1,6 +1,7 @@
 """Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, a sum with the
-ReLU after it, the bias added along the last axis, and the column sums that give the bias its gradient. NumPy runs each of these
-on one core, through temporaries; here both cores work in one pass.
+ReLU after it, the bias added along the last axis, and the column sums that give the bias its
+gradient. NumPy runs each of these on one core, through temporaries; here both cores work in one
+pass.
 
 ReLU's kernels take arrays flattened in memory order (kernels.cpu passes the NCHW views of NHWC
 images that way); the others take (M, C) arrays, one row per position. Column sums are split into

@@ -7,8 +7,8 @@ from .fuse import fuse
 from .loss import CrossEntropyLoss, log_softmax, softmax
 from .module import Module, Parameter, Sequential, data_backward, enable_grad, no_grad
 
-__all__ = ["Module", "Parameter", "Sequential", "Residual", "ResidualReLU", "Concat", "no_grad", "enable_grad",
-           "data_backward", "fuse", "Linear", "Conv2d", "ConvReLU2d", "MaxPool2d", "AvgPool2d",
-           "GlobalAvgPool2d", "Flatten", "Identity", "ReLU", "Sigmoid", "Tanh", "Dropout",
-           "BatchNorm1d", "BatchNorm2d", "BatchNormReLU2d", "CrossEntropyLoss", "softmax",
-           "log_softmax"]
+__all__ = ["Module", "Parameter", "Sequential", "Residual", "ResidualReLU", "Concat", "no_grad",
+           "enable_grad", "data_backward", "fuse", "Linear", "Conv2d", "ConvReLU2d", "MaxPool2d",
+           "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Identity", "ReLU", "Sigmoid", "Tanh",
+           "Dropout", "BatchNorm1d", "BatchNorm2d", "BatchNormReLU2d", "CrossEntropyLoss",
+           "softmax", "log_softmax"]

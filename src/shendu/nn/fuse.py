@@ -6,9 +6,9 @@ the other become one layer that does their work in a single pass over memory.
 Three fusions, each of a layer and the ReLU after it: a Conv2d becomes a ConvReLU2d (the
 convolution rectifies its output while it is in cache), a BatchNorm2d a BatchNormReLU2d (the
 normalisation rectifies what it writes), a Residual a ResidualReLU (the sum is rectified as it
-is formed). The ReLU's place holds an Identity, so the layers keep
-their numbers and the parameters their names (state_dict and checkpoints are unchanged). The
-models of `shendu.models` come fused; a network built by hand is fused by calling this.
+is formed). The ReLU's place holds an Identity, so the layers keep their numbers and the
+parameters their names (state_dict and checkpoints are unchanged). The models of
+`shendu.models` come fused; a network built by hand is fused by calling this.
 """
 from .graph import Residual, ResidualReLU
 from .layers import BatchNorm2d, BatchNormReLU2d, Conv2d, ConvReLU2d, Identity, ReLU
