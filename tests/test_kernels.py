@@ -14,6 +14,8 @@ CASES = [  # (n, h, w, c, k, stride, pad)
     (2, 6, 6, 3, 1, 1, 0),
     (2, 7, 7, 2, 3, 1, 2),   # DeepConvNet's padding 2
     (1, 4, 5, 2, 4, 2, 3),   # padding wider than half the kernel
+    (2, 1, 1, 3, 3, 1, 1),   # a 1 × 1 map: one live tap, the centre
+    (3, 2, 3, 2, 5, 1, 2),   # the outer rows of the kernel never meet the image
 ]
 
 
@@ -62,8 +64,9 @@ def test_conv_forward_and_backward_match_definitions(n, h, w, c, k, s, p):
 
 
 @pytest.mark.parametrize("rows", range(1, conv.ROWS + 1))
+@pytest.mark.parametrize("width", [conv.WIDTH, conv.HALF])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fma_tile_matches_its_formula(rows, dtype):
+def test_fma_tile_matches_its_formula(rows, width, dtype):
     # odd strides and offsets everywhere, three taps, a start value from another array
     a, b = _rand(400, seed=1).astype(dtype), _rand(900, seed=2).astype(dtype)
     c, start = _rand(200, seed=3).astype(dtype), _rand(200, seed=4).astype(dtype)
@@ -72,11 +75,11 @@ def test_fma_tile_matches_its_formula(rows, dtype):
     c_at, c_row, s_at, s_row = 5, 23, 9, 17
     expected = c.copy()
     for r in range(rows):
-        for v in range(conv.WIDTH):
+        for v in range(width):
             expected[c_at + r * c_row + v] = start[s_at + r * s_row + v] + sum(
                 a[a_at + t + r * a_row + k * a_k] * b[b_at + i * b_tap + k * b_k + v]
                 for i, t in enumerate(taps) for k in range(k_len))
-    conv._tile(rows, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
+    conv._tile(rows, width, a, a_at, a_row, a_k, taps, k_len, b, b_at, b_k, b_tap, c, c_at, c_row,
                start, s_at, s_row)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tol, atol=tol)  # and nothing else written
@@ -84,15 +87,29 @@ def test_fma_tile_matches_its_formula(rows, dtype):
 
 @pytest.mark.parametrize("n,h,w,c,k,s,p", CASES)
 def test_im2col_and_col2im_kernels_equal_their_references(n, h, w, c, k, s, p):
+    """On the live taps; the others see only padding (their columns of the reference are 0)."""
     x = _rand(n, h, w, c, seed=1)
-    col = conv._patches(x, k, k, s, p)
-    want = conv.im2col_reference(x, k, k, s, p)
-    np.testing.assert_array_equal(col, want.reshape(col.shape))
+    col, rows, cols = conv._patches(x, k, k, s, p)
+    want = conv.im2col_reference(x, k, k, s, p)  # (n, oh, ow, kh, kw, c)
+    live = want[:, :, :, rows][:, :, :, :, cols]
+    np.testing.assert_array_equal(col, live.reshape(col.shape))
+    dead = np.ones((k, k), bool)
+    dead[np.ix_(rows, cols)] = False
+    assert not want[:, :, :, dead].any()
     dcol = _rand(*col.shape, seed=2).astype(np.float64)
     dx = np.full(x.shape, np.nan)
-    conv.col2im(dcol, k, k, s, p, dx)
-    np.testing.assert_allclose(dx, conv.col2im_reference(dcol.reshape(want.shape), s, p, x.shape),
-                               rtol=1e-12, atol=1e-12)
+    conv.col2im(dcol, rows, cols, s, p, dx)
+    full = np.zeros(want.shape)
+    full[:, :, :, rows[:, None], cols] = dcol.reshape(live.shape)
+    np.testing.assert_allclose(dx, conv.col2im_reference(full, s, p, x.shape), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("size,k,s,p,want", [(1, 3, 1, 1, [1]), (2, 3, 1, 1, [0, 1, 2]),
+                                             (1, 5, 1, 2, [2]), (2, 3, 2, 1, [1, 2]),
+                                             (5, 3, 1, 0, [0, 1, 2])])
+def test_live_taps_are_those_that_meet_the_image(size, k, s, p, want):
+    assert conv.live_taps(size, k, s, p).tolist() == want
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 300, 5), (130, 513, 40), (64, 256, 16)])
@@ -103,9 +120,10 @@ def test_matmul_kernel_equals_numpy(m, k, n, transposed):
     a, b = _rand(m, k, seed=1).astype(np.float64), _rand(k, n, seed=2).astype(np.float64)
     stored = np.ascontiguousarray(a.T) if transposed else a
     a_row, a_k = (1, m) if transposed else (k, 1)
-    c = conv._product(stored, a_row, a_k, m, k, b)
-    assert c.shape == (m, -(-n // conv.WIDTH) * conv.WIDTH)
-    np.testing.assert_allclose(c[:, :n], a @ b, rtol=1e-12, atol=1e-12)
+    start = _rand(n, seed=3).astype(np.float64)
+    c = conv._product(stored, a_row, a_k, m, k, b, start)
+    assert c.shape == (m, -(-n // conv.HALF) * conv.HALF)
+    np.testing.assert_allclose(c[:, :n], a @ b + start, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(c[:, n:], 0)
 
 
@@ -257,12 +275,13 @@ LAYOUTS = {  # how an array of logical shape (2, 3, 4, 5) may lie in memory
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("b_layout", LAYOUTS)
-def test_add_relu_matches_numpy_in_every_layout(layout, b_layout):
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_matches_numpy_in_every_layout(layout, b_layout, relu):
     a, b = _rand(2, 3, 4, 5), _rand(2, 3, 4, 5, seed=1)
     a[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
     al = LAYOUTS[layout](a)
-    y = cpu.add_relu(al, LAYOUTS[b_layout](b))
-    np.testing.assert_array_equal(y, np.maximum(a + b, 0))  # NaN stays NaN
+    y = (cpu.add_relu if relu else cpu.add)(al, LAYOUTS[b_layout](b))
+    np.testing.assert_array_equal(y, np.maximum(a + b, 0) if relu else a + b)  # NaN stays NaN
     if layout in ("contiguous", "channels last"):
         assert y.strides == al.strides
 

@@ -86,15 +86,21 @@ def sum_rows(a):
 
 
 def add(a, b):
-    return a + b
+    """a + b (b of a's shape), a new array laid out like a: a residual connection, or the sum of
+    the gradients of a layer's input from two paths."""
+    return _add(a, b, False)
 
 
 def add_relu(a, b):
     """max(a + b, 0) (b of a's shape), a new array laid out like a."""
+    return _add(a, b, True)
+
+
+def _add(a, b, relu):
     a = _dense(a)
     b = _laid_out_like(b, a)
     y = np.empty_like(a)
-    pointwise.add_relu(_memory_order(a), _memory_order(b), _memory_order(y))
+    pointwise.add(_memory_order(a), _memory_order(b), relu, _memory_order(y))
     return y
 
 

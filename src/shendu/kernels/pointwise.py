@@ -1,5 +1,5 @@
-"""Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, a sum with the
-ReLU after it, the bias added along the last axis, and the column sums that give the bias its
+"""Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, a sum (with the
+ReLU after it or not), the bias added along the last axis, and the column sums that give the bias its
 gradient. NumPy runs each of these on one core, through temporaries; here both cores work in one
 pass.
 
@@ -33,11 +33,12 @@ def relu_backward(dy, y, dx):
 
 
 @njit(parallel=True, cache=True)
-def add_relu(a, b, y):
-    """y = max(a + b, 0): a residual block's sum and the ReLU after it, in one pass."""
+def add(a, b, relu, y):
+    """y = a + b; with relu max(a + b, 0): a residual block's sum and the ReLU after it, in one
+    pass."""
     for i in prange(y.size):
         s = a[i] + b[i]
-        y[i] = 0 if s < 0 else s
+        y[i] = 0 if relu and s < 0 else s
 
 
 @njit(parallel=True, cache=True)
