@@ -18,6 +18,8 @@ CONV_CASES = [  # (n, h, w, c, o, k, stride, pad): kernel sizes 1, 3, 5, strides
     (2, 7, 7, 2, 3, 3, 1, 2),  # DeepConvNet's padding 2
     (2, 11, 9, 3, 5, 5, 2, 1),
     (1, 6, 5, 2, 17, 3, 3, 0),  # more output channels than the fast kernel's 16-wide tile
+    (3, 1, 1, 5, 17, 3, 1, 1),  # a 1 × 1 map: only the kernel's centre meets the image
+    (2, 2, 3, 3, 6, 5, 1, 2),  # a 2 × 3 map: the kernel's outer rows never meet it
 ]
 POOL_CASES = [  # (n, h, w, c, k, stride, pad)
     (2, 6, 6, 3, 2, 2, 0),
@@ -315,15 +317,17 @@ def test_fast_convolution_equals_the_textbook_in_float64(n, h, w, c, o, k, s, p)
 
 @pytest.mark.parametrize("path", ["direct", "patches"])
 @pytest.mark.parametrize("n,h,w,c,o,k,s,p", CONV_CASES)
-def test_both_ways_of_the_fast_backward_equal_the_textbook(monkeypatch, path, n, h, w, c, o, k,
+def test_both_ways_of_the_fast_convolution_equal_the_textbook(monkeypatch, path, n, h, w, c, o, k,
                                                            s, p):
-    """conv_backward takes the patch matrix on small maps and the direct loops elsewhere: each
-    way, forced on every case, gives the textbook's gradients."""
+    """The kernels take the patch matrix on small maps and the direct loops elsewhere: each way,
+    forced on every case, gives the textbook's outputs and gradients."""
     from shendu.kernels import conv
     limit = 10 ** 9 if path == "patches" else 0
-    monkeypatch.setattr(conv, "PATCH_DW", limit)
-    monkeypatch.setattr(conv, "PATCH_DX", limit)
-    x, wt, _ = _conv_args(n, h, w, c, o, k, seed=7)
+    for name in ("PATCH_FWD", "PATCH_DW", "PATCH_DX"):
+        monkeypatch.setattr(conv, name, limit)
+    x, wt, b = _conv_args(n, h, w, c, o, k, seed=7)
+    for relu in (False, True):
+        _same(cpu.conv_forward(x, wt, b, s, p, relu=relu), tb.conv_forward(x, wt, b, s, p, relu))
     _backward_equals_the_textbook(_rand(n, _out(h, k, s, p), _out(w, k, s, p), o, seed=8), x,
                                   wt, s, p, _same)
 

@@ -131,11 +131,11 @@ class Conv2d(Module):
 
 
 def _folded(w, b, gamma, beta, mean, var, eps):
-    """The weights and bias of a convolution with the BatchNorm after it folded in (float64
-    arithmetic, stored in the weights' dtype)."""
+    """The weights and bias of a convolution with the BatchNorm after it folded in: the scale
+    and shift in float64, then the weights scaled in their own dtype (one rounding of each)."""
     scale = gamma / np.sqrt(var.astype(np.float64) + eps)
     shift = beta - mean * scale + (0 if b is None else b * scale)
-    return (w * scale[:, None, None, None]).astype(w.dtype), shift.astype(w.dtype)
+    return w * scale.astype(w.dtype)[:, None, None, None], shift.astype(w.dtype)
 
 
 class ConvReLU2d(Conv2d):
