@@ -164,13 +164,13 @@ def test_batchnorm_kernels_match_numpy(m, c):
     np.testing.assert_allclose(_host(var), ref_var, rtol=1e-9)
     inv_std = (1 / np.sqrt(ref_var + 1e-5)).astype(np.float32)
     gamma, beta = rng.standard_normal((2, c)).astype(np.float32)
-    xhat, y = cuda.device_array((m, c), np.float32), cuda.device_array((m, c), np.float32)
-    gpu.normalize(cuda.to_device(x), cuda.to_device(ref_mean.astype(np.float32)),
-                  cuda.to_device(inv_std), cuda.to_device(gamma), cuda.to_device(beta), False, xhat,
-                  y)
-    xhat, y = _host(xhat), _host(y)
+    mean32 = ref_mean.astype(np.float32)
+    xhat = (x - mean32) * inv_std  # float32, as the kernels compute it
+    stats = [cuda.to_device(v) for v in (mean32, inv_std, gamma, beta)]
+    y = cuda.device_array((m, c), np.float32)
+    gpu.normalize(cuda.to_device(x), *stats, False, y)
     np.testing.assert_allclose(xhat, (x - ref_mean) * inv_std, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(y, xhat * gamma + beta, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_host(y), xhat * gamma + beta, rtol=1e-6, atol=1e-6)
     dy = rng.standard_normal((m, c)).astype(np.float32)
     shift = rng.standard_normal(c)
     s1, s2 = gpu.column_sums(cuda.to_device(dy), cuda.to_device(xhat), cuda.to_device(shift))
@@ -181,9 +181,9 @@ def test_batchnorm_kernels_match_numpy(m, c):
     mean_dy = dy64.mean(axis=0).astype(np.float32)
     mean_dy_xhat = (dy64 * xhat).mean(axis=0).astype(np.float32)
     dx = cuda.device_array((m, c), np.float32)
-    gpu.normalize_backward(cuda.to_device(dy), cuda.to_device(xhat), cuda.to_device(mean_dy),
-                           cuda.to_device(mean_dy_xhat), cuda.to_device(gamma * inv_std),
-                           cuda.to_device(gamma), cuda.to_device(beta), False, dx)
+    gpu.normalize_backward(cuda.to_device(dy), cuda.to_device(x), *stats[:2],
+                           cuda.to_device(mean_dy), cuda.to_device(mean_dy_xhat), *stats[2:], False,
+                           dx)
     ref = norm.normalize_backward_reference(dy, xhat, inv_std, gamma)
     np.testing.assert_allclose(_host(dx), ref, rtol=1e-4, atol=1e-4 * np.abs(gamma * inv_std).max())
 

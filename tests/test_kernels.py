@@ -217,19 +217,20 @@ def test_batchnorm_kernels_match_numpy(m, c):
     np.testing.assert_allclose(var, ref_var, rtol=1e-9, atol=1e-12)
     inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
     gamma, beta = rng.standard_normal((2, c)).astype(np.float32)
-    xhat, y = np.empty_like(x), np.empty_like(x)
-    norm.normalize(x, mean.astype(np.float32), inv_std, gamma, beta, False, xhat, y)
+    mean32 = mean.astype(np.float32)
+    xhat = (x - mean32) * inv_std  # float32, as the kernels compute it
+    y = np.empty_like(x)
+    norm.normalize(x, mean32, inv_std, gamma, beta, False, y)
     np.testing.assert_allclose(xhat, (x - ref_mean) * inv_std, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y, xhat * gamma + beta, rtol=1e-6, atol=1e-6)
     dy = rng.standard_normal((m, c)).astype(np.float32)
-    sum_dy, sum_dy_xhat = norm.grad_sums(dy, xhat, gamma, beta, False)
+    sum_dy, sum_dy_xhat = norm.grad_sums(dy, x, mean32, inv_std, gamma, beta, False)
     np.testing.assert_allclose(sum_dy, dy.sum(axis=0, dtype=np.float64), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(sum_dy_xhat, (dy.astype(np.float64) * xhat).sum(axis=0),
                                rtol=1e-9, atol=1e-9)
     dx = np.empty_like(dy)
-    norm.normalize_backward(dy, xhat, (sum_dy / m).astype(np.float32),
-                            (sum_dy_xhat / m).astype(np.float32), gamma * inv_std, gamma, beta,
-                            False, dx)
+    norm.normalize_backward(dy, x, mean32, inv_std, (sum_dy / m).astype(np.float32),
+                            (sum_dy_xhat / m).astype(np.float32), gamma, beta, False, dx)
     np.testing.assert_allclose(dx, norm.normalize_backward_reference(dy, xhat, inv_std, gamma),
                                rtol=1e-4, atol=1e-4 * np.abs(gamma * inv_std).max())
 

@@ -268,28 +268,26 @@ def test_textbook_batchnorm_matches_its_definition(m, c):
     _same(s1, x.sum(axis=0))
     _same(s2, ((x - shift) * b).sum(axis=0), tol=1e-10)
     inv_std, gamma, beta = 1 / np.sqrt(var + 1e-5), rng.standard_normal(c), rng.standard_normal(c)
-    xhat, y = np.empty_like(x), np.empty_like(x)
-    tb.normalize(x, mean, inv_std, gamma, beta, False, xhat, y)
-    _same(xhat, (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5), tol=1e-9)
-    _same(y, gamma * xhat + beta)
-    same = np.empty_like(x)
-    tb.normalize(x, mean, inv_std, gamma, beta, False, same, same)  # inference: x̂ is not kept
-    _same(same, y)
+    xhat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+    y = np.empty_like(x)
+    tb.normalize(x, mean, inv_std, gamma, beta, False, y)
+    _same(y, gamma * xhat + beta, tol=1e-9)
     rectified = np.empty_like(x)
-    tb.normalize(x, mean, inv_std, gamma, beta, True, same, rectified)
+    tb.normalize(x, mean, inv_std, gamma, beta, True, rectified)
     assert m == 1 or ((y < 0).any() and (y > 0).any())  # both sides of the ReLU tried
     _same(rectified, np.maximum(y, 0))
     # BatchNorm's dL/dx, μ and σ² depending on x: with g the gradient before the ReLU (dy where
     # y > 0 with relu, dy without) and dx̂ = γ g, dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)) / σ
     dy = rng.standard_normal((m, c))
     for relu, g in ((False, dy), (True, np.where(y > 0, dy, 0))):
-        s1, s2 = tb.grad_sums(dy, xhat, gamma, beta, relu)
+        s1, s2 = tb.grad_sums(dy, x, mean, inv_std, gamma, beta, relu)
         _same(s1, g.sum(axis=0))
-        _same(s2, (g * xhat).sum(axis=0))
+        _same(s2, (g * xhat).sum(axis=0), tol=1e-9)
         dx = np.empty_like(x)
-        tb.normalize_backward(dy, xhat, s1 / m, s2 / m, gamma * inv_std, gamma, beta, relu, dx)
+        tb.normalize_backward(dy, x, mean, inv_std, s1 / m, s2 / m, gamma, beta, relu, dx)
         dxhat = gamma * g
-        _same(dx, (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) * inv_std)
+        _same(dx, (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) * inv_std,
+              tol=1e-9)
 
 
 # -- 2. the fast CPU kernels against the textbook kernels ----------------------------------------
@@ -394,19 +392,18 @@ def _batchnorm_both(x, dy, rng, tol):
     mean, inv_std = mean.astype(dtype), (1 / np.sqrt(var + 1e-5)).astype(dtype)
     gamma, beta = rng.standard_normal((2, c)).astype(dtype)
     for relu in (False, True):
-        outs = [np.full_like(x, np.nan) for _ in range(4)]
-        cpu.normalize(x, mean, inv_std, gamma, beta, relu, outs[0], outs[1])
-        tb.normalize(x, mean, inv_std, gamma, beta, relu, outs[2], outs[3])
-        _same(outs[0], outs[2], tol)
-        _same(outs[1], outs[3], tol)
-        xhat = outs[2]
-        sums = tb.grad_sums(dy, xhat, gamma, beta, relu)
-        for got, want in zip(cpu.grad_sums(dy, xhat, gamma, beta, relu), sums):
+        y, y_tb = np.full_like(x, np.nan), np.full_like(x, np.nan)
+        cpu.normalize(x, mean, inv_std, gamma, beta, relu, y)
+        tb.normalize(x, mean, inv_std, gamma, beta, relu, y_tb)
+        _same(y, y_tb, tol)
+        stats = (x, mean, inv_std, gamma, beta, relu)
+        sums = tb.grad_sums(dy, *stats)
+        for got, want in zip(cpu.grad_sums(dy, *stats), sums):
             _same(got, want, tol=1e-10)
         means = [(s / len(x)).astype(dtype) for s in sums]
         dx, dx_tb = np.full_like(x, np.nan), np.full_like(x, np.nan)
-        cpu.normalize_backward(dy, xhat, *means, gamma * inv_std, gamma, beta, relu, dx)
-        tb.normalize_backward(dy, xhat, *means, gamma * inv_std, gamma, beta, relu, dx_tb)
+        cpu.normalize_backward(dy, x, mean, inv_std, *means, gamma, beta, relu, dx)
+        tb.normalize_backward(dy, x, mean, inv_std, *means, gamma, beta, relu, dx_tb)
         _same(dx, dx_tb, tol)
 
 
@@ -554,18 +551,18 @@ def test_cuda_relu_and_batchnorm_equal_the_textbook(gpu):
     mean, inv_std = mean.astype(np.float32), (1 / np.sqrt(var + 1e-5)).astype(np.float32)
     gamma, beta = rng.standard_normal((2, c)).astype(np.float32)
     for relu in (False, True):
-        xhat, y = np.empty_like(x), np.empty_like(x)
-        tb.normalize(x, mean, inv_std, gamma, beta, relu, xhat, y)
-        xhat_d, y_d = gpu.empty((m, c), np.float32), gpu.empty((m, c), np.float32)
-        gpu.normalize(x_d, *_device(gpu, mean, inv_std, gamma, beta), relu, xhat_d, y_d)
-        _close32(_host(xhat_d), xhat)
+        y, y_d = np.empty_like(x), gpu.empty((m, c), np.float32)
+        tb.normalize(x, mean, inv_std, gamma, beta, relu, y)
+        stats_d = _device(gpu, mean, inv_std, gamma, beta)
+        gpu.normalize(x_d, *stats_d, relu, y_d)
         _close32(_host(y_d), y)
-        sums = tb.grad_sums(dy, xhat, gamma, beta, relu)
-        for got, want in zip(gpu.grad_sums(dy_d, *_device(gpu, xhat, gamma, beta), relu), sums):
+        sums = tb.grad_sums(dy, x, mean, inv_std, gamma, beta, relu)
+        for got, want in zip(gpu.grad_sums(dy_d, x_d, *stats_d, relu), sums):
             _same(_host(got), want, tol=1e-10)
         means = [(s / m).astype(np.float32) for s in sums]
         dx, dx_d = np.empty_like(x), gpu.empty((m, c), np.float32)
-        tb.normalize_backward(dy, xhat, *means, gamma * inv_std, gamma, beta, relu, dx)
-        gpu.normalize_backward(dy_d, *_device(gpu, xhat, *means, gamma * inv_std, gamma, beta),
-                               relu, dx_d)
+        tb.normalize_backward(dy, x, mean, inv_std, *means, gamma, beta, relu, dx)
+        mean_d, inv_std_d, gamma_d, beta_d = stats_d
+        gpu.normalize_backward(dy_d, x_d, mean_d, inv_std_d, *_device(gpu, *means), gamma_d,
+                               beta_d, relu, dx_d)
         _close32(_host(dx_d), dx)

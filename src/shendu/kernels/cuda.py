@@ -753,60 +753,60 @@ def batch_stats(x):
 
 
 @cuda.jit
-def _normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
+def _normalize(x, mean, inv_std, gamma, beta, relu, y):
+    k = cuda.grid(1)
+    if k < x.size:
+        i, j = k // x.shape[1], k % x.shape[1]
+        v = (x[i, j] - mean[j]) * inv_std[j] * gamma[j] + beta[j]
+        y[i, j] = 0 if relu and v < 0 else v
+
+
+@cuda.jit
+def _normalized(x, mean, inv_std, gamma, beta, dy, relu, xhat, g):
+    """x̂ = (x − μ) / σ as _normalize computes it, and g = dy, with relu only where γ x̂ + β > 0
+    (where a ReLU after BatchNorm let the output through), else 0."""
     k = cuda.grid(1)
     if k < x.size:
         i, j = k // x.shape[1], k % x.shape[1]
         h = (x[i, j] - mean[j]) * inv_std[j]
         xhat[i, j] = h
-        v = h * gamma[j] + beta[j]
-        y[i, j] = 0 if relu and v < 0 else v
+        g[i, j] = dy[i, j] if not relu or h * gamma[j] + beta[j] > 0 else 0
 
 
 @cuda.jit
-def _passed(dy, xhat, gamma, beta, g):
-    """g = dy where γ x̂ + β > 0 (where a ReLU after BatchNorm let the output through), else 0."""
+def _normalize_backward(dy, x, mean, inv_std, mean_dy, mean_dy_xhat, gamma, beta, relu, dx):
     k = cuda.grid(1)
     if k < dy.size:
         i, j = k // dy.shape[1], k % dy.shape[1]
-        g[i, j] = dy[i, j] if xhat[i, j] * gamma[j] + beta[j] > 0 else 0
+        h = (x[i, j] - mean[j]) * inv_std[j]
+        g = dy[i, j] if not relu or h * gamma[j] + beta[j] > 0 else 0
+        dx[i, j] = gamma[j] * inv_std[j] * (g - mean_dy[j] - h * mean_dy_xhat[j])
 
 
-@cuda.jit
-def _normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
-    k = cuda.grid(1)
-    if k < dy.size:
-        i, j = k // dy.shape[1], k % dy.shape[1]
-        g = dy[i, j] if not relu or xhat[i, j] * gamma[j] + beta[j] > 0 else 0
-        dx[i, j] = scale[j] * (g - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
-
-
-def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
-    """x̂ = (x − μ) / σ and y = γ x̂ + β, then max(y, 0) if relu, one thread per element.
+def normalize(x, mean, inv_std, gamma, beta, relu, y):
+    """y = γ x̂ + β with x̂ = (x − μ) / σ, then max(y, 0) if relu, one thread per element.
 
     Equals `textbook.normalize`; tested in tests/test_textbook_kernels.py."""
-    _normalize[_elementwise(x.size)](x, mean, inv_std, gamma, beta, relu, xhat, y)
+    _normalize[_elementwise(x.size)](x, mean, inv_std, gamma, beta, relu, y)
 
 
-def grad_sums(dy, xhat, gamma, beta, relu):
-    """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64; g = dy where γ x̂ + β > 0 with
-    relu, dy without. With relu, g is a pass of its own here, then column_sums (the CPU kernel
-    tests the condition inside its sums).
+def grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
+    """Σ_i g[i] and Σ_i g[i] · x̂[i], per column, in float64; x̂ recomputed from x, g = dy where
+    γ x̂ + β > 0 with relu, dy without. x̂ and g are a pass of their own here, then column_sums
+    (the CPU kernel computes them inside its sums).
 
     Equals `textbook.grad_sums`; tested in tests/test_textbook_kernels.py."""
-    g = dy
-    if relu:
-        g = cuda.device_array_like(dy)
-        _passed[_elementwise(dy.size)](dy, xhat, gamma, beta, g)
+    xhat, g = cuda.device_array_like(dy), cuda.device_array_like(dy)
+    _normalized[_elementwise(dy.size)](x, mean, inv_std, gamma, beta, dy, relu, xhat, g)
     return column_sums(g, xhat, zeros(dy.shape[1]))
 
 
-def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
-    """dx = γ/σ · (g − mean(g) − x̂ · mean(g x̂)), one thread per element (scale = γ/σ), g as in
+def normalize_backward(dy, x, mean, inv_std, mean_dy, mean_dy_xhat, gamma, beta, relu, dx):
+    """dx = γ/σ · (g − mean(g) − x̂ · mean(g x̂)), one thread per element, x̂ and g as in
     grad_sums.
 
     Equals `textbook.normalize_backward`; tested in tests/test_textbook_kernels.py."""
-    _normalize_backward[_elementwise(dy.size)](dy, xhat, mean_dy, mean_dy_xhat, scale, gamma,
+    _normalize_backward[_elementwise(dy.size)](dy, x, mean, inv_std, mean_dy, mean_dy_xhat, gamma,
                                                beta, relu, dx)
 
 

@@ -242,43 +242,45 @@ def column_sums(a, b, shift):
 
 
 @njit(cache=True)
-def normalize(x, mean, inv_std, gamma, beta, relu, xhat, y):
-    """x̂[i, j] = (x[i, j] − μ[j]) / σ[j] and y[i, j] = γ[j] · x̂[i, j] + β[j] (inv_std = 1/σ),
-    then y[i, j] = max(y[i, j], 0) if relu; xhat may be y itself (inference keeps no x̂)."""
+def normalize(x, mean, inv_std, gamma, beta, relu, y):
+    """y[i, j] = γ[j] · x̂[i, j] + β[j], x̂[i, j] = (x[i, j] − μ[j]) / σ[j] (inv_std = 1/σ), then
+    y[i, j] = max(y[i, j], 0) if relu."""
     m, c = x.shape
     for i in range(m):
         for j in range(c):
-            xhat[i, j] = (x[i, j] - mean[j]) * inv_std[j]
-            y[i, j] = gamma[j] * xhat[i, j] + beta[j]
+            xhat = (x[i, j] - mean[j]) * inv_std[j]
+            y[i, j] = gamma[j] * xhat + beta[j]
             if relu and y[i, j] < 0:
                 y[i, j] = 0
 
 
 @njit(cache=True)
-def grad_sums(dy, xhat, gamma, beta, relu):
-    """Σ_i g[i, j] and Σ_i g[i, j] · x̂[i, j], per column j, in float64, where g is the gradient
-    before the ReLU: g[i, j] = dy[i, j] where γ[j] · x̂[i, j] + β[j] > 0, else 0 (g = dy without
-    relu)."""
+def grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
+    """Σ_i g[i, j] and Σ_i g[i, j] · x̂[i, j], per column j, in float64, x̂ as in normalize and g
+    the gradient before the ReLU: g[i, j] = dy[i, j] where γ[j] · x̂[i, j] + β[j] > 0, else 0
+    (g = dy without relu)."""
     m, c = dy.shape
     s1, s2 = np.zeros(c), np.zeros(c)
     for i in range(m):
         for j in range(c):
+            xhat = (x[i, j] - mean[j]) * inv_std[j]
             g = np.float64(dy[i, j])
-            if relu and not gamma[j] * xhat[i, j] + beta[j] > 0:
+            if relu and not gamma[j] * xhat + beta[j] > 0:
                 g = 0.0
             s1[j] += g
-            s2[j] += g * xhat[i, j]
+            s2[j] += g * xhat
     return s1, s2
 
 
 @njit(cache=True)
-def normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, relu, dx):
+def normalize_backward(dy, x, mean, inv_std, mean_dy, mean_dy_xhat, gamma, beta, relu, dx):
     """dL/dx[i, j] = γ[j]/σ[j] · (g[i, j] − mean_i g[i, j] − x̂[i, j] · mean_i g[i, j] x̂[i, j]),
-    g as in grad_sums, with scale = γ/σ and the two means given."""
+    x̂ and g as in grad_sums, the two means given."""
     m, c = dy.shape
     for i in range(m):
         for j in range(c):
+            xhat = (x[i, j] - mean[j]) * inv_std[j]
             g = dy[i, j]
-            if relu and not gamma[j] * xhat[i, j] + beta[j] > 0:
+            if relu and not gamma[j] * xhat + beta[j] > 0:
                 g = 0
-            dx[i, j] = scale[j] * (g - mean_dy[j] - xhat[i, j] * mean_dy_xhat[j])
+            dx[i, j] = gamma[j] * inv_std[j] * (g - mean_dy[j] - xhat * mean_dy_xhat[j])

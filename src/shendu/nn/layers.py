@@ -371,9 +371,9 @@ class _BatchNorm(Module):
         mean, inv_std, self.running_mean, self.running_var = K.on_host(
             self._statistics, batch, self.running_mean, self.running_var, len(x), x.dtype)
         y = K.empty_like(x)
-        xhat = K.empty_like(x) if self.keeps_cache else y  # x̂ is only kept for backward
-        K.normalize(x, mean, inv_std, self.weight.data, self.bias.data, self.relu, xhat, y)
-        self.cache = (xhat, inv_std, self.training) if self.keeps_cache else None
+        K.normalize(x, mean, inv_std, self.weight.data, self.bias.data, self.relu, y)
+        # backward recomputes x̂ from x, which the layer before wrote anyway: no x̂ is stored
+        self.cache = (x, mean, inv_std, self.training) if self.keeps_cache else None
         return y
 
     def _statistics(self, batch, running_mean, running_var, m, dtype):
@@ -391,30 +391,32 @@ class _BatchNorm(Module):
         return mean.astype(dtype), inv_std, running_mean, running_var
 
     def _backward(self, dy):  # dy: (M, C)
-        xhat, inv_std, batch_stats = self._cached(self.cache)
+        x, mean, inv_std, batch_stats = self._cached(self.cache)
         K = kernels.of(dy)
         dy = K.contiguous(dy)
         gamma, beta = self.weight.data, self.bias.data
-        sums = K.grad_sums(dy, xhat, gamma, beta, self.relu)  # Σ g, Σ g x̂ (g: dy past the ReLU)
-        self.bias.grad, self.weight.grad, scale, mean_dy, mean_dy_xhat = K.on_host(
-            _gradient_terms, sums, gamma, inv_std, len(dy), dy.dtype, batch_stats)
+        # Σ g, Σ g x̂ (g: dy past the ReLU)
+        sums = K.grad_sums(dy, x, mean, inv_std, gamma, beta, self.relu)
+        self.bias.grad, self.weight.grad, mean_dy, mean_dy_xhat = K.on_host(
+            _gradient_terms, sums, len(dy), dy.dtype, batch_stats)
         # μ and σ² depend on every x in training: dx = γ/σ (g − mean(g) − x̂ · mean(g x̂));
         # running statistics are constants: dx = γ/σ · g (the two means given as zeros)
         dx = K.empty_like(dy)
-        K.normalize_backward(dy, xhat, mean_dy, mean_dy_xhat, scale, gamma, beta, self.relu, dx)
+        K.normalize_backward(dy, x, mean, inv_std, mean_dy, mean_dy_xhat, gamma, beta, self.relu,
+                             dx)
         return dx
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-def _gradient_terms(sums, gamma, inv_std, m, dtype, batch_stats):
-    """dL/dβ = Σ g and dL/dγ = Σ g x̂ (summed in float64), γ/σ, and the means of g and g x̂
-    (zeros where the statistics were the running ones, constants)."""
+def _gradient_terms(sums, m, dtype, batch_stats):
+    """dL/dβ = Σ g and dL/dγ = Σ g x̂ (summed in float64), and the means of g and g x̂ (zeros
+    where the statistics were the running ones, constants)."""
     dbeta, dgamma = sums
     means = (dbeta / m, dgamma / m) if batch_stats else (np.zeros_like(dbeta),) * 2
-    return (dbeta.astype(dtype), dgamma.astype(dtype), gamma * inv_std,
-            means[0].astype(dtype), means[1].astype(dtype))
+    return (dbeta.astype(dtype), dgamma.astype(dtype), means[0].astype(dtype),
+            means[1].astype(dtype))
 
 
 class BatchNorm1d(_BatchNorm):
