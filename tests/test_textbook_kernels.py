@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
+from shendu import kernels
 from shendu.kernels import cpu, pointwise
 from shendu.kernels import textbook as tb
 
@@ -302,15 +303,20 @@ def _backward_equals_the_textbook(dy, x, wt, s, p, agree):
     agree(db, want[2])
 
 
+RUNGS = [name for name in kernels.LADDER if name != "textbook"]  # the ladder's other kernels
+
+
+@pytest.mark.parametrize("rung", RUNGS)
 @pytest.mark.parametrize("n,h,w,c,o,k,s,p", CONV_CASES)
-def test_fast_convolution_equals_the_textbook_in_float64(n, h, w, c, o, k, s, p):
+def test_fast_convolution_equals_the_textbook_in_float64(rung, n, h, w, c, o, k, s, p):
     x, wt, b = _conv_args(n, h, w, c, o, k, seed=3)
-    for bias in (b, None):
-        for relu in (False, True):
-            _same(cpu.conv_forward(x, wt, bias, s, p, relu=relu),
-                  tb.conv_forward(x, wt, bias, s, p, relu))
-    _backward_equals_the_textbook(_rand(n, _out(h, k, s, p), _out(w, k, s, p), o, seed=4), x,
-                                  wt, s, p, _same)
+    with kernels.use(rung):
+        for bias in (b, None):
+            for relu in (False, True):
+                _same(cpu.conv_forward(x, wt, bias, s, p, relu=relu),
+                      tb.conv_forward(x, wt, bias, s, p, relu))
+        _backward_equals_the_textbook(_rand(n, _out(h, k, s, p), _out(w, k, s, p), o, seed=4),
+                                      x, wt, s, p, _same)
 
 
 @pytest.mark.parametrize("path", ["direct", "patches"])
@@ -429,14 +435,17 @@ def _close32(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("rung", RUNGS)
 @pytest.mark.parametrize("n,h,c,o,k,s,p", NETWORK_CONVS)
-def test_fast_convolution_equals_the_textbook_in_float32(n, h, c, o, k, s, p):
+def test_fast_convolution_equals_the_textbook_in_float32(rung, n, h, c, o, k, s, p):
     x, wt, b = _conv_args(n, h, h, c, o, k, dtype=np.float32, seed=8)
     y = tb.conv_forward(x, wt, b, s, p)
-    _close32(cpu.conv_forward(x, wt, b, s, p), y)
-    _close32(cpu.conv_forward(x, wt, b, s, p, relu=True), tb.conv_forward(x, wt, b, s, p, True))
-    _backward_equals_the_textbook(_rand(*y.shape, seed=9, dtype=np.float32), x, wt, s, p,
-                                  _close32)
+    with kernels.use(rung):
+        _close32(cpu.conv_forward(x, wt, b, s, p), y)
+        _close32(cpu.conv_forward(x, wt, b, s, p, relu=True),
+                 tb.conv_forward(x, wt, b, s, p, True))
+        _backward_equals_the_textbook(_rand(*y.shape, seed=9, dtype=np.float32), x, wt, s, p,
+                                      _close32)
 
 
 def test_fast_pooling_relu_and_batchnorm_equal_the_textbook_in_float32():
@@ -566,3 +575,48 @@ def test_cuda_relu_and_batchnorm_equal_the_textbook(gpu):
         gpu.normalize_backward(dy_d, x_d, mean_d, inv_std_d, *_device(gpu, *means), gamma_d,
                                beta_d, relu, dx_d)
         _close32(_host(dx_d), dx)
+
+
+# -- the ladder: one network on each rung ------------------------------------------------------
+def _one_step(x, t):
+    """DeepConvNet's loss after one Adam step on (x, t), from seed 0, and the step's gradient of
+    the first convolution."""
+    from shendu import models, nn, optim
+    from shendu.rng import manual_seed
+    manual_seed(0)
+    model, loss_fn = models.DeepConvNet(), nn.CrossEntropyLoss()
+    opt = optim.Adam(model.parameters())
+    loss_fn(model(x), t)
+    nn.data_backward(model, loss_fn.backward())
+    first = model.parameters()[0].grad.copy()
+    opt.step()
+    model.eval()
+    with nn.no_grad():
+        return loss_fn(model(x), t), first
+
+
+def test_a_network_computes_the_same_on_every_rung():
+    x = np.random.default_rng(13).random((6, 1, 28, 28), np.float32)
+    t = np.arange(6) % 10
+    assert kernels.in_use() == "tiled"
+    want_loss, want_grad = _one_step(x, t)
+    for rung in kernels.LADDER:
+        with kernels.use(rung):
+            assert kernels.in_use() == rung
+            loss, grad = _one_step(x, t)
+        assert kernels.in_use() == "tiled"  # the block's end restores the rung before
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+        _close32(grad, want_grad)
+
+
+def test_use_switches_until_told_otherwise_and_refuses_unknown_names():
+    from shendu.errors import ShenduError
+    try:
+        kernels.use("textbook")
+        assert kernels.in_use() == "textbook"
+        assert cpu.convolution is tb
+    finally:
+        kernels.use("tiled")
+    with pytest.raises(ShenduError, match="choose one of textbook, im2col, reordered, tiled"):
+        kernels.use("winograd")
+    assert kernels.in_use() == "tiled"

@@ -8,6 +8,8 @@ its docstring; every fast kernel says which of them it equals, and the tests pro
 kernels.cuda (and numba.cuda with it) is imported only when a device array or "cuda" appears:
 numba-cuda is an optional dependency.
 """
+import importlib
+
 import numpy as np
 
 from ..errors import ShenduError
@@ -63,3 +65,41 @@ def to_host(a):
 def host_copy(a):
     """A NumPy copy of a, wherever it lives."""
     return a.copy_to_host() if of(a) is not cpu else np.array(a)
+
+
+# -- the ladder of convolution kernels, from the textbook to the machine's peak ------------------
+LADDER = {"textbook": "textbook",    # one loop per index of the formula
+          "im2col": "im2col",        # the book's way: patch matrix, one BLAS product
+          "reordered": "reordered",  # direct loops, the inner one over channels (vectorised)
+          "tiled": "conv"}           # direct loops over a register tile: the default
+
+
+class use:
+    """Run the CPU's convolutions on one rung of LADDER, for a whole network: at once, or for a
+    `with` block only (the rung before is restored at its end).
+
+        shendu.kernels.use("textbook")      # from now on
+        with shendu.kernels.use("im2col"):  # in this block only
+            model(x)
+
+    The four compute the same numbers (tests/test_textbook_kernels.py); only the time differs. The
+    CUDA kernels are not affected."""
+
+    def __init__(self, name):
+        if name not in LADDER:
+            raise ShenduError(f"no convolution kernels called {name!r}: choose one of "
+                              + ", ".join(LADDER))
+        self.name, self.before = name, in_use()
+        cpu.convolution = importlib.import_module(f".{LADDER[name]}", __name__)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        use(self.before)
+
+
+def in_use():
+    """The name of the convolution kernels the CPU runs now."""
+    return next(name for name, module in LADDER.items()
+                if cpu.convolution.__name__ == f"{__name__}.{module}")

@@ -12,7 +12,7 @@ import numpy as np
 import threadpoolctl
 
 from ..rng import generator
-from .conv import conv_backward, conv_forward  # noqa: F401  (kernels of both devices)
+from . import conv
 from .norm import (batch_stats, column_sums, grad_sums, normalize,  # noqa: F401
                    normalize_backward)
 from . import pointwise
@@ -57,6 +57,20 @@ def on_host(f, *args):
 
 
 # -- layers' arithmetic -----------------------------------------------------------------------
+convolution = conv  # the module whose kernels convolve: kernels.use picks another rung
+
+
+def conv_forward(x, w, b, stride, pad, relu=False):
+    """x (N, H, W, C) and w (O, C, KH, KW) → y (N, OH, OW, O); max(y, 0) if relu: by the
+    convolution kernels that kernels.use chose (kernels/conv.py's unless told)."""
+    return convolution.conv_forward(x, w, b, stride, pad, relu)
+
+
+def conv_backward(dy, x, w, stride, pad, input_grad=True):
+    """(dL/dx or None, dL/dw, dL/db) from dy (N, OH, OW, O), by the same kernels."""
+    return convolution.conv_backward(dy, x, w, stride, pad, input_grad)
+
+
 def matmul(a, b, transpose_a=False, transpose_b=False):
     """op(a) · op(b), op = transpose where asked, by NumPy's BLAS in one thread: a threaded
     product would leave BLAS's threads spinning on the cores Numba's kernels need next (see
