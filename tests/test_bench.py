@@ -1,5 +1,6 @@
 """The benchmark's workers, rounds and report (its figures are measured by `python -m shendu
 bench`, never asserted by a timed test)."""
+import numpy as np
 import pytest
 
 from shendu import bench
@@ -92,3 +93,26 @@ def test_every_cpu_kernel_is_cached_on_disk():
                if isinstance(f, CPUDispatcher) and f.py_func.__module__ == module.__name__]
     assert len(kernels) >= 13  # found them: every @njit in src/shendu at the time of writing
     assert [k[:2] for k in kernels if type(k[2]._cache).__name__ != "FunctionCache"] == []
+
+
+def test_the_triad_is_stream_s_and_the_bandwidth_a_rate():
+    a, b, c = np.zeros(5, np.float32), np.arange(5, dtype=np.float32), np.ones(5, np.float32)
+    bench._triad(a, b, c, np.float32(3))
+    np.testing.assert_array_equal(a, [3, 4, 5, 6, 7])
+    assert 0.1 < bench.stream_triad(n=2 ** 20, repeats=2) < 10_000  # GB/s: a plausible rate
+
+
+def test_the_ladder_measures_every_rung_on_the_same_layers():
+    from shendu import kernels
+    result = bench.ladder(batch=2, steps=1, repeats=1, network_batch=2)
+    assert list(result["rungs"]) == list(kernels.LADDER)
+    shapes = [[(l["input"], l["weight"]) for l in r["layers"]] for r in result["rungs"].values()]
+    assert all(s == shapes[0] for s in shapes) and len(shapes[0]) == 6  # DeepConvNet's convs
+    for layer in result["rungs"]["tiled"]["layers"]:
+        (n, c, h, w), (o, _, k, _) = layer["input"], layer["weight"]
+        s, p = layer["stride"], layer["padding"]
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        assert layer["flops"] == 2 * n * oh * ow * o * c * k * k
+        assert layer["bytes"] == 4 * (n * c * h * w + o * c * k * k + n * oh * ow * o)
+        assert layer["forward_s"] > 0 and layer["backward_s"] > 0
+    assert kernels.in_use() == "tiled"

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 
-from . import models, nn, optim
+from . import kernels, models, nn, optim
 from .bench_worker import INPUT, NETWORKS
 from .errors import ShenduError
 
@@ -47,6 +48,22 @@ def _seconds(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+@njit(parallel=True, cache=True)
+def _triad(a, b, c, scalar):
+    for i in prange(a.size):
+        a[i] = b[i] + scalar * c[i]
+
+
+def stream_triad(n=32 * 2 ** 20, repeats=5):
+    """The machine's memory bandwidth (GB/s) as STREAM measures it (McCalpin 1995): the triad
+    a = b + s·c over float32 arrays far larger than the caches, on every core, best of a few,
+    counting 12 bytes an element (b and c read, a written)."""
+    a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.ones(n, np.float32)
+    _triad(a, b, c, np.float32(3))
+    best = min(_seconds(lambda: _triad(a, b, c, np.float32(3))) for _ in range(repeats))
+    return 12 * n / best / 1e9
 
 
 # -- shendu and PyTorch, each in fresh processes of its own ----------------------------------
@@ -181,6 +198,65 @@ def layer_profile(batch=100, steps=20):
     rows += [(key, 1e3 * totals[key] / steps, None)
              for key in ("loss", "optimizer", "data", "augment")]
     return rows
+
+
+# -- the ladder of convolution kernels --------------------------------------------------------
+def conv_layers(model, input_shape, batch):
+    """DeepConvNet's (or any Sequential's) convolutions as they meet a batch: [(layer, x)], x the
+    layer's input (N, C, H, W) from a forward pass of random images."""
+    x = np.random.default_rng(0).random((batch, *input_shape), np.float32)
+    layers = []
+    with nn.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Conv2d):
+                layers.append((layer, x))
+            x = layer(x)
+    return layers
+
+
+def ladder(batch=32, steps=2, repeats=3, network_batch=100):
+    """Each rung of kernels.LADDER on DeepConvNet: images/s of a training step (network_batch
+    images) and of inference, and per convolution the best time of its forward and backward passes, with its
+    FLOPs (a multiply-add is 2) and the least bytes it must move (float32 input, weights and
+    output, once each): the points of a roofline."""
+    model = models.DeepConvNet()
+    result = {"batch": batch, "rungs": {}}
+    for rung in kernels.LADDER:
+        with kernels.use(rung):
+            layers = []
+            for layer, x in conv_layers(model, INPUT, batch):
+                xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                w, s, p = layer.weight.data, layer.stride, layer.padding
+                b = None if layer.bias is None else layer.bias.data
+                y = kernels.cpu.conv_forward(xh, w, b, s, p)
+                dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+                forward = min(_seconds(lambda: kernels.cpu.conv_forward(xh, w, b, s, p))
+                              for _ in range(repeats))
+                backward = min(_seconds(lambda: kernels.cpu.conv_backward(dy, xh, w, s, p))
+                               for _ in range(repeats))
+                macs = y.size * w[0].size
+                layers.append({"input": list(x.shape), "weight": list(w.shape),
+                               "stride": s, "padding": p, "flops": 2 * macs,
+                               "bytes": 4 * (xh.size + w.size + y.size),
+                               "forward_s": forward, "backward_s": backward})
+            train, infer = _whole_network(steps, network_batch)
+            result["rungs"][rung] = {"layers": layers, "train_images_per_s": train,
+                                     "infer_images_per_s": infer}
+    return result
+
+
+def _whole_network(steps, batch):
+    """(training, inference) images/s of DeepConvNet on the rung in use, best of `steps` after
+    one step that compiles."""
+    from .bench_worker import shendu_engine
+    train_step, infer = shendu_engine("deepconvnet")
+    rng = np.random.default_rng(0)
+    x, t = rng.random((batch, *INPUT), np.float32), rng.integers(0, 10, batch)
+    rates = []
+    for task in (lambda: train_step(x, t), lambda: infer(x)):
+        task()
+        rates.append(batch / min(_seconds(task) for _ in range(steps)))
+    return tuple(rates)
 
 
 # -- the report -------------------------------------------------------------------------------

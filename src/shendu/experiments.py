@@ -129,6 +129,15 @@ def bench(rounds=5):
     return bench_module.run(rounds=rounds)
 
 
+@experiment
+def ladder(batch=32):
+    """The ladder of convolution kernels (shendu.kernels.LADDER) on DeepConvNet, with this
+    machine's measured GEMM peak and memory bandwidth: the chapter "Speeding up"'s roofline."""
+    from . import bench as bench_module
+    return {"gemm_peak_gflops": bench_module.gemm_peak(),
+            "stream_triad_gbps": bench_module.stream_triad(), **bench_module.ladder(batch)}
+
+
 # One configuration of the process, measured in a fresh Python: what it imports first, then
 # the benchmark's DeepConvNet engine (training: forward, backward, Adam; inference) at batch 100.
 _TUNING_WORKER = """
