@@ -116,3 +116,16 @@ def test_the_ladder_measures_every_rung_on_the_same_layers():
         assert layer["bytes"] == 4 * (n * c * h * w + o * c * k * k + n * oh * ow * o)
         assert layer["forward_s"] > 0 and layer["backward_s"] > 0
     assert kernels.in_use() == "tiled"
+
+
+@pytest.mark.parametrize("model,kinds", [
+    ("deepconvnet", {"convolution", "fully connected", "pooling", "dropout", "activation"}),
+    ("resnet20", {"convolution", "fully connected", "BatchNorm", "pooling"})])
+def test_time_shares_split_each_step_by_kind_of_layer(model, kinds):
+    shares = bench.time_shares(model, batch=4, steps=2)
+    assert set(shares) == {"train", "infer"}
+    for task, by_kind in shares.items():
+        want = kinds - {"BatchNorm"} if task == "infer" else kinds  # folded into the convolutions
+        assert want <= set(by_kind) <= set(bench.LAYER_KINDS) | {"other"}, (task, by_kind)
+        assert all(ms > 0 for ms in by_kind.values()), (task, by_kind)
+    assert "BatchNorm" not in shares["infer"]

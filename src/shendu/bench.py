@@ -200,6 +200,49 @@ def layer_profile(batch=100, steps=20):
     return rows
 
 
+# -- where the time goes, by kind of layer ------------------------------------------------------
+LAYER_KINDS = {"convolution": (nn.Conv2d,), "fully connected": (nn.Linear,),
+               "BatchNorm": (nn.BatchNorm1d, nn.BatchNorm2d),
+               "pooling": (nn.MaxPool2d, nn.AvgPool2d, nn.GlobalAvgPool2d),
+               "activation": (nn.ReLU, nn.Sigmoid, nn.Tanh), "dropout": (nn.Dropout,)}
+
+
+def time_shares(model, batch=None, steps=5):
+    """Milliseconds per step in each kind of layer of a benchmark network (LAYER_KINDS), for
+    {"train": ..., "infer": ...}: a layer's forward and backward passes (in inference, a
+    convolution with the BatchNorm folded into it counts as a convolution). "other" is the rest
+    of the step: residual sums, concatenations, flattening, the loss and the optimizer."""
+    from .bench_worker import shendu_engine, shendu_network
+    net = shendu_network(model)
+    totals = {}
+
+    def timed(fn, kind):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            totals[kind] = totals.get(kind, 0.0) + time.perf_counter() - start
+            return out
+        return run
+
+    for _, layer in net.named_modules():
+        kind = next((k for k, types in LAYER_KINDS.items() if isinstance(layer, types)), None)
+        for name in ("forward", "backward", "forward_folded"):
+            if kind and getattr(layer, name, None):  # ConvReLU2d has no forward_folded
+                object.__setattr__(layer, name, timed(getattr(layer, name), kind))
+    train_step, infer = shendu_engine(model, net)
+    batch = batch or NETWORKS[model]["batch"]
+    rng = np.random.default_rng(0)
+    x, t = rng.random((batch, *INPUT), np.float32), rng.integers(0, 10, batch)
+    shares = {}
+    for task, step in (("train", lambda: train_step(x, t)), ("infer", lambda: infer(x))):
+        step()  # compiles
+        totals.clear()
+        total = sum(_seconds(step) for _ in range(steps))
+        shares[task] = {kind: 1e3 * s / steps for kind, s in totals.items()}
+        shares[task]["other"] = 1e3 * total / steps - sum(shares[task].values())
+    return shares
+
+
 # -- the ladder of convolution kernels --------------------------------------------------------
 def conv_layers(model, input_shape, batch):
     """DeepConvNet's (or any Sequential's) convolutions as they meet a batch: [(layer, x)], x the

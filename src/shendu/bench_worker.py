@@ -151,10 +151,17 @@ def torch_twin(model, width=1.0, batch_norm=False, num_classes=10):
 
 
 # -- the engines: (train_step(x, t), infer(x)) ----------------------------------------------------
-def shendu_engine(model):
-    from shendu import models, nn, optim
+def shendu_network(model):
+    """The zoo's network `model` as the benchmark runs it."""
+    from shendu import models
+    return models.get(model, num_classes=10, input_shape=INPUT, **NETWORKS[model]["options"])
+
+
+def shendu_engine(model, net=None):
+    """shendu's (train_step, infer) for `model`, on `net` if given (else a new network)."""
+    from shendu import nn, optim
     spec = NETWORKS[model]
-    net = models.get(model, num_classes=10, input_shape=INPUT, **spec["options"])
+    net = shendu_network(model) if net is None else net
     loss_fn = nn.CrossEntropyLoss()
     opt = (optim.Adam(net.parameters(), lr=1e-3) if spec["optimizer"] == "adam"
            else optim.SGD(net.parameters(), lr=0.01, momentum=0.9))

@@ -138,6 +138,16 @@ def ladder(batch=32):
             "stream_triad_gbps": bench_module.stream_triad(), **bench_module.ladder(batch)}
 
 
+@experiment
+def time_shares(steps=10):
+    """Where DeepConvNet's and ResNet-20's training and inference steps spend their time, by kind
+    of layer (bench.time_shares), at the benchmark's batch sizes: the chapter "Speeding up"'s
+    counterpart of the book's AlexNet figures."""
+    from . import bench as bench_module
+    return {model: bench_module.time_shares(model, steps=steps)
+            for model in ("deepconvnet", "resnet20")}
+
+
 # One configuration of the process, measured in a fresh Python: what it imports first, then
 # the benchmark's DeepConvNet engine (training: forward, backward, Adam; inference) at batch 100.
 _TUNING_WORKER = """
