@@ -22,12 +22,13 @@ def test_each_worker_imports_only_the_engine_it_measures():
 def test_fair_alternates_fresh_processes_round_after_round(monkeypatch):
     calls = []
 
-    def worker(engine, model, batch, first="", seconds=1.0):
+    def worker(engine, model, batch, first="", seconds=1.0, device="cpu"):
+        assert device == "cpu"
         calls.append((engine, model, batch, first))
         rate = len(calls)  # each process's own figure, to see where it lands
         return {"train": [rate, rate + 2, rate + 1], "infer": [2 * rate], "peak_mib": 100.0 + rate}
     monkeypatch.setattr(bench, "_worker", worker)
-    monkeypatch.setattr(bench, "_torch_available", lambda: True)
+    monkeypatch.setattr(bench, "_torch_available", lambda device="cpu": True)
     runs = bench.fair(["vgg11_bn"], ["small", 256], rounds=2)
     one_round = [("shendu", "vgg11_bn", 128, ""), ("torch", "vgg11_bn", 128, ""),
                  ("shendu", "vgg11_bn", 128, "torch"), ("shendu", "vgg11_bn", 256, ""),
@@ -129,3 +130,25 @@ def test_time_shares_split_each_step_by_kind_of_layer(model, kinds):
         assert want <= set(by_kind) <= set(bench.LAYER_KINDS) | {"other"}, (task, by_kind)
         assert all(ms > 0 for ms in by_kind.values()), (task, by_kind)
     assert "BatchNorm" not in shares["infer"]
+
+
+@pytest.mark.parametrize("torch_has_a_gpu", [True, False])
+def test_on_a_gpu_the_engines_run_there_without_the_import_order_check(monkeypatch,
+                                                                        torch_has_a_gpu):
+    calls = []
+
+    def worker(engine, model, batch, first="", seconds=1.0, device="cpu"):
+        calls.append((engine, batch, first, device))
+        return {"train": [1.0], "infer": [2.0], "peak_mib": 100.0}
+    monkeypatch.setattr(bench, "_worker", worker)
+    monkeypatch.setattr(bench, "_torch_available",
+                        lambda device="cpu": device == "cpu" or torch_has_a_gpu)
+    monkeypatch.setattr(bench, "_gpu_name", lambda: "Tesla T4")
+    results = bench.run(["deepconvnet"], [100, 256], rounds=1, device="cuda")
+    engines = ["shendu", "torch"] if torch_has_a_gpu else ["shendu"]
+    assert calls == [(e, b, "", "cuda") for b in (100, 256) for e in engines]
+    assert results["gpu"] == "Tesla T4" and "gemm_peak_gflops" not in results
+    assert "startup_s" not in results
+    head = bench.report(results).splitlines()[0]
+    assert head.endswith("on the GPU Tesla T4" + ("" if torch_has_a_gpu
+                                                  else "; PyTorch had no GPU to run on"))

@@ -138,6 +138,7 @@ def user_error_cases(tmp, untrained):
         "run directory in use": ["train", "--out", untrained],
         "nothing to resume": ["train", "--resume", tmp / "nowhere"],
         "part of a whole experiment": ["experiment", "chapter1", "--only", "x"],
+        "bench on a GPU without one": ["bench", "--device", "cuda"],
         "unknown run of an experiment": ["experiment", "fashion_zoo", "--only", "alexnet"],
     }
 

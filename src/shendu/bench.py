@@ -71,11 +71,11 @@ WORKER = Path(__file__).with_name("bench_worker.py")
 IMPORT_FIRST = "shendu, torch imported first"  # shendu's worker, PyTorch imported before shendu
 
 
-def _worker(engine, model, batch, first="", seconds=1.0):
+def _worker(engine, model, batch, first="", seconds=1.0, device="cpu"):
     """One fresh process measuring one engine (bench_worker.py run as a script, so that it imports
     nothing but that engine)."""
     spec = json.dumps({"engine": engine, "model": model, "batch": batch, "first": first,
-                       "seconds": seconds})
+                       "seconds": seconds, "device": device})
     out = subprocess.run([sys.executable, str(WORKER), spec], capture_output=True, text=True)
     if out.returncode:
         raise ShenduError(f"the benchmark's {engine} worker failed on {model}, batch {batch}:\n"
@@ -83,8 +83,24 @@ def _worker(engine, model, batch, first="", seconds=1.0):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _torch_available():
-    return importlib.util.find_spec("torch") is not None
+def _torch_available(device="cpu"):
+    """Whether PyTorch is installed and, for "cuda", has a GPU to run on (asked in a process of
+    its own: importing PyTorch here would load its runtime into the benchmark's parent)."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    if device == "cpu":
+        return True
+    ask = "import torch; print(torch.cuda.is_available())"
+    out = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True)
+    return out.stdout.strip() == "True"
+
+
+def _gpu_name():
+    """The name of the GPU that numba.cuda (so shendu) runs on, asked in a process of its own."""
+    ask = ("from numba import cuda; n = cuda.get_current_device().name; "
+           "print(n.decode() if isinstance(n, bytes) else n)")
+    out = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 def _torch_version():
@@ -95,13 +111,15 @@ def _torch_version():
         return None
 
 
-def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0):
+def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0, device="cpu"):
     """{network: {batch: {engine: {"train": [images/s], "infer": [...], "peak_mib": [...]}}}}, one
     entry per round. Each round starts a fresh process per network, batch and engine, the engines
     alternating, so that whatever else the machine does slows each alike. The engines: shendu,
     PyTorch (channels_last) and, at the network's own batch size, shendu in a process that
-    imported PyTorch first. "small" is each network's own batch size (100 or 128)."""
-    engines = ["shendu"] + (["torch", IMPORT_FIRST] if _torch_available() else [])
+    imported PyTorch first (on the CPU only). "small" is each network's own batch size (100 or
+    128)."""
+    engines = (["shendu"] + (["torch"] if _torch_available(device) else [])
+               + ([IMPORT_FIRST] if device == "cpu" and _torch_available() else []))
     runs = {}
     for _ in range(rounds):
         for model in networks:
@@ -111,7 +129,8 @@ def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0
                     if engine == IMPORT_FIRST and batch != own:
                         continue
                     first = "torch" if engine == IMPORT_FIRST else ""
-                    result = _worker("shendu" if first else engine, model, batch, first, seconds)
+                    result = _worker("shendu" if first else engine, model, batch, first, seconds,
+                                     device)
                     entry = runs.setdefault(model, {}).setdefault(str(batch), {}).setdefault(
                         engine, {"train": [], "infer": [], "peak_mib": []})
                     for key in ("train", "infer"):
@@ -303,12 +322,18 @@ def _whole_network(steps, batch):
 
 
 # -- the report -------------------------------------------------------------------------------
-def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=True, seconds=1.0):
-    """All the figures, as a dict (what `--json` writes and `experiment bench` records)."""
+def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=True, seconds=1.0,
+        device="cpu"):
+    """All the figures, as a dict (what `--json` writes and `experiment bench` records). On
+    "cuda", the GPU's name instead of the CPU's GEMM peak, and no start-up times."""
     from .provenance import machine
-    results = {"machine": machine(), "gemm_peak_gflops": gemm_peak(), "rounds": rounds,
+    results = {"machine": machine(), "device": device, "rounds": rounds,
                "torch_version": _torch_version(), "networks": {}}
-    for model, by_batch in fair(networks, batches, rounds, seconds).items():
+    if device == "cuda":
+        results["gpu"] = _gpu_name()
+    else:
+        results["gemm_peak_gflops"] = gemm_peak()
+    for model, by_batch in fair(networks, batches, rounds, seconds, device).items():
         spec = NETWORKS[model]
         train_flops, infer_flops = flops_per_image(
             models.get(model, input_shape=INPUT, **spec["options"]), INPUT)
@@ -318,9 +343,15 @@ def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=Tru
             "batches": {batch: {engine: {key: _spread(values) for key, values in runs.items()}
                                 for engine, runs in engines.items()}
                         for batch, engines in by_batch.items()}}
-    if start_up:
+    if start_up and device == "cpu":
         results["startup_s"] = startup()
     return results
+
+
+def _engines(results):
+    """The engines measured in results, on any network and batch."""
+    return {engine for entry in results["networks"].values()
+            for engines in entry["batches"].values() for engine in engines}
 
 
 def ratio(engines, task, engine="shendu", rival="torch"):
@@ -331,9 +362,12 @@ def ratio(engines, task, engine="shendu", rival="torch"):
 def report(results):
     """The results as a table: medians over fresh processes, their range, and shendu's ratio to
     PyTorch; then the import-order check, peak memory and start-up."""
-    peak = results["gemm_peak_gflops"]
+    peak = results.get("gemm_peak_gflops")  # the CPU's; no % peak on a GPU
+    where = (f"% of the {peak:.0f} GFLOP/s float32 GEMM peak measured here" if peak
+             else f"on the GPU {results.get('gpu')}"
+             + ("" if "torch" in _engines(results) else "; PyTorch had no GPU to run on"))
     lines = [f"images/s, median (min-max) of {results['rounds']} fresh processes per engine; "
-             f"% of the {peak:.0f} GFLOP/s float32 GEMM peak measured here",
+             + where,
              f"{'network':12} {'batch':>5} {'task':5} {'shendu':>21} {'% peak':>6} "
              f"{'PyTorch':>21} {'% peak':>6} {'ratio':>6}"]
     memory, order = [], []
@@ -345,8 +379,8 @@ def report(results):
                 for engine in ("shendu", "torch"):
                     r = engines[engine][task] if engine in engines else None
                     cells += ([f"{r['median']:7.0f} ({r['min']:.0f}-{r['max']:.0f})",
-                               f"{100 * r['median'] * flops[task] / 1e9 / peak:5.1f}%"]
-                              if r else ["", ""])
+                               f"{100 * r['median'] * flops[task] / 1e9 / peak:5.1f}%"
+                               if peak else ""] if r else ["", ""])
                 shown = f"{ratio(engines, task):.2f}x" if "torch" in engines else ""
                 lines.append(f"{model:12} {batch:>5} {task:5} {cells[0]:>21} {cells[1]:>6} "
                              f"{cells[2]:>21} {cells[3]:>6} {shown:>6}")
@@ -385,8 +419,12 @@ def main(args):
     if args.profile:
         print(profile_table(layer_profile()))
         return
+    if args.device == "cuda" and not kernels.cuda_available():  # one message, before any worker
+        kernels.device("cuda")  # raises, saying why: no numba-cuda, or no GPU
+        raise ShenduError("numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) runs kernels in "
+                          "Python: no GPU to time")
     results = run(networks=args.networks, batches=args.batches, rounds=args.rounds,
-                  start_up=not args.no_startup)
+                  start_up=not args.no_startup, device=args.device)
     print(report(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -157,50 +157,63 @@ def shendu_network(model):
     return models.get(model, num_classes=10, input_shape=INPUT, **NETWORKS[model]["options"])
 
 
-def shendu_engine(model, net=None):
-    """shendu's (train_step, infer) for `model`, on `net` if given (else a new network)."""
-    from shendu import nn, optim
+def shendu_engine(model, net=None, device="cpu"):
+    """shendu's (train_step, infer) for `model`, on `net` if given (else a new network), on the
+    device named. Each step ends with its result on the host (the loss, or the logits), so
+    that a GPU's queued kernels have all run when it returns."""
+    from shendu import kernels, nn, optim
     spec = NETWORKS[model]
-    net = shendu_network(model) if net is None else net
+    net = (shendu_network(model) if net is None else net).to(device)
+    K = kernels.device(device)
     loss_fn = nn.CrossEntropyLoss()
     opt = (optim.Adam(net.parameters(), lr=1e-3) if spec["optimizer"] == "adam"
            else optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
 
     def train_step(x, t):
         net.train()
-        loss_fn(net(x), t)
+        loss_fn(net(K.array(x)), t)
         nn.data_backward(net, loss_fn.backward())
         opt.step()
+        K.synchronize()
 
     def infer(x):
         net.eval()
         with nn.no_grad():
-            net(x)
+            kernels.to_host(net(K.array(x)))
     return train_step, infer
 
 
-def torch_engine(model):
-    """The twin in channels_last, PyTorch's faster layout on the CPU for these networks."""
+def torch_engine(model, device="cpu"):
+    """The twin in channels_last, PyTorch's faster layout on the CPU for these networks (on a GPU
+    too, where cuDNN takes it), on the device named; steps end synchronised, as shendu's."""
     import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("this PyTorch has no CUDA GPU to run on (a CPU-only build, or no GPU)")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     spec = NETWORKS[model]
-    net = torch_twin(model, **spec["options"]).to(memory_format=torch.channels_last)
+    net = torch_twin(model, **spec["options"]).to(device, memory_format=torch.channels_last)
     opt = (torch.optim.Adam(net.parameters(), lr=1e-3) if spec["optimizer"] == "adam"
            else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
 
     def tensor(x):
-        return torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        return torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def train_step(x, t):
         net.train()
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(tensor(x)), torch.from_numpy(t)).backward()
+        torch.nn.functional.cross_entropy(net(tensor(x)), torch.from_numpy(t).to(device)).backward()
         opt.step()
+        sync()
 
     def infer(x):
         net.eval()
         with torch.inference_mode():
             net(tensor(x))
+        sync()
     return train_step, infer
 
 
@@ -218,12 +231,14 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(engine, model, batch, first="", repeats=3, seconds=1.0):
+def measure(engine, model, batch, first="", repeats=3, seconds=1.0, device="cpu"):
     """{"train": [images/s per repeat], "infer": [...], "peak_mib": ...} for one engine: each
-    repeat runs training then inference for about `seconds` each, on 4 fixed random batches."""
+    repeat runs training then inference for about `seconds` each, on 4 fixed random batches
+    (peak_mib is the host process's, on a GPU too)."""
     if first:
         __import__(first)  # a library imported before the engine (for the import-order check)
-    train_step, infer = (shendu_engine if engine == "shendu" else torch_engine)(model)
+    train_step, infer = (shendu_engine if engine == "shendu" else torch_engine)(model,
+                                                                                 device=device)
     rng = np.random.default_rng(0)
     data = [(rng.random((batch, *INPUT), np.float32), rng.integers(0, 10, batch))
             for _ in range(4)]

@@ -351,5 +351,8 @@ def _parser():
                    help="fresh processes per engine, alternating (default 3)")
     p.add_argument("--no-startup", action="store_true",
                    help="skip timing a fresh process's first steps (compiling, then cached)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both engines run (cuda: shendu's numba.cuda kernels against "
+                        "PyTorch CUDA on the same GPU; default cpu)")
     p.set_defaults(command=bench.main)
     return parser

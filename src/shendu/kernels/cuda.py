@@ -164,6 +164,11 @@ def _in_layout(b, a):
     return b if tuple(b.strides) == tuple(a.strides) else copy_into(empty_like(a), b)
 
 
+def synchronize():
+    """Wait until every kernel queued on the GPU has run (timing a step needs its end)."""
+    cuda.synchronize()
+
+
 def on_host(f, *args):
     """f(*args) with NumPy on host copies of the device arrays among args (and in tuples among
     them), its array results copied to the device: BatchNorm's arithmetic on vectors of one value
