@@ -278,9 +278,9 @@ def conv_layers(model, input_shape, batch):
 
 def ladder(batch=32, steps=2, repeats=3, network_batch=100):
     """Each rung of kernels.LADDER on DeepConvNet: images/s of a training step (network_batch
-    images) and of inference, and per convolution the best time of its forward and backward passes, with its
-    FLOPs (a multiply-add is 2) and the least bytes it must move (float32 input, weights and
-    output, once each): the points of a roofline."""
+    images) and of inference, and per convolution the best time of its forward and backward
+    passes, with its FLOPs (a multiply-add is 2) and the least bytes it must move (float32 input,
+    weights and output, once each): the points of a roofline."""
     model = models.DeepConvNet()
     result = {"batch": batch, "rungs": {}}
     for rung in kernels.LADDER:

@@ -159,8 +159,8 @@ def shendu_network(model):
 
 def shendu_engine(model, net=None, device="cpu"):
     """shendu's (train_step, infer) for `model`, on `net` if given (else a new network), on the
-    device named. Each step ends with its result on the host (the loss, or the logits), so
-    that a GPU's queued kernels have all run when it returns."""
+    device named. Each step returns only once the device has run every kernel it queued (a
+    training step waits for the GPU; inference copies its logits to the host)."""
     from shendu import kernels, nn, optim
     spec = NETWORKS[model]
     net = (shendu_network(model) if net is None else net).to(device)

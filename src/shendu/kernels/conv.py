@@ -345,8 +345,8 @@ def matmul(a, a_row, a_k, m, k, b, start, c):
     """c[i, :] = start + Σ_{q < k} a[i·a_row + q·a_k] · b[q, :] for i < m; a flat (its strides
     a_row, a_k), b (K, NW), start (NW) and c (M, NW) with NW a multiple of HALF. Blocked as a
     BLAS blocks: each task takes MCHUNK rows of a and sums KCHUNK deep at a time over ROWS × WIDTH
-    tiles (the last may be HALF wide), so that both panels stay in cache. Each sum runs in the same order whatever the number
-    of threads."""
+    tiles (the last may be HALF wide), so that both panels stay in cache. Each sum runs in the
+    same order whatever the number of threads."""
     nw = b.shape[1]
     one = np.zeros(1, np.intp)
     bf, cf = b.ravel(), c.ravel()
@@ -370,9 +370,8 @@ def _product(a, a_row, a_k, m, k, b, start=None):
     """matmul into a new (m, NW) array, b (K, N) and start (N, or zeros) widened to NW, a
     multiple of HALF, columns."""
     b = _wide(b)
-    start = np.zeros(b.shape[1], b.dtype) if start is None else _wide(start.astype(b.dtype))
     c = np.empty((m, b.shape[1]), b.dtype)
-    matmul(np.ascontiguousarray(a).ravel(), a_row, a_k, m, k, b, start, c)
+    matmul(np.ascontiguousarray(a).ravel(), a_row, a_k, m, k, b, _start(start, b), c)
     return c
 
 
@@ -425,26 +424,31 @@ def _wide(a):
     return wide
 
 
+def _start(start, wide):
+    """The vector a product or a correlation starts each row from: start (or zeros) widened to
+    the columns of `wide`, in its dtype."""
+    return (np.zeros(wide.shape[-1], wide.dtype) if start is None
+            else _wide(start.astype(wide.dtype)))
+
+
+def _narrow(y, o):
+    """y's first o columns (last axis): y itself when it has no more, else a copy."""
+    return y if y.shape[-1] == o else np.ascontiguousarray(y[..., :o])
+
+
 def _convolve(x, x_stride, pad, hp, wp, w, stride, out_shape, start=None, relu=False):
     """correlate into a new array of out_shape, each pixel starting at `start` (or 0)."""
     w = _wide(w)
-    o = out_shape[3]
-    start = np.zeros(o, w.dtype) if start is None else start.astype(w.dtype)
     y = np.empty(out_shape[:3] + (w.shape[3],), w.dtype)
-    correlate(np.ascontiguousarray(x), x_stride, pad, hp, wp, w,
-              np.pad(start, (0, w.shape[3] - o)), stride, relu, y)
-    return y if w.shape[3] == o else np.ascontiguousarray(y[..., :o])
+    correlate(np.ascontiguousarray(x), x_stride, pad, hp, wp, w, _start(start, w), stride, relu,
+              y)
+    return _narrow(y, out_shape[3])
 
 
 def _tap_matrix(w, rows, cols):
     """The weights w (O, C, KH, KW) of the taps (rows[u], cols[v]) as a (K, O) matrix, its rows
     in the order of im2col's columns."""
     return w[:, :, rows][:, :, :, cols].transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
-
-
-def _image(y, shape):
-    """A product's rows (P, NW) as images of shape (N, OH, OW, O): the first O columns."""
-    return (y if y.shape[1] == shape[3] else np.ascontiguousarray(y[:, :shape[3]])).reshape(shape)
 
 
 def conv_forward(x, w, b, stride, pad, relu=False):
@@ -460,7 +464,7 @@ def conv_forward(x, w, b, stride, pad, relu=False):
         y = _product(col, k, 1, n * oh * ow, k, _tap_matrix(w, rows, cols), b)
         if relu:
             pointwise.relu(y.ravel(), y.ravel())  # in place
-        return _image(y, (n, oh, ow, o))
+        return _narrow(y, o).reshape(n, oh, ow, o)
     return _convolve(x, 1, pad, h + 2 * pad, wd + 2 * pad, w.transpose(2, 3, 1, 0), stride,
                      (n, oh, ow, o), b, relu)
 

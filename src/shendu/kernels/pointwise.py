@@ -1,12 +1,12 @@
 """Element-wise kernels on the CPU, compiled by Numba: ReLU forward and backward, a sum (with the
-ReLU after it or not), the bias added along the last axis, and the column sums that give the bias its
-gradient. NumPy runs each of these on one core, through temporaries; here both cores work in one
-pass.
+ReLU after it or not), the bias added along the last axis, and the column sums that give the bias
+its gradient. NumPy runs each of these on one core, through temporaries; here both cores work in
+one pass.
 
-ReLU's kernels take arrays flattened in memory order (kernels.cpu passes the NCHW views of NHWC
-images that way); the others take (M, C) arrays, one row per position. Column sums are split into
-fixed blocks of rows added in order, so they do not depend on the number of threads (a resumed
-run stays bitwise); kernels.norm and kernels.cuda sum over the same blocks.
+ReLU's kernels and the sum take arrays flattened in memory order (kernels.cpu passes the NCHW
+views of NHWC images that way); the others take (M, C) arrays, one row per position. Column sums
+are split into fixed blocks of rows added in order, so they do not depend on the number of threads
+(a resumed run stays bitwise); kernels.norm and kernels.cuda sum over the same blocks.
 """
 import numpy as np
 from numba import njit, prange
