@@ -89,7 +89,7 @@ class use:
         if name not in LADDER:
             raise ShenduError(f"no convolution kernels called {name!r}: choose one of "
                               + ", ".join(LADDER))
-        self.name, self.before = name, in_use()
+        self.before = in_use()
         cpu.convolution = importlib.import_module(f".{LADDER[name]}", __name__)
 
     def __enter__(self):
