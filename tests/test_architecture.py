@@ -12,7 +12,8 @@ TOOLING = {"experiments", "bench", "bench_worker", "widgets", "plot", "receptive
 # The core: nn, kernels, optim, models, io, datasets, augment, and every other module but the
 # tooling's (the trainer, recipes, checkpoints); the package's __init__ may export tooling.
 CORE = {"nn", "kernels", "optim", "models", "io", "datasets", "augment", "train", "recipes",
-        "checkpointing", "interrupts", "rollback", "tuning", "rng", "errors", "images"}
+        "checkpointing", "interrupts", "rollback", "tuning", "rng", "errors", "images",
+        "distributed"}
 
 
 def modules():

@@ -102,9 +102,9 @@ def restore(trainer, run_dir, data):
         raise CheckpointError(f"cannot resume from {run_dir}: {problem}")
     backup = state(trainer)
     try:
-        _apply(trainer, meta, arrays)
+        apply(trainer, meta, arrays)
     except ShenduError as err:
-        _apply(trainer, *backup)
+        apply(trainer, *backup)
         raise CheckpointError(f"cannot resume from {run_dir}: {err}") from None
     remove_temporaries(run_dir)
 
@@ -133,7 +133,7 @@ def _mismatch(trainer, meta, data):
     return None
 
 
-def _apply(trainer, meta, arrays):
+def apply(trainer, meta, arrays):
     """Set the trainer's state from (meta, arrays). A part that does not fit raises ShenduError,
     maybe after others were set: `restore` then puts the old state back."""
     parts = {"model.": {}, "optimizer.": {}}

@@ -4,6 +4,7 @@
                  [--seed N] [--subset N] [--target-accuracy X] [--out RUN_DIR]
                  [--checkpoint-every N]
     shendu train --resume RUN_DIR [--checkpoint-every N]
+    mpiexec -n N shendu train --distributed [--shards S] [--deterministic] [train's flags]
     shendu evaluate RUN_DIR... [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu summary MODEL [--input 1x28x28] [--classes 10]
@@ -25,9 +26,10 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from . import __version__, bench, datasets, experiments, models, recipes
+from . import __version__, bench, datasets, distributed, experiments, models, recipes
 from .errors import ShenduError
 from .images import load_image
 from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_run_dir,
@@ -52,39 +54,58 @@ def main(argv=None):
 
 # -- commands ----------------------------------------------------------------------------------
 def _train(args):
-    if args.resume is not None:
-        settings = _resumed_settings(args)
-    else:
-        settings = recipes.settings(
-            args.recipe or "book", 0 if args.seed is None else args.seed, model=args.model,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subset=args.subset,
-            checkpoint_every=args.checkpoint_every, target_accuracy=args.target_accuracy)
+    if not args.distributed:
+        if args.shards is not None or args.deterministic:
+            raise ShenduError("--shards and --deterministic go with --distributed")
+        return _train_in(args, None)
+    comm = distributed.world()
+    try:
+        return _train_in(args, comm)
+    except ShenduError:
+        if comm.Get_rank():  # every rank raises it; rank 0 says it
+            return 2
+        raise
+
+
+def _train_in(args, comm):
+    """`train`, in one process (comm None) or in every rank of the MPI communicator comm, where
+    rank 0 alone reads the settings, holds the run directory and reports."""
+    root = comm is None or comm.Get_rank() == 0
+    settings = distributed.on_root(comm, lambda: _settings(args))
     recipe = recipes.get(settings["recipe"])
     manual_seed(settings["seed"])
     model = models.get(settings["model"], **settings["model_options"])
     name = settings["model"] = model.config["model"]
     out = args.resume or args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with lock_run_dir(out):  # before the check below: two runs started at once cannot both pass
-        if args.resume is None and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
-            raise ShenduError(f"{out} already holds a run: choose another --out, or continue it "
-                              f"with --resume {out}")  # never overwrite a run
+    with ExitStack() as held:
+        distributed.on_root(comm, lambda: _claim(held, out, args))
+        distributed.on_root(comm, lambda: datasets.load(recipe.dataset) and None)  # 1 download
         (x, t), test = datasets.load(recipe.dataset)
         if settings["subset"] is not None:
             x, t = x[:settings["subset"]], t[:settings["subset"]]
         epochs, target = settings["epochs"], settings["target_accuracy"]
+        options = {} if comm is None else {"comm": comm, "shards": args.shards,
+                                           "deterministic": args.deterministic}
         trainer = recipe.trainer(model, len(x), epochs=epochs, lr=settings["lr"],
                                  batch_size=settings["batch_size"], seed=settings["seed"],
-                                 trainer_class=_CommandLineTrainer, run_dir=out,
-                                 progress=sys.stderr.isatty(),
-                                 checkpoint_every=settings["checkpoint_every"], settings=settings)
+                                 trainer_class=(_CommandLineTrainer if comm is None
+                                                else _CommandLineDistributedTrainer),
+                                 run_dir=out, progress=sys.stderr.isatty(),
+                                 checkpoint_every=settings["checkpoint_every"], settings=settings,
+                                 **options)
+        if not root:  # rank 0 reports
+            trainer.fit((x, t), test, epochs=epochs, target_accuracy=target)
+            return 0 if trainer.stopped is None else 128 + trainer.stopped
+        ranks = "" if comm is None else (f", {comm.Get_size()} ranks x {trainer.threads} "
+                                         f"thread{'s' * (trainer.threads > 1)}")
         print(f"{'resuming' if args.resume else 'training'} {name} "
               f"({model.num_parameters():,} parameters) on {len(x)} "
               f"{datasets.describe(recipe.dataset)[0]} images, recipe {settings['recipe']}: "
               f"{type(trainer.optimizer).__name__} lr {settings['lr']:g}"
               f"{' one-cycle' if trainer.scheduler else ''}, batch {settings['batch_size']}, "
               f"{epochs} epoch{'s' if epochs > 1 else ''}"
-              f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']} -> {out}",
-              flush=True)
+              f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']}{ranks} "
+              f"-> {out}", flush=True)
 
         def report(m):
             print(f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  "
@@ -103,9 +124,32 @@ def _train(args):
         print(f"test accuracy {100 * last['test_acc']:.2f}%; model, config and metrics in {out}")
 
 
+def _settings(args):
+    """The run's settings: from --resume's checkpoint, or the recipe and the flags."""
+    if args.resume is not None:
+        return _resumed_settings(args)
+    return recipes.settings(
+        args.recipe or "book", 0 if args.seed is None else args.seed, model=args.model,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subset=args.subset,
+        checkpoint_every=args.checkpoint_every, target_accuracy=args.target_accuracy)
+
+
+def _claim(held, out, args):
+    """Hold the run directory (in `held`, an ExitStack) for this run: a new run never
+    overwrites another."""
+    held.enter_context(lock_run_dir(out))  # before the check: two runs at once cannot both pass
+    if args.resume is None and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
+        raise ShenduError(f"{out} already holds a run: choose another --out, or continue it "
+                          f"with --resume {out}")
+
+
 class _CommandLineTrainer(Trainer):
     def resume_hint(self):
         return f"Continue with: shendu train --resume {self.run_dir}"
+
+
+class _CommandLineDistributedTrainer(distributed.DistributedTrainer):
+    resume_hint = _CommandLineTrainer.resume_hint
 
 
 # What `train` records in its checkpoints' "settings", to resume from them.
@@ -301,6 +345,14 @@ def _parser():
                    help="also write a full checkpoint every N steps (default: after each epoch)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR, with its settings")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel on MPI: run under mpiexec -n N (needs shendu[mpi])")
+    p.add_argument("--shards", type=_number(int), metavar="S",
+                   help="with --distributed: cut each batch into S pieces, a multiple of the "
+                        "number of ranks (default: one per rank)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="with --distributed: add the shards' gradients in a fixed order, so "
+                        "that any number of ranks dividing --shards gives the same weights")
     p.set_defaults(command=_train)
 
     p = commands.add_parser("evaluate", help="test accuracy of trained models (more than one: "

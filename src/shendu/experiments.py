@@ -148,6 +148,87 @@ def time_shares(steps=10):
             for model in ("deepconvnet", "resnet20")}
 
 
+# One side of the scaling experiment, in a fresh Python: DeepConvNet by the book's recipe (Adam
+# 0.001, batch 100) on SCALING_IMAGES MNIST images for 3 epochs, the first one warming up; in
+# one process, or in every rank of `mpiexec -n 2` (argv[1] == "ranks"), which then also times
+# Allreduce alone on buffers of 2^10 to 2^24 bytes.
+SCALING_IMAGES = 10000
+_SCALING_WORKER = """
+import json, statistics, sys, time
+import numpy as np
+import shendu
+from shendu import datasets, distributed, models, optim
+ranks, n = sys.argv[1] == "ranks", int(sys.argv[2])
+(x, t), (x_test, t_test) = datasets.load_mnist()
+shendu.manual_seed(0)
+model = models.get("deepconvnet")
+trainer = (distributed.DistributedTrainer if ranks else shendu.Trainer)(
+    model, optim.Adam(model.parameters(), lr=0.001), batch_size=100, progress=False)
+waits = []
+trainer.fit((x[:n], t[:n]), (x_test[:1000], t_test[:1000]), epochs=3,
+            on_epoch=lambda m: waits.append(getattr(trainer, "communication_s", 0.0)))
+steps = n // 100
+timed = trainer.history[1:]
+result = {"images_per_s": statistics.median(e["images_per_s"] for e in timed),
+          "step_s": statistics.median(e["epoch_time"] for e in timed) / steps,
+          "threads": getattr(trainer, "threads", None),
+          "gradient_bytes": 4 * model.num_parameters()}
+if ranks:
+    result["allreduce_s"] = (waits[-1] - waits[0]) / (len(timed) * steps)
+    comm, sizes = trainer.comm, {}
+    for k in range(10, 25, 2):
+        buffer = np.ones(2 ** k // 4, np.float32)
+        seconds = []
+        for _ in range(15):
+            comm.Barrier()
+            began = time.perf_counter()
+            comm.Allreduce(buffer.copy(), buffer)
+            seconds.append(time.perf_counter() - began)
+        sizes[2 ** k] = statistics.median(seconds)
+    result["allreduce_by_bytes"] = sizes
+if getattr(trainer, "rank", 0) == 0:
+    print(json.dumps(result))
+"""
+
+
+@experiment
+def scaling(rounds=5):
+    """Data-parallel training on this machine (shendu.distributed): DeepConvNet's images per
+    second in one process of 2 threads and in 2 MPI ranks of 1 thread each, each in fresh
+    processes, the two alternating round after round; the time per step spent in Allreduce; and
+    Allreduce's time against the bytes it sums, for the chapter "Speeding up"'s cost model."""
+    import shutil
+    mpiexec = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                           f"{os.environ.get('PATH', '')}")
+    if mpiexec is None:
+        raise ShenduError("the scaling experiment needs MPI: pip install 'shendu[mpi]'")
+    commands = {"1 process x 2 threads": [sys.executable],
+                "2 ranks x 1 thread": [mpiexec, "-n", "2", sys.executable]}
+    runs = {name: [] for name in commands}
+    for _ in range(rounds):
+        for name, command in commands.items():
+            side = "ranks" if command[0] == mpiexec else "process"
+            out = subprocess.run(command + ["-c", _SCALING_WORKER, side, str(SCALING_IMAGES)],
+                                 capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out))
+    figures = {"rounds": rounds, "batch": 100, "images": SCALING_IMAGES, "model": "deepconvnet",
+               "gradient_bytes": runs["2 ranks x 1 thread"][0]["gradient_bytes"], "configs": {}}
+    for name, rows in runs.items():
+        entry = figures["configs"][name] = {
+            key: {"median": float(np.median([r[key] for r in rows])),
+                  "min": min(r[key] for r in rows), "max": max(r[key] for r in rows)}
+            for key in ("images_per_s", "step_s") + (("allreduce_s",) if "allreduce_s" in rows[0]
+                                                       else ())}
+        if "allreduce_by_bytes" in rows[0]:
+            entry["allreduce_by_bytes"] = {
+                size: float(np.median([r["allreduce_by_bytes"][size] for r in rows]))
+                for size in rows[0]["allreduce_by_bytes"]}
+    rates = [r["images_per_s"] for r in runs["2 ranks x 1 thread"]]
+    alone = [r["images_per_s"] for r in runs["1 process x 2 threads"]]
+    figures["ratio_per_round"] = [a / b for a, b in zip(rates, alone)]
+    return figures
+
+
 # One configuration of the process, measured in a fresh Python: what it imports first, then
 # the benchmark's DeepConvNet engine (training: forward, backward, Adam; inference) at batch 100.
 _TUNING_WORKER = """

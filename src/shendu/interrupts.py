@@ -28,10 +28,11 @@ class StopRequest:
 
 
 @contextmanager
-def stop_requests():
-    """A StopRequest that SIGINT and SIGTERM set, in place of their handlers, which are put back
-    on exit. Python delivers signals to the main thread only; in other threads nothing changes."""
-    stop = StopRequest()
+def stop_requests(stop=None):
+    """A StopRequest (`stop`, or a new one) that SIGINT and SIGTERM set, in place of their
+    handlers, which are put back on exit. Python delivers signals to the main thread only; in
+    other threads nothing changes."""
+    stop = StopRequest() if stop is None else stop
 
     def request(signum, frame):
         stop.signum = signum

@@ -12,6 +12,7 @@ from .errors import ShenduError
 
 _generator = [np.random.default_rng()]
 _limits = []  # numbers left to draw, innermost `limit` last
+_shards = []  # (start, stop, size) of `batch_shard`, innermost last
 
 
 def manual_seed(seed):
@@ -36,6 +37,30 @@ def limit(numbers, what):
         yield
     finally:
         _limits.pop()
+
+
+@contextmanager
+def batch_shard(start, stop, size):
+    """Within, the model sees rows start:stop of a batch of `size` (one rank's shard, in
+    data-parallel training), and draws per row (dropout's masks) are those of the whole batch:
+    each is drawn for all `size` rows and cut to the shard's, so the shards together are masked
+    as the whole batch would be in one process."""
+    _shards.append((start, stop, size))
+    try:
+        yield
+    finally:
+        _shards.pop()
+
+
+def shard_of_batch(draw, shape):
+    """`draw(shape)` for an array of a batch, or within `batch_shard` this shard's rows of
+    `draw` for the whole batch's shape."""
+    if not _shards:
+        return draw(shape)
+    start, stop, size = _shards[-1]
+    if shape[0] != stop - start:
+        raise ShenduError(f"a shard of rows {start}:{stop} met an array of {shape[0]} rows")
+    return draw((size, *shape[1:]))[start:stop]
 
 
 class _Limited:

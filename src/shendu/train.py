@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import checkpointing, kernels, nn
 from .errors import ShenduError
-from .interrupts import stop_requests
+from .interrupts import StopRequest, stop_requests
 from .io import CheckpointError, lock_run_dir, save, write_atomic, write_checkpoint
 from .rollback import Rollback, diverged
 
@@ -275,7 +275,7 @@ class Trainer:
                 held.enter_context(lock_run_dir(folder))
             start = self._begin_fit(data, epochs, resume)
             try:
-                with stop_requests() as stop:
+                with stop_requests(self._stop_request()) as stop:
                     checkpointing.write(self)  # proves the run directory writable before any work
                     while (len(self.history) < start + epochs and stop.signum is None
                            and not _reached(self.history[start:], target_accuracy)):
@@ -293,8 +293,16 @@ class Trainer:
             if self.stopped is None:
                 self._fit = None
             else:
-                print(self._stop_message(), file=sys.stderr, flush=True)
+                self._say(self._stop_message())
             return self.history
+
+    def _stop_request(self):
+        """What a stop request sets: a plain StopRequest (a distributed trainer's must agree)."""
+        return StopRequest()
+
+    def _say(self, message):
+        """Tell the user something (on stderr, as the progress bar)."""
+        print(message, file=sys.stderr, flush=True)
 
     def resume_hint(self):
         """How to continue after an interrupt (the command line says it its own way)."""
@@ -351,14 +359,11 @@ class Trainer:
         images = _as_input(x[batch])
         if self.augment is not None:
             images = self.augment(images, np.random.default_rng([e["augment_seed"], e["step"]]))
-        logits = self.model(K.array(images))
-        loss = self.loss_fn(logits, t[batch])
+        loss, correct = self._gradient(images, t[batch], K)
         if math.isfinite(loss):
-            nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images
             self.optimizer.step()
             e["loss_sum"] += loss * len(batch)
-            e["correct"] += int(np.count_nonzero(kernels.to_host(logits).argmax(axis=1)
-                                                 == t[batch]))
+            e["correct"] += correct
             e["used"] += len(batch)
         else:
             rollback.undo()  # a step that is not taken must not move them either
@@ -372,10 +377,22 @@ class Trainer:
         e["time"] += time.perf_counter() - began
         return loss
 
+    def _gradient(self, images, t, K):
+        """The batch's mean loss and number of right answers; afterwards, if the loss is finite,
+        every parameter's grad holds its gradient."""
+        logits = self.model(K.array(images))
+        loss = self.loss_fn(logits, t)
+        if math.isfinite(loss):
+            nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images
+        return loss, int(np.count_nonzero(kernels.to_host(logits).argmax(axis=1) == t))
+
+    def _accuracy(self, x_test, t_test):
+        return evaluate(self.model, x_test, t_test)
+
     def _end_epoch(self, n, x_test, t_test):
         e = self._epoch
         began = time.perf_counter()
-        test_acc = evaluate(self.model, x_test, t_test)
+        test_acc = self._accuracy(x_test, t_test)
         before = self.history[-1]["elapsed"] if self.history else 0.0
         metrics = {"epoch": e["number"],
                    "train_loss": e["loss_sum"] / e["used"] if e["used"] else math.nan,

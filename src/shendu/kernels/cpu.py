@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import threadpoolctl
 
-from ..rng import generator
+from ..rng import generator, shard_of_batch
 from . import conv
 from .norm import (batch_stats, column_sums, grad_sums, normalize,  # noqa: F401
                    normalize_backward)
@@ -179,8 +179,8 @@ def global_avgpool_backward(dy, shape):
 
 def dropout_mask(x, p):
     """Inverted dropout's mask for x, drawn from shendu's generator: 0 with probability p, else
-    1 / (1 − p)."""
-    keep = generator().random(x.shape, dtype=np.float32) >= p
+    1 / (1 − p). A shard of a batch (`rng.batch_shard`) gets its rows of the whole batch's mask."""
+    keep = shard_of_batch(lambda shape: generator().random(shape, dtype=np.float32), x.shape) >= p
     return keep.astype(x.dtype) / (1 - p)
 
 

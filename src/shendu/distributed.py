@@ -1,0 +1,245 @@
+"""Data-parallel training on MPI, through mpi4py (`pip install "shendu[mpi]"`: mpi4py and MPICH).
+
+    mpiexec -n 2 python -m shendu train --recipe book --distributed --out runs/ddp
+
+or in Python, the same script in every rank:
+
+    trainer = shendu.distributed.DistributedTrainer(model, optimizer, run_dir="runs/ddp")
+    trainer.fit((x_train, t_train), (x_test, t_test), epochs=20)
+
+Every rank holds the whole model and the whole data set, and draws (from the same seeds) the same
+order of the images, the same augmentations and the same dropout masks. Each step cuts the batch
+into `shards` pieces, by default one per rank; a rank computes the gradient of its pieces' mean
+losses, each weighted by its share of the batch, and one Allreduce sums these across the ranks into
+the gradient of the whole batch's loss. The same buffer (Horovod calls it tensor fusion) carries
+BatchNorm's running averages, the loss, the right answers and whether a rank was asked to stop.
+Then every rank takes the same optimizer step, so the copies stay equal.
+
+- Dropout: each shard keeps its rows of the whole batch's mask (`rng.batch_shard`), so the shards
+  together are masked as one process would mask the batch.
+- BatchNorm normalises each shard by its own statistics (as PyTorch's DDP does without
+  SyncBatchNorm: no communication in the forward pass); the running averages are averaged over the
+  shards after each step, which for the running mean is what one process would have.
+- `deterministic=True` gathers every shard's buffer (Allgather) and adds them in shard order on
+  every rank, where Allreduce's order of additions depends on the number of ranks and on MPI's
+  algorithm: with the same `shards`, any number of ranks that divides it (one process included)
+  gives the same weights, bit for bit.
+
+At the start of `fit`, rank 0's whole training state (weights, optimizer and schedule, generators,
+position, history; read from its checkpoint when resuming) is broadcast to the others. Only rank 0
+writes the run directory (atomically, as always) and reports; a run resumes with any number of
+ranks, or in one process without MPI. Training runs on the CPU; each rank uses its share of the
+machine's cores (`share_cores`).
+"""
+import os
+import signal
+import time
+
+import numba
+import numpy as np
+import threadpoolctl
+
+from . import checkpointing, kernels, rng
+from .errors import ShenduError
+from .interrupts import StopRequest
+from .rollback import Rollback
+from .train import Trainer, _positive_int, device_of, evaluate
+
+__all__ = ["world", "share_cores", "on_root", "agree", "DistributedTrainer"]
+
+
+def world():
+    """MPI's COMM_WORLD (every process that mpiexec started); ShenduError without mpi4py."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as e:  # not installed, or no MPI library under it
+        raise ShenduError(f"distributed training needs MPI ({e}): pip install 'shendu[mpi]' "
+                          "(mpi4py and MPICH), then run under mpiexec -n N") from None
+    return MPI.COMM_WORLD
+
+
+def share_cores(comm):
+    """Give each rank an equal share of this machine's cores for Numba's and BLAS's threads (2
+    ranks on 2 cores: 1 thread each), unless NUMBA_NUM_THREADS was set. Returns the threads."""
+    from mpi4py import MPI
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return numba.get_num_threads()
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+    threads = max(1, len(os.sched_getaffinity(0)) // local.Get_size())
+    local.Free()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threadpoolctl.threadpool_limits(threads)
+    return threads
+
+
+def on_root(comm, action):
+    """Collective: `action()` on rank 0 (in every process when comm is None), its result
+    broadcast to all ranks; a ShenduError it raises is raised on every rank."""
+    if comm is None:
+        return action()
+    result = problem = None
+    if comm.Get_rank() == 0:
+        try:
+            result = action()
+        except ShenduError as e:
+            problem = str(e)
+    agree(comm, problem)
+    return comm.bcast(result, root=0)
+
+
+def agree(comm, problem):
+    """Collective: every rank raises ShenduError with the first rank's `problem` (a message, or
+    None) if any rank has one, so that a check made on rank 0 alone (its run directory, its
+    checkpoint) ends every rank, not only the one that made it."""
+    problems = [p for p in comm.allgather(problem) if p is not None]
+    if problems:
+        raise ShenduError(problems[0])
+
+
+class _AgreedStop(StopRequest):
+    """A stop request that acts only once every rank knows of it: a signal sets `asked`, and the
+    next step's Allreduce turns anyone's into `signum` on all, so all stop after the same step."""
+
+    def __init__(self):
+        self.asked = self.agreed = None
+
+    signum = property(lambda self: self.agreed, lambda self, value: setattr(self, "asked", value))
+
+
+class DistributedTrainer(Trainer):
+    """A Trainer whose every step is computed by all ranks of `comm` (default: MPI's world)
+    together: see the module's description. `shards` (default: the number of ranks, which must
+    divide it) is how many pieces each batch is cut into; `deterministic` fixes the order of the
+    sum. The other arguments are the Trainer's; only rank 0 keeps `run_dir` and a progress bar.
+    Each rank takes its share of the machine's cores (`share_cores`), `threads` of them."""
+
+    def __init__(self, model, optimizer, loss_fn=None, comm=None, shards=None,
+                 deterministic=False, **options):
+        self.comm = world() if comm is None else comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.shards = self.size if shards is None else _positive_int("shards", shards)
+        if self.shards % self.size:
+            raise ShenduError(f"{self.shards} shards cannot be shared equally by {self.size} "
+                              "ranks: choose a multiple of the number of ranks")
+        if device_of(model) is not kernels.cpu:
+            raise ShenduError("distributed training runs on the CPU: leave the model there")
+        self.deterministic = bool(deterministic)
+        self.threads = share_cores(self.comm)
+        self.communication_s = 0.0  # seconds spent in Allreduce (or Allgather), waits included
+        super().__init__(model, optimizer, loss_fn, **options)
+        if self.rank:
+            self.run_dir, self.progress = None, False
+
+    def fit(self, train, test, epochs=1, on_epoch=None, on_step=None, resume=None,
+            target_accuracy=None):
+        """`Trainer.fit` on every rank; `resume` is read by rank 0, whose state all ranks take."""
+        return super().fit(train, test, epochs, on_epoch, on_step,
+                           resume if self.rank == 0 else None, target_accuracy)
+
+    def _begin_fit(self, data, epochs, resume):
+        problem = state = None
+        if self.rank == 0:
+            try:
+                super()._begin_fit(data, epochs, resume)
+                state = checkpointing.state(self)
+            except ShenduError as e:
+                problem = str(e)
+        agree(self.comm, problem)
+        meta, arrays = self._broadcast(state)
+        if self.rank:
+            checkpointing.apply(self, meta, arrays)
+            self.stopped = None
+        self._check_shards(self._data["train_size"])
+        return self._fit["start"]
+
+    def _broadcast(self, state):
+        """Rank 0's (meta, arrays) on every rank: the plain values by mpi4py's object broadcast,
+        the arrays by MPI's own, into arrays allocated from their announced shapes."""
+        meta, arrays = state if self.rank == 0 else (None, None)
+        shapes = None if self.rank else [(k, a.dtype.str, a.shape) for k, a in arrays.items()]
+        meta, shapes = self.comm.bcast((meta, shapes), root=0)
+        received = {}
+        for name, dtype, shape in shapes:
+            a = np.ascontiguousarray(arrays[name]) if self.rank == 0 else np.empty(shape, dtype)
+            self.comm.Bcast(a, root=0)
+            received[name] = a
+        return meta, received
+
+    def _stop_request(self):
+        self._stop = _AgreedStop()
+        return self._stop
+
+    def _say(self, message):
+        if self.rank == 0:
+            super()._say(message)
+
+    # -- one step, shared ---------------------------------------------------------------------
+    def _check_shards(self, n):
+        """Every step must have an image for each shard (else a shard's dropout draws nothing)."""
+        last = n % self.batch_size or self.batch_size
+        if min(self.batch_size, last, n) < self.shards:
+            raise ShenduError(f"a step of {min(self.batch_size, last, n)} images cannot be cut "
+                              f"into {self.shards} shards: use fewer ranks or shards, or another "
+                              "batch size or subset")
+
+    def _gradient(self, images, t, K):
+        from mpi4py import MPI
+        n, per_rank = len(images), self.shards // self.size
+        bounds = np.linspace(0, n, self.shards + 1).round().astype(int)
+        start = rng.get_state()  # every shard draws from here, as the whole batch would
+        mine = np.stack([self._shard(images, t, bounds[k], bounds[k + 1], start, K)
+                         for k in range(self.rank * per_rank, (self.rank + 1) * per_rank)])
+        began = time.perf_counter()
+        if self.deterministic:
+            rows = np.empty((self.shards, mine.shape[1]), mine.dtype)
+            self.comm.Allgather(mine, rows)
+        else:
+            rows = mine
+        total = rows[0].copy()
+        for row in rows[1:]:  # in shard order
+            total += row
+        if not self.deterministic:
+            self.comm.Allreduce(MPI.IN_PLACE, total)  # in MPI's order of additions
+        self.communication_s += time.perf_counter() - began
+        return self._unpack(total)
+
+    def _shard(self, images, t, lo, hi, start, K):
+        """One shard's buffer: the gradient of the mean loss of rows lo:hi, the running averages
+        after their forward pass and that loss, each times the shard's share of the batch; then
+        its right answers, and 1 if this rank was asked to stop."""
+        rng.set_state(start)
+        rollback = Rollback(self.model, K)  # every shard moves the running averages from here
+        with rng.batch_shard(lo, hi, len(images)):
+            loss, correct = super()._gradient(images[lo:hi], t[lo:hi], K)
+        parts = [p.grad for p in self.model.parameters()]
+        parts += [b for _, b in self.model.named_buffers()] + [np.array([loss])]
+        dtype = parts[0].dtype
+        share = dtype.type((hi - lo) / len(images))
+        rollback.undo()
+        return np.concatenate([np.ravel(a).astype(dtype, copy=False) * share for a in parts]
+                              + [np.array([correct, self._stop.asked is not None], dtype)])
+
+    def _unpack(self, total):
+        """Set the gradients and running averages from the summed buffer; returns the batch's
+        loss and right answers, and turns any rank's stop request into everyone's."""
+        at = 0
+        for p in self.model.parameters():
+            p.grad = total[at:at + p.size].reshape(p.shape).copy()
+            at += p.size
+        buffers = {}
+        for name, b in self.model.named_buffers():
+            buffers[name] = total[at:at + b.size].reshape(b.shape)
+            at += b.size
+        self.model.load_state_dict(buffers, strict=False)
+        loss, correct, asked = total[at:]
+        if asked and self._stop.agreed is None:
+            self._stop.agreed = self._stop.asked or signal.SIGINT
+        return float(loss), int(round(correct))
+
+    def _accuracy(self, x_test, t_test):
+        """Each rank tests its slice of the test set; one Allreduce adds the right answers."""
+        lo, hi = (len(x_test) * np.array([self.rank, self.rank + 1])) // self.size
+        right = np.array([round(evaluate(self.model, x_test[lo:hi], t_test[lo:hi]) * (hi - lo))
+                          if hi > lo else 0], np.int64)
+        self.comm.Allreduce(right.copy(), right)
+        return int(right[0]) / len(x_test)
