@@ -139,6 +139,8 @@ def user_error_cases(tmp, untrained):
         "nothing to resume": ["train", "--resume", tmp / "nowhere"],
         "part of a whole experiment": ["experiment", "chapter1", "--only", "x"],
         "bench on a GPU without one": ["bench", "--device", "cuda"],
+        "GPU experiment without one": ["experiment", "bench_cuda", "--out", tmp / "results"],
+        "distributed shards without --distributed": ["train", "--shards", "2"],
         "unknown run of an experiment": ["experiment", "fashion_zoo", "--only", "alexnet"],
     }
 

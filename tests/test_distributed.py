@@ -13,7 +13,6 @@ The runs with several ranks go through mpiexec (from the mpich wheel, beside thi
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import shendu
-from shendu import nn, optim, rng
+from shendu import distributed, nn, optim, rng
 from shendu.distributed import DistributedTrainer
 
 MPI = pytest.importorskip("mpi4py.MPI", reason="pip install -e '.[mpi]'")
@@ -33,15 +32,13 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 import ddp_worker  # noqa: E402  (the script the ranks run, importable for the reference runs)
 
-MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                                       f"{os.environ.get('PATH', '')}")
+MPIEXEC = distributed.mpiexec()
 ENV = {**os.environ, "SHENDU_PROFILE": "full"}
 WEIGHTS = ("same_on_all_ranks", "ranks", "history")  # the worker's other entries
 
 
 def ranks(n, *args, timeout=300, **options):
     """Run `python *args` in n ranks under mpiexec."""
-    assert MPIEXEC, "mpiexec not found: pip install -e '.[mpi]' installs MPICH's"
     return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *map(str, args)],
                           capture_output=True, text=True, env=ENV, timeout=timeout, **options)
 
@@ -220,13 +217,51 @@ def test_each_mistake_ends_in_one_line(tmp_path):
 
     for flags, message in [
             (("--shards", 3), "3 shards cannot be shared equally by 2 ranks"),
-            (("--subset", 401), "a step of 1 images cannot be cut into 2 shards")]:
+            (("--subset", 401), "a step of 1 image cannot be cut into 2 shards")]:
         result = train(2, tmp_path / "run", *flags)
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"shendu: error: {message}"), line
 
-    result = subprocess.run([sys.executable, "-m", "shendu", "train", "--shards", "2"],
-                            capture_output=True, text=True, env=ENV)
-    assert result.returncode == 2
-    assert result.stderr == "shendu: error: --shards and --deterministic go with --distributed\n"
+
+# -- the cost model --------------------------------------------------------------------------------
+def ring(buffers):
+    """A ring Allreduce run step by step: (every worker's result, steps, bytes each sent)."""
+    n = len(buffers)
+    chunks = [np.array_split(b.astype(np.float64), n) for b in buffers]
+    steps, sent = 0, np.zeros(n)
+    for phase in ("reduce-scatter", "allgather"):
+        for step in range(n - 1):
+            # worker r passes one piece to r + 1: in the reduce-scatter the piece it has summed
+            # so far (r - step), in the allgather the finished one it holds (r + 1 - step)
+            pieces = [(r, (r - step + (phase == "allgather")) % n) for r in range(n)]
+            messages = [(r, k, chunks[r][k].copy()) for r, k in pieces]
+            for r, k, data in messages:
+                if phase == "reduce-scatter":
+                    chunks[(r + 1) % n][k] += data
+                else:
+                    chunks[(r + 1) % n][k] = data
+                sent[r] += data.nbytes
+            steps += 1
+    return [np.concatenate(c) for c in chunks], steps, sent
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_the_ring_model_counts_what_a_ring_sends(n):
+    buffers = [np.random.default_rng(k).standard_normal(8 * 3 * 5) for k in range(n)]
+    results, steps, sent = ring(buffers)
+    for result in results:
+        np.testing.assert_allclose(result, np.sum(buffers, axis=0), rtol=1e-12)
+    latency, bandwidth = 2e-6, 1e9
+    nbytes = buffers[0].nbytes
+    assert np.allclose(sent, sent[0])
+    assert distributed.ring_allreduce_s(nbytes, n, latency, bandwidth) == pytest.approx(
+        steps * latency + sent[0] / bandwidth)
+
+
+def test_speedup_is_ideal_with_free_communication_and_one_with_one_worker():
+    workers = np.array([1, 2, 16, 1024])
+    assert np.allclose(distributed.speedup(0.03, 5e5, workers, 0.0, np.inf), workers)
+    assert distributed.speedup(0.03, 5e5, 1, 1e-5, 1e9) == 1
+    slow = distributed.speedup(0.03, 5e5, workers, 1e-5, 1e8)
+    assert np.all(np.diff(slow) > 0) and np.all(slow < workers[-1])

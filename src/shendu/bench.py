@@ -415,14 +415,20 @@ def profile_table(rows):
     return "\n".join(lines)
 
 
+def require_gpu():
+    """ShenduError, saying why, unless a real CUDA GPU is here to time (before any worker)."""
+    if not kernels.cuda_available():
+        kernels.device("cuda")  # raises, saying why: no numba-cuda, or no GPU
+        raise ShenduError("numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) runs kernels in "
+                          "Python: no GPU to time")
+
+
 def main(args):
     if args.profile:
         print(profile_table(layer_profile()))
         return
-    if args.device == "cuda" and not kernels.cuda_available():  # one message, before any worker
-        kernels.device("cuda")  # raises, saying why: no numba-cuda, or no GPU
-        raise ShenduError("numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) runs kernels in "
-                          "Python: no GPU to time")
+    if args.device == "cuda":
+        require_gpu()
     results = run(networks=args.networks, batches=args.batches, rounds=args.rounds,
                   start_up=not args.no_startup, device=args.device)
     print(report(results))

@@ -32,8 +32,11 @@ ranks, or in one process without MPI. Training runs on the CPU; each rank uses i
 machine's cores (`share_cores`).
 """
 import os
+import shutil
 import signal
+import sys
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -45,7 +48,43 @@ from .interrupts import StopRequest
 from .rollback import Rollback
 from .train import Trainer, _positive_int, device_of, evaluate
 
-__all__ = ["world", "share_cores", "on_root", "agree", "DistributedTrainer"]
+__all__ = ["world", "share_cores", "on_root", "agree", "DistributedTrainer", "ring_allreduce_s",
+           "speedup", "start_engines", "mpiexec"]
+
+
+def ring_allreduce_s(nbytes, workers, latency_s, bytes_per_s):
+    """The seconds of a ring Allreduce of `nbytes` among `workers` (Patarasuk and Yuan, 2009): a
+    reduce-scatter then an allgather around the ring, 2(N − 1) steps, each paying the link's
+    latency, in which every worker sends 2(N − 1)/N of the buffer at `bytes_per_s`."""
+    n = np.asarray(workers, dtype=float)
+    return 2 * (n - 1) * latency_s + 2 * (n - 1) / n * nbytes / bytes_per_s
+
+
+def speedup(step_s, nbytes, workers, latency_s, bytes_per_s):
+    """Data-parallel speed-up over one worker, every worker keeping the batch of one (so N
+    workers take N times the images per step): N · step / (step + Allreduce), the Allreduce of
+    the `nbytes` of gradients coming after the backward pass, as in shendu, not overlapping it."""
+    n = np.asarray(workers, dtype=float)
+    return n * step_s / (step_s + ring_allreduce_s(nbytes, n, latency_s, bytes_per_s))
+
+
+def start_engines(n=2):
+    """For a notebook: start `n` MPI engines (ipyparallel, through the mpiexec beside this
+    Python, else on PATH) and send `%%px` cells to them all. Returns (cluster, client); end them
+    with `cluster.stop_cluster_sync()`."""
+    import ipyparallel
+    cluster = ipyparallel.Cluster(engines="mpi", n=n, log_level=40)  # errors only
+    cluster.config.MPIEngineSetLauncher.mpi_cmd = [mpiexec()]
+    return cluster, cluster.start_and_connect_sync(activate=True)
+
+
+def mpiexec():
+    """The path of mpiexec: the one beside this Python (the mpich wheel's), else on PATH."""
+    found = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                         f"{os.environ.get('PATH', '')}")
+    if found is None:
+        raise ShenduError("no mpiexec here: pip install 'shendu[mpi]' installs MPICH's")
+    return found
 
 
 def world():
@@ -176,10 +215,10 @@ class DistributedTrainer(Trainer):
     # -- one step, shared ---------------------------------------------------------------------
     def _check_shards(self, n):
         """Every step must have an image for each shard (else a shard's dropout draws nothing)."""
-        last = n % self.batch_size or self.batch_size
-        if min(self.batch_size, last, n) < self.shards:
-            raise ShenduError(f"a step of {min(self.batch_size, last, n)} images cannot be cut "
-                              f"into {self.shards} shards: use fewer ranks or shards, or another "
+        least = min(self.batch_size, n % self.batch_size or self.batch_size, n)
+        if least < self.shards:
+            raise ShenduError(f"a step of {least} image{'s' * (least > 1)} cannot be cut into "
+                              f"{self.shards} shards: use fewer ranks or shards, or another "
                               "batch size or subset")
 
     def _gradient(self, images, t, K):

@@ -130,6 +130,17 @@ def bench(rounds=5):
 
 
 @experiment
+def bench_cuda(rounds=3):
+    """shendu's CUDA kernels against PyTorch's on the same GPU (`bench --device cuda`):
+    DeepConvNet and ResNet-20, training and inference at batch 100 and 256, for the chapter
+    "Speeding up". Needs a CUDA GPU, and PyTorch with CUDA beside shendu for the ratios."""
+    from . import bench as bench_module
+    bench_module.require_gpu()
+    return bench_module.run(networks=("deepconvnet", "resnet20"), batches=(100, 256),
+                            rounds=rounds, start_up=False, device="cuda")
+
+
+@experiment
 def ladder(batch=32):
     """The ladder of convolution kernels (shendu.kernels.LADDER) on DeepConvNet, with this
     machine's measured GEMM peak and memory bandwidth: the chapter "Speeding up"'s roofline."""
@@ -197,11 +208,8 @@ def scaling(rounds=5):
     second in one process of 2 threads and in 2 MPI ranks of 1 thread each, each in fresh
     processes, the two alternating round after round; the time per step spent in Allreduce; and
     Allreduce's time against the bytes it sums, for the chapter "Speeding up"'s cost model."""
-    import shutil
-    mpiexec = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                                           f"{os.environ.get('PATH', '')}")
-    if mpiexec is None:
-        raise ShenduError("the scaling experiment needs MPI: pip install 'shendu[mpi]'")
+    from .distributed import mpiexec as find_mpiexec
+    mpiexec = find_mpiexec()
     commands = {"1 process x 2 threads": [sys.executable],
                 "2 ranks x 1 thread": [mpiexec, "-n", "2", sys.executable]}
     runs = {name: [] for name in commands}

@@ -14,7 +14,7 @@ from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
-           "block_diagram", "run_curves", "augmentations"]
+           "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling"]
 
 
 def training_curves(history):
@@ -211,4 +211,79 @@ def augmentations(images, transforms, copies=5, seed=0):
             ax.set(xticks=[], yticks=[])
         line[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     axes[0, 0].set_title("original", fontsize=9)
+    return fig
+
+
+def time_shares(rows):
+    """Stacked bars of where steps spend their time: {row label: {kind of layer: time}}, each
+    row scaled to 100%. Kinds keep one colour across rows, in the order they first appear,
+    "other" last."""
+    kinds = list(dict.fromkeys(kind for shares in rows.values() for kind in shares))
+    kinds = [k for k in kinds if k != "other"] + ["other"] * ("other" in kinds)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.3), layout="constrained")
+    labels = list(rows)[::-1]  # the first row on top
+    left = np.zeros(len(labels))
+    for i, kind in enumerate(kinds):
+        share = np.array([100 * rows[r].get(kind, 0) / sum(rows[r].values()) for r in labels])
+        ax.barh(labels, share, left=left, color=f"C{i}", label=kind)
+        for y, (x, w) in enumerate(zip(left, share)):
+            if w >= 6:
+                ax.text(x + w / 2, y, f"{w:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white")
+        left += share
+    ax.set(xlim=(0, 100), xlabel="share of the step's time (%)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
+def ladder(figures):
+    """The kernel ladder (the `ladder` experiment's figures): DeepConvNet's images per second on
+    each rung, and each rung's convolutions on the roofline of this machine, attainable
+    GFLOP/s = min(peak, arithmetic intensity × bandwidth), from the measured GEMM peak and
+    STREAM triad."""
+    rungs = figures["rungs"]
+    fig, (ax_rate, ax_roof) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    x = np.arange(len(rungs))
+    for k, (task, label) in enumerate((("train", "training"), ("infer", "inference"))):
+        rates = [r[f"{task}_images_per_s"] for r in rungs.values()]
+        bars = ax_rate.bar(x + (k - 0.5) * 0.38, rates, 0.38, label=label)
+        ax_rate.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax_rate.set(xticks=x, xticklabels=list(rungs), yscale="log", ylabel="images per second",
+                title="DeepConvNet on each rung")
+    ax_rate.legend()
+    peak, bandwidth = figures["gemm_peak_gflops"], figures["stream_triad_gbps"]
+    intensity = np.logspace(-1, 3, 200)
+    ax_roof.plot(intensity, np.minimum(peak, intensity * bandwidth), "k-", lw=1.5)
+    ax_roof.text(peak / bandwidth, peak * 1.15, f"GEMM peak {peak:.0f} GFLOP/s", fontsize=8)
+    ax_roof.text(0.15, 0.15 * bandwidth * 1.3, f"memory {bandwidth:.0f} GB/s", rotation=33,
+                 fontsize=8)
+    for i, (name, rung) in enumerate(rungs.items()):
+        ai = [layer["flops"] / layer["bytes"] for layer in rung["layers"]]
+        rate = [layer["flops"] / layer["forward_s"] / 1e9 for layer in rung["layers"]]
+        ax_roof.plot(ai, rate, "o", color=f"C{i + 2}", label=name, ms=5)
+    ax_roof.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP per byte)",
+                ylabel="GFLOP/s", title="Forward convolutions on the roofline")
+    ax_roof.legend(fontsize=8)
+    for ax in (ax_rate, ax_roof):
+        ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def scaling(workers, panels, reference=None):
+    """Speed-up against the number of workers, log-log, with the ideal line, one panel per
+    {title: {label: speed-ups}}; `reference` an optional (workers, speed-up, label) point drawn
+    on each."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        ax.plot(workers, workers, color="0.6", ls=":", label="ideal")
+        for label, speedups in curves.items():
+            ax.plot(workers, speedups, label=label)
+        if reference is not None:
+            n, s, label = reference
+            ax.plot([n], [s], "k*", ms=12, label=label)
+        ax.set(xscale="log", yscale="log", xlabel="workers", title=title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel("speed-up over one worker")
+    axes[0, -1].legend(fontsize=8)
     return fig
