@@ -3,8 +3,8 @@
 - one rank, one shard: the plain Trainer, bit for bit;
 - N = 2 and 4 ranks (oversubscribed on 2 cores) in the deterministic mode: the same weights as one
   process cutting each batch into the same shards, bit for bit, and the same on every rank;
-- N = 2 in the default mode (Allreduce): the single-process run within float32 rounding, with
-  dropout and augmentation, whose draws each shard takes from the whole batch's;
+- N = 2 and 4 in the default mode (Allreduce): the single-process run within float32 rounding,
+  with dropout and augmentation, whose draws each shard takes from the whole batch's;
 - BatchNorm normalises each shard by its own statistics: checked against a hand-made oracle;
 - the command line: a run, a run killed mid-way (the job ends, the last checkpoint stays) and
   resumed on another number of ranks to the same weights; and each user error in one line.
@@ -90,10 +90,11 @@ def test_any_number_of_ranks_gives_the_same_weights_in_the_deterministic_mode(tm
         assert same(worker(tmp_path, n, **options), one), n
 
 
-def test_two_ranks_train_as_one_process_within_rounding(tmp_path):
+@pytest.mark.parametrize("n", [2, 4])
+def test_ranks_train_as_one_process_within_rounding(tmp_path, n):
     # DeepConvNet's dropout and the augmentation: each shard must draw the whole batch's
     options = {"model": "deepconvnet", "augment": True, "epochs": 2}
-    assert largest_difference(worker(tmp_path, 2, **options), in_process(**options)) < 1e-4
+    assert largest_difference(worker(tmp_path, n, **options), in_process(**options)) < 1e-4
 
 
 def test_a_shard_gets_its_rows_of_the_whole_batch_dropout_mask():

@@ -12,8 +12,10 @@ order of the images, the same augmentations and the same dropout masks. Each ste
 into `shards` pieces, by default one per rank; a rank computes the gradient of its pieces' mean
 losses, each weighted by its share of the batch, and one Allreduce sums these across the ranks into
 the gradient of the whole batch's loss. The same buffer (Horovod calls it tensor fusion) carries
-BatchNorm's running averages, the loss, the right answers and whether a rank was asked to stop.
-Then every rank takes the same optimizer step, so the copies stay equal.
+BatchNorm's running averages, the loss, the right answers and whether a rank was asked to stop
+(Ctrl-C under mpiexec reaches every rank, not all in the same step: all stop after the step in
+which the first knew). Then every rank takes the same optimizer step, so the copies stay equal.
+At the end of an epoch each rank tests a slice of the test set.
 
 - Dropout: each shard keeps its rows of the whole batch's mask (`rng.batch_shard`), so the shards
   together are masked as one process would mask the batch.
@@ -30,6 +32,9 @@ position, history; read from its checkpoint when resuming) is broadcast to the o
 writes the run directory (atomically, as always) and reports; a run resumes with any number of
 ranks, or in one process without MPI. Training runs on the CPU; each rank uses its share of the
 machine's cores (`share_cores`).
+
+For the chapter "Speeding up": `ring_allreduce_s` and `speedup` model how far this scales, and
+`start_engines` starts MPI engines for a notebook's `%%px` cells.
 """
 import os
 import shutil
@@ -48,7 +53,7 @@ from .interrupts import StopRequest
 from .rollback import Rollback
 from .train import Trainer, _positive_int, device_of, evaluate
 
-__all__ = ["world", "share_cores", "on_root", "agree", "DistributedTrainer", "ring_allreduce_s",
+__all__ = ["world", "share_cores", "on_root", "DistributedTrainer", "ring_allreduce_s",
            "speedup", "start_engines", "mpiexec"]
 
 
@@ -104,16 +109,19 @@ def share_cores(comm):
     if "NUMBA_NUM_THREADS" in os.environ:
         return numba.get_num_threads()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
-    threads = max(1, len(os.sched_getaffinity(0)) // local.Get_size())
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count())
+    threads = max(1, cores // local.Get_size())
     local.Free()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     threadpoolctl.threadpool_limits(threads)
     return threads
 
 
-def on_root(comm, action):
+def on_root(comm, action, share=True):
     """Collective: `action()` on rank 0 (in every process when comm is None), its result
-    broadcast to all ranks; a ShenduError it raises is raised on every rank."""
+    broadcast to all ranks if `share` (plain values: mpi4py pickles them), else returned on rank
+    0 alone; a ShenduError it raises is raised on every rank."""
     if comm is None:
         return action()
     result = problem = None
@@ -122,17 +130,10 @@ def on_root(comm, action):
             result = action()
         except ShenduError as e:
             problem = str(e)
-    agree(comm, problem)
-    return comm.bcast(result, root=0)
-
-
-def agree(comm, problem):
-    """Collective: every rank raises ShenduError with the first rank's `problem` (a message, or
-    None) if any rank has one, so that a check made on rank 0 alone (its run directory, its
-    checkpoint) ends every rank, not only the one that made it."""
-    problems = [p for p in comm.allgather(problem) if p is not None]
-    if problems:
-        raise ShenduError(problems[0])
+    problem = comm.bcast(problem, root=0)  # a check made on rank 0 alone ends every rank
+    if problem is not None:
+        raise ShenduError(problem)
+    return comm.bcast(result, root=0) if share else result
 
 
 class _AgreedStop(StopRequest):
@@ -140,7 +141,8 @@ class _AgreedStop(StopRequest):
     next step's Allreduce turns anyone's into `signum` on all, so all stop after the same step."""
 
     def __init__(self):
-        self.asked = self.agreed = None
+        self.agreed = None
+        super().__init__()  # sets `asked`, through the property
 
     signum = property(lambda self: self.agreed, lambda self, value: setattr(self, "asked", value))
 
@@ -176,15 +178,10 @@ class DistributedTrainer(Trainer):
                            resume if self.rank == 0 else None, target_accuracy)
 
     def _begin_fit(self, data, epochs, resume):
-        problem = state = None
-        if self.rank == 0:
-            try:
-                super()._begin_fit(data, epochs, resume)
-                state = checkpointing.state(self)
-            except ShenduError as e:
-                problem = str(e)
-        agree(self.comm, problem)
-        meta, arrays = self._broadcast(state)
+        def begin():
+            super(DistributedTrainer, self)._begin_fit(data, epochs, resume)
+            return checkpointing.state(self)
+        meta, arrays = self._broadcast(on_root(self.comm, begin, share=False))
         if self.rank:
             checkpointing.apply(self, meta, arrays)
             self.stopped = None
