@@ -76,10 +76,24 @@ def speedup(step_s, nbytes, workers, latency_s, bytes_per_s):
 def start_engines(n=2):
     """For a notebook: start `n` MPI engines (ipyparallel, through the mpiexec beside this
     Python, else on PATH) and send `%%px` cells to them all. Returns (cluster, client); end them
-    with `cluster.stop_cluster_sync()`."""
+    with `cluster.stop_cluster_sync()`. Without mpi4py, MPI or ipyparallel, it says what to
+    install, makes `%%px` cells say they were skipped, and returns (None, None)."""
+    import importlib.util
+    missing = [name for name in ("mpi4py", "ipyparallel") if importlib.util.find_spec(name) is None]
+    try:
+        command = None if missing else mpiexec()
+    except ShenduError:
+        missing = ["mpiexec"]
+    if missing:
+        from IPython import get_ipython
+        print(f"No MPI engines here ({', '.join(missing)} missing): pip install 'shendu[mpi]' "
+              "ipyparallel to run the %%px cells, which are skipped.")
+        get_ipython().register_magic_function(
+            lambda line, cell: print("skipped: no MPI engines"), "cell", "px")
+        return None, None
     import ipyparallel
     cluster = ipyparallel.Cluster(engines="mpi", n=n, log_level=40)  # errors only
-    cluster.config.MPIEngineSetLauncher.mpi_cmd = [mpiexec()]
+    cluster.config.MPIEngineSetLauncher.mpi_cmd = [command]
     return cluster, cluster.start_and_connect_sync(activate=True)
 
 
