@@ -28,7 +28,7 @@ def shendu_cli(*args, cwd=None):
 
 
 def test_every_command_explains_itself(capsys):
-    commands = [None, "train", "evaluate", "predict", "summary", "experiment", "bench"]
+    commands = [None, "train", "evaluate", "predict", "export", "summary", "experiment", "bench"]
     for command in commands:
         with pytest.raises(SystemExit) as end:
             cli.main([command, "--help"] if command else ["--help"])
@@ -140,6 +140,9 @@ def user_error_cases(tmp, untrained):
         "part of a whole experiment": ["experiment", "chapter1", "--only", "x"],
         "bench on a GPU without one": ["bench", "--device", "cuda"],
         "GPU experiment without one": ["experiment", "bench_cuda", "--out", tmp / "results"],
+        "export of no run directory": ["export", tmp / "nowhere", tmp / "x.onnx"],
+        "export of a broken run": ["export", tmp / "broken", tmp / "x.onnx"],
+        "export into no folder": ["export", untrained, tmp / "no" / "such" / "x.onnx"],
         "distributed shards without --distributed": ["train", "--shards", "2"],
         "unknown run of an experiment": ["experiment", "fashion_zoo", "--only", "alexnet"],
     }

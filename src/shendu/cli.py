@@ -7,6 +7,7 @@
     mpiexec -n N shendu train --distributed [--shards S] [--deterministic] [train's flags]
     shendu evaluate RUN_DIR... [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
+    shendu export RUN_DIR OUT.onnx
     shendu summary MODEL [--input 1x28x28] [--classes 10]
     shendu experiment NAME [--readme] [--only RUN,...]
     shendu bench [--networks NAME,...] [--batches B,...] [--rounds N] [--json FILE]
@@ -257,6 +258,13 @@ def _predict(args):
             print(f"{r['path']}: {r['label']} ({100 * r['probability']:.1f}%)")
 
 
+def _export(args):
+    from .export import OPSET, onnx
+    onnx(load(args.run_dir), args.out)
+    print(f"wrote {args.out} (ONNX opset {OPSET}): input \"images\" (batch, C, H, W), float32 "
+          "pixels in [0, 1]; output \"logits\"")
+
+
 def _summary(args):
     print(summary(models.get(args.model, num_classes=args.classes, input_shape=args.input)))
 
@@ -368,6 +376,11 @@ def _parser():
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(command=_predict)
+
+    p = commands.add_parser("export", help="write a trained model as an ONNX file")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("out", type=Path, metavar="OUT.onnx")
+    p.set_defaults(command=_export)
 
     p = commands.add_parser("summary", help="layers, output shapes and parameters of a model")
     p.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(models.names())}")
