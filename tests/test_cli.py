@@ -69,6 +69,14 @@ def test_evaluate_json_shows_the_model_learned(trained):
     assert report["accuracy"] > 0.85
     text = shendu_cli("evaluate", trained[0]).stdout
     assert f"{100 * report['accuracy']:.2f}%" in text
+    assert report["precision"] == "float32"
+    for precision in ("float16", "bfloat16"):  # the model in 16 bits: about as good
+        result = shendu_cli("evaluate", trained[0], "--precision", precision, "--json")
+        assert result.returncode == 0, result.stderr
+        low = json.loads(result.stdout)
+        assert low["precision"] == precision and abs(low["accuracy"] - report["accuracy"]) < 0.01
+    text = shendu_cli("evaluate", trained[0], "--precision", "float16").stdout
+    assert "(weights and activations in float16)" in text
 
 
 def test_predict_reads_digits_from_image_files(trained, tmp_path):
@@ -165,6 +173,7 @@ def usage_error_cases():
         "unknown bench network": ["bench", "--networks", "deepconvnet,alexnet"],
         "bench batch 0": ["bench", "--batches", "small,0"],
         "bench rounds 0": ["bench", "--rounds", "0"],
+        "unknown precision": ["evaluate", "runs/x", "--precision", "float8"],
     }
 
 

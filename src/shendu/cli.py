@@ -5,7 +5,7 @@
                  [--checkpoint-every N]
     shendu train --resume RUN_DIR [--checkpoint-every N]
     mpiexec -n N shendu train --distributed [--shards S] [--deterministic] [train's flags]
-    shendu evaluate RUN_DIR... [--tta N] [--json]
+    shendu evaluate RUN_DIR... [--precision float16|bfloat16|...] [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu export RUN_DIR OUT.onnx
     shendu summary MODEL [--input 1x28x28] [--classes 10]
@@ -214,7 +214,8 @@ def _recipe_of(run_dir):
 
 
 def _evaluate(args):
-    members = [load(run_dir) for run_dir in args.run_dirs]  # an ensemble when more than one
+    members = [load(run_dir).to(dtype=args.precision)  # an ensemble when more than one
+               for run_dir in args.run_dirs]
     (name, recipe), *others = [_recipe_of(run_dir) for run_dir in args.run_dirs]
     for run_dir, (other, r) in zip(args.run_dirs[1:], others):
         if r.dataset != recipe.dataset or (args.tta and repr(r.augmentation())
@@ -231,10 +232,12 @@ def _evaluate(args):
                         copies=args.tta or 1)
     if args.json:
         print(json.dumps({"accuracy": accuracy, "n": len(x), "dataset": recipe.dataset,
-                          "split": "test", "models": len(members), "tta": args.tta or 0}))
+                          "split": "test", "models": len(members), "tta": args.tta or 0,
+                          "precision": args.precision}))
     else:
         how = [f"{len(members)} models' averaged probabilities"] * (len(members) > 1) + \
-              [f"{args.tta} augmented views"] * bool(args.tta)
+              [f"{args.tta} augmented views"] * bool(args.tta) + \
+              [f"weights and activations in {args.precision}"] * (args.precision != "float32")
         print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} "
               f"{datasets.describe(recipe.dataset)[0]} test images"
               + (f" ({' and '.join(how)})" if how else ""))
@@ -366,6 +369,9 @@ def _parser():
     p = commands.add_parser("evaluate", help="test accuracy of trained models (more than one: "
                                              "their ensemble)")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument("--precision", choices=("float64", "float32", "float16", "bfloat16"),
+                   default="float32", help="store weights and activations in this type "
+                                           "(default: float32)")
     p.add_argument("--tta", type=_number(int), metavar="N",
                    help="also average over N views augmented as the run was trained")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
+import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
@@ -107,7 +108,9 @@ def save(model, run_dir):
     """Write `model.safetensors` and `config.json` into `run_dir` (created if needed).
 
     The model must come from `shendu.models.get` (or a registered builder): its `config` dict is
-    what `load` rebuilds it from.
+    what `load` rebuilds it from. Weights stored in bfloat16 are written as float32, which holds
+    every bfloat16 value (safetensors' NumPy reader has no bfloat16); `load` builds a float32
+    model either way.
     """
     from . import __version__
 
@@ -116,7 +119,8 @@ def save(model, run_dir):
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"cannot save a {type(model).__name__} without a `config`: build "
                               "models with shendu.models.get so they can be rebuilt on load")
-    state = model.state_dict()
+    state = {name: a.astype(np.float32) if a.dtype == BFLOAT16 else a
+             for name, a in model.state_dict().items()}
     _floats_only(state)
     try:
         config_text = json.dumps({**config, "shendu_version": __version__}, indent=2) + "\n"
@@ -129,6 +133,9 @@ def save(model, run_dir):
             write_atomic({run_dir / WEIGHTS: weights, run_dir / CONFIG: config_text.encode()})
         except OSError as e:
             raise CheckpointError(f"could not save the model in {run_dir}: {e}") from None
+
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def _floats_only(arrays):

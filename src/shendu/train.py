@@ -138,9 +138,16 @@ def device_of(model):
     return kernels.of(params[0].data) if params else kernels.cpu
 
 
+def _on_device(model, images, K):
+    """A batch of float images as the model takes it: on its device K, in its parameters' type
+    (float64, float32, or 16 bits: see Module.astype)."""
+    params = model.parameters()
+    return K.array(images.astype(params[0].data.dtype, copy=False) if params else images)
+
+
 def _outputs(model, images, K):
     """The model's outputs (NumPy) on a batch of float images, sent to its device K."""
-    return kernels.to_host(model(K.array(images)))
+    return kernels.to_host(model(_on_device(model, images, K)))
 
 
 def _logits(model, x, batch_size):
@@ -380,7 +387,7 @@ class Trainer:
     def _gradient(self, images, t, K):
         """The batch's mean loss and number of right answers; afterwards, if the loss is finite,
         every parameter's grad holds its gradient."""
-        logits = self.model(K.array(images))
+        logits = self.model(_on_device(self.model, images, K))
         loss = self.loss_fn(logits, t)
         if math.isfinite(loss):
             nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images

@@ -13,13 +13,17 @@ import importlib
 import numpy as np
 
 from ..errors import ShenduError
-from . import cpu
+from . import cpu, narrow
+
+NARROW = set(narrow.DTYPES.values())  # the 16-bit storage types
 
 
 def of(a):
-    """The kernel module for the device where the array a lives."""
+    """The kernel module for the device where the array a lives (and, for 16-bit NumPy arrays,
+    the type it is stored in: kernels.narrow)."""
     if isinstance(a, np.ndarray) or not getattr(a, "__cuda_ndarray__", False):
-        return cpu
+        dtype = getattr(a, "dtype", None)
+        return narrow.narrow(dtype) if dtype in NARROW else cpu
     from . import cuda
     return cuda
 
@@ -57,6 +61,11 @@ def cuda_available():
     return gpu is not None and gpu.available() and not gpu.SIMULATED
 
 
+def is_float(dtype):
+    """Whether arrays of `dtype` hold floating-point numbers (NumPy's, or a 16-bit storage type)."""
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype) in NARROW
+
+
 def to_host(a):
     """a as a NumPy array: itself when it is one, else a copy from the device."""
     return cpu.array(a)
@@ -64,7 +73,7 @@ def to_host(a):
 
 def host_copy(a):
     """A NumPy copy of a, wherever it lives."""
-    return a.copy_to_host() if of(a) is not cpu else np.array(a)
+    return a.copy_to_host() if getattr(a, "__cuda_ndarray__", False) else np.array(a)
 
 
 # -- the ladder of convolution kernels, from the textbook to the machine's peak ------------------

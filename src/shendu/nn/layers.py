@@ -30,8 +30,9 @@ def _nchw(x):
 def _check_input(layer, x, ndim, channels=None):
     """Wrong inputs fail here, naming the layer and the shapes, not deep inside a kernel."""
     K = kernels.of(x)
-    x = np.asarray(x) if K is kernels.cpu else x
-    if x.dtype.kind != "f" or (K is not kernels.cpu and x.dtype != np.float32):
+    on_cpu = K.DEVICE == "cpu"
+    x = np.asarray(x) if on_cpu else x
+    if not kernels.is_float(x.dtype) or (not on_cpu and x.dtype != np.float32):
         raise ShenduError(f"{layer!r} expects floating-point input (images scaled to [0, 1]; "
                           f"float32 on CUDA), got dtype {x.dtype}")
     if x.ndim != ndim or (channels is not None and x.shape[1] != channels):
@@ -39,14 +40,18 @@ def _check_input(layer, x, ndim, channels=None):
         want = want.replace("C", str(channels)).replace("features", str(channels))
         raise ShenduError(f"{layer!r} expects input of shape {want}, got {tuple(x.shape)}")
     weight = layer._params.get("weight")
-    if weight is not None and kernels.of(weight.data) is not K:
-        raise ShenduError(f"{layer!r} has its weights on {kernels.of(weight.data).DEVICE} but its "
-                          f"input on {K.DEVICE}: move the input there, or the model with .to()")
+    if weight is not None and (kernels.of(weight.data) is not K or weight.data.dtype != x.dtype):
+        W = kernels.of(weight.data)
+        if W.DEVICE == K.DEVICE:
+            raise ShenduError(f"{layer!r} has its weights in {weight.data.dtype} but its input in "
+                              f"{x.dtype}: cast the input, or the model with .to(dtype=...)")
+        raise ShenduError(f"{layer!r} has its weights on {W.DEVICE} but its input on "
+                          f"{K.DEVICE}: move the input there, or the model with .to()")
     return x
 
 
 def _cpu_only(layer, x):
-    if kernels.of(x) is not kernels.cpu:
+    if kernels.of(x).DEVICE != "cpu":
         raise ShenduError(f"{type(layer).__name__} has no CUDA kernel yet: keep the model on the "
                           "CPU, or use ReLU")
 

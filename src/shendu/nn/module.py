@@ -36,6 +36,22 @@ def enable_grad():
         _GRAD_MODE.pop()
 
 
+FLOAT_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32),
+                **kernels.narrow.DTYPES}
+
+
+def float_dtype(dtype):
+    """The NumPy dtype a model can be stored in, from its name ("float64", "float32",
+    "float16", "bfloat16") or itself; ShenduError for any other."""
+    try:
+        found = FLOAT_DTYPES[dtype] if isinstance(dtype, str) else np.dtype(dtype)
+    except (KeyError, TypeError):
+        found = None
+    if found is None or dtype is None or found not in FLOAT_DTYPES.values():
+        raise ShenduError(f"a model is stored as one of {', '.join(FLOAT_DTYPES)}, not {dtype!r}")
+    return found
+
+
 class Parameter:
     """A learnable array and the gradient of the last backward pass."""
 
@@ -145,16 +161,22 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, device):
+    def to(self, device=None, dtype=None):
         """Move every parameter (data and gradient) and buffer to `device`, "cpu" or "cuda"
-        (numba.cuda device arrays, float32), in place; returns the module. As in PyTorch,
-        .to("cuda") raises where there is no GPU: `shendu.cuda_available()` tells first."""
+        (numba.cuda device arrays, float32), and/or store them as `dtype` ("float64",
+        "float32", "float16", "bfloat16", or a NumPy dtype: see `astype`), in place; returns the
+        module. As in PyTorch, .to("cuda") raises where there is no GPU: `shendu.cuda_available()`
+        tells first."""
+        if dtype is not None:
+            self.astype(dtype)
+        if device is None:
+            return self
         K = kernels.device(device)
         if K is not kernels.cpu:
             wide = [(name, a.dtype) for name, a in self._arrays() if a.dtype != np.float32]
             if wide:
                 raise ShenduError(f"the CUDA kernels compute in float32, but {wide[0][0]} is "
-                                  f"{wide[0][1]}: call .astype(np.float32) first")
+                                  f"{wide[0][1]}: call .float() first")
         for m in self.modules():
             for p in m._params.values():
                 p.data, p.grad = K.array(p.data), K.array(p.grad)
@@ -166,8 +188,11 @@ class Module:
         return self.named_buffers() + [(name, p.data) for name, p in self.named_parameters()]
 
     def astype(self, dtype):
-        """Cast every parameter and buffer (float64 for gradient checks), on the CPU."""
-        if any(kernels.of(a) is not kernels.cpu for _, a in self._arrays()):
+        """Store every parameter and buffer as `dtype`, on the CPU: float64 (gradient checks),
+        float32 (the default), or in 16 bits, float16 or bfloat16 (see kernels.narrow: 16-bit
+        storage, float32 arithmetic inside each kernel). Names as in `float_dtype`."""
+        dtype = float_dtype(dtype)
+        if any(kernels.of(a).DEVICE != "cpu" for _, a in self._arrays()):
             raise ShenduError("astype needs the model on the CPU (.to('cpu')): the CUDA kernels "
                               "compute in float32")
         for m in self.modules():
@@ -177,6 +202,18 @@ class Module:
             for name in m._buffers:
                 object.__setattr__(m, name, getattr(m, name).astype(dtype))
         return self
+
+    def double(self):
+        return self.astype("float64")
+
+    def float(self):
+        return self.astype("float32")
+
+    def half(self):
+        return self.astype("float16")
+
+    def bfloat16(self):
+        return self.astype("bfloat16")
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self):
