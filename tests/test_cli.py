@@ -70,13 +70,15 @@ def test_evaluate_json_shows_the_model_learned(trained):
     text = shendu_cli("evaluate", trained[0]).stdout
     assert f"{100 * report['accuracy']:.2f}%" in text
     assert report["precision"] == "float32"
-    for precision in ("float16", "bfloat16"):  # the model in 16 bits: about as good
+    for precision in ("float16", "bfloat16", "int8"):  # in 16 bits, or int8: about as good
         result = shendu_cli("evaluate", trained[0], "--precision", precision, "--json")
         assert result.returncode == 0, result.stderr
         low = json.loads(result.stdout)
         assert low["precision"] == precision and abs(low["accuracy"] - report["accuracy"]) < 0.01
     text = shendu_cli("evaluate", trained[0], "--precision", "float16").stdout
     assert "(weights and activations in float16)" in text
+    binary = json.loads(shendu_cli("evaluate", trained[0], "--precision", "binary", "--json").stdout)
+    assert binary["precision"] == "binary" and 0 <= binary["accuracy"] <= 1
 
 
 def test_predict_reads_digits_from_image_files(trained, tmp_path):

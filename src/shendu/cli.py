@@ -5,7 +5,7 @@
                  [--checkpoint-every N]
     shendu train --resume RUN_DIR [--checkpoint-every N]
     mpiexec -n N shendu train --distributed [--shards S] [--deterministic] [train's flags]
-    shendu evaluate RUN_DIR... [--precision float16|bfloat16|...] [--tta N] [--json]
+    shendu evaluate RUN_DIR... [--precision float16|bfloat16|int8|binary|...] [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
     shendu export RUN_DIR OUT.onnx
     shendu summary MODEL [--input 1x28x28] [--classes 10]
@@ -37,6 +37,7 @@ from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_ru
                  read_checkpoint)
 from .rng import manual_seed
 from .summarize import summary
+from .quantization import binarize, quantize
 from .train import Trainer, evaluate, predict_proba
 
 
@@ -214,8 +215,7 @@ def _recipe_of(run_dir):
 
 
 def _evaluate(args):
-    members = [load(run_dir).to(dtype=args.precision)  # an ensemble when more than one
-               for run_dir in args.run_dirs]
+    members = [load(run_dir) for run_dir in args.run_dirs]  # an ensemble when more than one
     (name, recipe), *others = [_recipe_of(run_dir) for run_dir in args.run_dirs]
     for run_dir, (other, r) in zip(args.run_dirs[1:], others):
         if r.dataset != recipe.dataset or (args.tta and repr(r.augmentation())
@@ -227,7 +227,8 @@ def _evaluate(args):
     if args.tta and tta is None:
         raise ShenduError(f"--tta augments as the run was trained, and recipe {name} has no "
                           "augmentation")
-    _, (x, t) = datasets.load(recipe.dataset)
+    (x_train, _), (x, t) = datasets.load(recipe.dataset)
+    members = [_at_precision(m, args.precision, x_train[:CALIBRATION]) for m in members]
     accuracy = evaluate(members if len(members) > 1 else members[0], x, t, tta=tta,
                         copies=args.tta or 1)
     if args.json:
@@ -237,10 +238,27 @@ def _evaluate(args):
     else:
         how = [f"{len(members)} models' averaged probabilities"] * (len(members) > 1) + \
               [f"{args.tta} augmented views"] * bool(args.tta) + \
-              [f"weights and activations in {args.precision}"] * (args.precision != "float32")
+              [PRECISIONS[args.precision]] * (args.precision != "float32")
         print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} "
               f"{datasets.describe(recipe.dataset)[0]} test images"
               + (f" ({' and '.join(how)})" if how else ""))
+
+
+CALIBRATION = 500  # training images that calibrate int8 activations
+PRECISIONS = {"float64": "weights and activations in float64", "float32": "",
+              "float16": "weights and activations in float16",
+              "bfloat16": "weights and activations in bfloat16",
+              "int8": f"int8 weights and products, calibrated on {CALIBRATION} training images",
+              "binary": "binary weights, binarized after training"}
+
+
+def _at_precision(model, precision, calibration):
+    """The model as `evaluate --precision` runs it (see PRECISIONS)."""
+    if precision == "int8":
+        return quantize(model, calibration)
+    if precision == "binary":
+        return binarize(model)
+    return model.to(dtype=precision)
 
 
 def _predict(args):
@@ -369,9 +387,10 @@ def _parser():
     p = commands.add_parser("evaluate", help="test accuracy of trained models (more than one: "
                                              "their ensemble)")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
-    p.add_argument("--precision", choices=("float64", "float32", "float16", "bfloat16"),
-                   default="float32", help="store weights and activations in this type "
-                                           "(default: float32)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                   help="float64, float32 (the default), float16 or bfloat16: weights and "
+                        "activations stored in that type; int8: weights and products in int8, "
+                        f"calibrated on {CALIBRATION} training images; binary: binary weights")
     p.add_argument("--tta", type=_number(int), metavar="N",
                    help="also average over N views augmented as the run was trained")
     p.add_argument("--json", action="store_true", help="print JSON")
