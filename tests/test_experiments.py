@@ -334,3 +334,36 @@ def test_the_readmes_results_are_those_of_the_results_files():
     assert {name for name, _ in blocks} == {"chapter1", "bench"}
     for name, block in blocks:
         assert block == experiments.readme_block(experiments.load(name)), name
+
+
+def test_fewer_bits(monkeypatch):
+    from shendu import datasets
+    (x, t), (x_test, t_test) = datasets.load_mnist()
+    monkeypatch.setattr(datasets, "load_mnist", lambda: ((x[:600], t[:600]),
+                                                         (x_test[:300], t_test[:300])))
+    figures = experiments.fewer_bits(calibration=100, batch=20)
+    rows = figures["precisions"]
+    assert list(rows) == ["float64", "float32", "float16", "bfloat16", "int8", "binary",
+                          "float16, the book's way"]
+    assert rows["float32"]["disagreements"] == 0 and rows["float64"]["disagreements"] <= 1
+    sizes = {name: rows[name]["bytes"] for name in ("float64", "float32", "float16", "bfloat16")}
+    assert sizes == {"float64": 2 * sizes["float32"], "float32": sizes["float32"],
+                     "float16": sizes["float32"] // 2, "bfloat16": sizes["float32"] // 2}
+    assert rows["int8"]["bytes"] < 0.3 * sizes["float32"]
+    assert rows["binary"]["bytes"] < sizes["float32"] / 16
+    assert all(0 <= row["accuracy"] <= 1 and row["seconds"] > 0 for row in rows.values())
+    assert figures["traffic"]["float16"]["bytes"] * 2 == figures["traffic"]["float32"]["bytes"]
+    assert len(figures["binary_trained"]["history"]) == 2  # the quick profile's epochs
+    assert 0 <= figures["binary_trained"]["accuracy"] <= 1
+
+
+def test_scaling_times_one_process_against_two_ranks(monkeypatch):
+    pytest.importorskip("mpi4py", reason="pip install -e '.[mpi]'")
+    monkeypatch.setattr(experiments, "SCALING_IMAGES", 600)
+    figures = experiments.scaling(rounds=1)
+    ranks, alone = (figures["configs"][name]
+                    for name in ("2 ranks x 1 thread", "1 process x 2 threads"))
+    assert ranks["images_per_s"]["median"] > 0 and alone["images_per_s"]["median"] > 0
+    assert 0 < ranks["allreduce_s"]["median"] < ranks["step_s"]["median"]
+    assert list(ranks["allreduce_by_bytes"]) == [str(2 ** k) for k in range(10, 25, 2)]
+    assert figures["gradient_bytes"] == 4 * 123552  # DeepConvNet's parameters, float32

@@ -110,3 +110,24 @@ def test_a_binary_model_stores_a_bit_per_weight(trained):
                   if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert weights / 8 <= model_bytes(b) < model_bytes(model) / 16
     assert shendu.predict_proba(b, x_test[:10]).shape == (10, 10)
+
+
+def test_binary_training_computes_with_signs_and_updates_the_real_weights():
+    """BinaryConnect: the forward pass uses ±α, the gradient found for them reaches the real
+    weights unchanged (straight-through), and binarize then stores exactly the weights used."""
+    shendu.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+    x = np.random.default_rng(1).standard_normal((5, 1, 6, 6)).astype(np.float32)
+    twin = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+    twin.load_state_dict({k: (nn.layers.binary_weights(v) if k.endswith("weight") else v)
+                          for k, v in model.state_dict().items()})
+    shendu.quantization.train_binary(model)
+    for net in (model, twin):  # the same loss and gradients as a float net holding ±α
+        loss_fn = nn.CrossEntropyLoss()
+        loss_fn(net(x), np.arange(5) % 4)
+        net.backward(loss_fn.backward())
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        assert np.allclose(p.grad, q.grad, atol=1e-6), name
+    assert not np.array_equal(model[0].weight.data, twin[0].weight.data)  # the real ones kept
+    b = shendu.binarize(model)
+    assert np.array_equal(b[0].weights(), twin[0].weight.data)

@@ -19,7 +19,8 @@ form of a quantized model.
 
 Binary weights (BinaryConnect's signs, XNOR-Net's scale): each layer stores the sign bits of its
 weights, 8 to a byte, and one float32 scale α per output channel, the mean |w| of that channel;
-it computes with the weights ±α.
+it computes with the weights ±α. Binarized after ordinary training, a network loses most of what
+it knew; `train_binary` makes it train with those weights from the start (BinaryConnect).
 """
 import copy
 
@@ -29,11 +30,11 @@ from . import kernels, nn
 from .errors import ShenduError
 from .kernels import int8
 from .nn.layers import (BatchNorm2d, BatchNormReLU2d, Conv2d, ConvReLU2d, Identity, Linear,
-                        ReLU, _check_input, _folded, _nchw, _nhwc)
+                        ReLU, _check_input, _folded, _nchw, _nhwc, binary_weights)
 from .nn.module import Module, Parameter, Sequential
 from .train import _as_input
 
-__all__ = ["quantize", "binarize", "model_bytes", "QuantizedConv2d", "QuantizedLinear",
+__all__ = ["quantize", "binarize", "train_binary", "model_bytes", "QuantizedConv2d", "QuantizedLinear",
            "BinaryConv2d", "BinaryLinear"]
 
 
@@ -55,6 +56,16 @@ def binarize(model):
     return b
 
 
+def train_binary(model, binary=True):
+    """Make every convolution and fully connected layer of `model` train (and compute) with binary
+    weights, BinaryConnect's way (Courbariaux et al. 2015): see nn.layers._Weighted. Train it as
+    usual, then `binarize` it to store one bit per weight. Returns the model."""
+    for m in model.modules():
+        if isinstance(m, (Conv2d, Linear)):
+            m.binary = binary
+    return model
+
+
 def model_bytes(model):
     """The bytes a model's weights take as stored: its parameters and buffers, and the int8
     weights, sign bits and scales of quantized and binary layers."""
@@ -67,10 +78,13 @@ def model_bytes(model):
 # -- preparing a copy ----------------------------------------------------------------------------
 def _prepared(model):
     """A copy of the model on the CPU in float32 and eval mode, each BatchNorm after a
-    convolution folded into it."""
+    convolution folded into it, and binary-trained layers holding the weights they used."""
     if kernels.of(model.parameters()[0].data) is not kernels.cpu:
         raise ShenduError("quantize a model on the CPU in float32 (.to('cpu', dtype='float32'))")
     model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, (Conv2d, Linear)) and m.binary:  # trained binary: keep what it used
+            m.weight.data, m.binary = m.weights_used(), False
     for seq in [m for m in model.modules() if isinstance(m, Sequential)]:
         layers = list(seq._modules.items())
         for (name, conv), (after, bn) in zip(layers, layers[1:]):
@@ -184,7 +198,7 @@ class _Binary(_Inference):
 
     def _store(self, w):
         self.shape = w.shape
-        self.alpha = np.abs(w).mean(axis=tuple(range(1, w.ndim))).astype(np.float32)
+        self.alpha = np.abs(binary_weights(w.astype(np.float32))).reshape(len(w), -1)[:, 0]
         self.bits = np.packbits(w >= 0)
 
     def weights(self):
@@ -222,3 +236,96 @@ class BinaryLinear(_Binary):
     def forward(self, x):
         x = _check_input(self, x, 2, self.in_features)
         return kernels.cpu.matmul(x, self.weights(), transpose_b=True) + self.bias
+
+
+# -- measuring ------------------------------------------------------------------------------------
+PRECISIONS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "int8": 8,
+              "binary": 1}
+
+
+def at_precision(model, precision, calibration):
+    """A copy of the float32 `model` at `precision` (a name of PRECISIONS), int8 calibrated on
+    `calibration` images."""
+    if precision == "int8":
+        return quantize(model, calibration)
+    if precision == "binary":
+        return binarize(model)
+    return copy.deepcopy(model).to(dtype=precision)
+
+
+def book_float16(model):
+    """The book's experiment (half_float_network.py): a copy of the model whose weights are
+    rounded to float16 and kept in float64, so that everything is computed in float64; its input
+    is to be rounded to float16 too (`book_images`)."""
+    rounded = copy.deepcopy(model).double()
+    rounded.load_state_dict({k: a.astype(np.float16).astype(np.float64)
+                             for k, a in rounded.state_dict().items()})
+    return rounded
+
+
+def book_images(images):
+    """Test images as the book's experiment gives them: floats in [0, 1] rounded to float16."""
+    return (_as_input(np.asarray(images)).astype(np.float16)).astype(np.float64)
+
+
+def compare(model, calibration, x_test, t_test, repeats=3):
+    """{row: {"bits", "bytes", "accuracy", "disagreements", "seconds"}}: the float32 `model` at
+    each precision of PRECISIONS, and the book's float16 experiment, on the test images
+    (`disagreements`: predictions other than float32's; `seconds`: to classify them all, the
+    median of `repeats` runs in this process)."""
+    import time
+    from .train import predict_proba
+
+    rows, reference = {}, None
+    runs = {name: (at_precision(model, name, calibration), x_test) for name in PRECISIONS}
+    runs["float16, the book's way"] = (book_float16(model), book_images(x_test))
+    for name, (m, images) in runs.items():
+        seconds = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            predicted = predict_proba(m, images).argmax(axis=1)
+            seconds.append(time.perf_counter() - began)
+        reference = predicted if name == "float32" else reference
+        rows[name] = {"bits": PRECISIONS.get(name, 16), "bytes": model_bytes(m),
+                      "accuracy": float(np.mean(predicted == t_test)), "predicted": predicted,
+                      "seconds": float(np.median(seconds))}
+    for row in rows.values():
+        row["disagreements"] = int(np.count_nonzero(row.pop("predicted") != reference))
+    return rows
+
+
+def traffic(model, images, dtypes=("float32", "float16"), repeats=5):
+    """{dtype: {"bytes", "seconds"}} for one inference batch of `images` with the float32
+    `model` stored in each dtype: the bytes every layer reads and writes (its input, weights and
+    output, each once: a count, not a hardware measurement) and the median seconds."""
+    import time
+    rows = {}
+    for dtype in dtypes:
+        m = copy.deepcopy(model).eval().to(dtype=dtype)
+        x = _as_input(np.asarray(images)).astype(m.parameters()[0].data.dtype)
+        moved = [0]
+        leaves = [layer for layer in m.modules() if not layer._modules]
+
+        def counting(layer):
+            def forward(a):
+                y = type(layer).forward(layer, a)
+                if y is not a:  # an Identity (a fused ReLU's place) moves nothing
+                    moved[0] += a.nbytes + y.nbytes + sum(p.data.nbytes
+                                                          for p in layer._params.values())
+                return y
+            return forward
+
+        for layer in leaves:
+            object.__setattr__(layer, "forward", counting(layer))
+        with nn.no_grad():
+            m(x)
+        for layer in leaves:
+            object.__delattr__(layer, "forward")
+        seconds = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            with nn.no_grad():
+                m(x)
+            seconds.append(time.perf_counter() - began)
+        rows[dtype] = {"bytes": moved[0], "seconds": float(np.median(seconds))}
+    return rows

@@ -56,7 +56,25 @@ def _cpu_only(layer, x):
                           "CPU, or use ReLU")
 
 
-class Linear(Module):
+class _Weighted(Module):
+    """A layer with weights W (Linear, Conv2d). With `binary` set (BinaryConnect training:
+    shendu.quantization.train_binary), it computes with each weight's sign times its output's
+    mean |w| (`binary_weights`), and the gradient it finds for those goes to W unchanged: the
+    straight-through estimator, which treats the sign as if it were the identity."""
+
+    binary = False
+
+    def weights_used(self):
+        return binary_weights(self.weight.data) if self.binary else self.weight.data
+
+
+def binary_weights(w):
+    """±α: each weight's sign (+ for 0) times α, the mean |w| of its output (w's first axis)."""
+    alpha = np.abs(w).mean(axis=tuple(range(1, w.ndim)), keepdims=True).astype(w.dtype)
+    return np.where(w >= 0, alpha, -alpha)
+
+
+class Linear(_Weighted):
     """y = x Wᵀ + b."""
 
     def __init__(self, in_features, out_features, bias=True):
@@ -70,7 +88,7 @@ class Linear(Module):
         x = _check_input(self, x, 2, self.in_features)
         K = kernels.of(x)
         self.x = x if self.keeps_cache else None
-        y = K.matmul(x, self.weight.data, transpose_b=True)  # x Wᵀ
+        y = K.matmul(x, self.weights_used(), transpose_b=True)  # x Wᵀ
         if self.bias is not None:
             K.add_bias(y, self.bias.data)
         return y
@@ -83,13 +101,13 @@ class Linear(Module):
         self.weight.grad = K.matmul(dy, x, transpose_a=True)  # dyᵀ x
         if self.bias is not None:
             self.bias.grad = K.sum_rows(dy)
-        return K.matmul(dy, self.weight.data) if input_grad else None
+        return K.matmul(dy, self.weights_used()) if input_grad else None
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
-class Conv2d(Module):
+class Conv2d(_Weighted):
     """y[n, o] = b[o] + Σ_c W[o, c] ⋆ x[n, c]  (cross-correlation, as every framework computes)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
@@ -106,14 +124,15 @@ class Conv2d(Module):
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         self.x = x if self.keeps_cache else None
         b = self.bias.data if self.bias is not None else None
-        return _nchw(kernels.of(x).conv_forward(x, self.weight.data, b, self.stride,
+        return _nchw(kernels.of(x).conv_forward(x, self.weights_used(), b, self.stride,
                                                 self.padding))
 
     accepts_input_grad = True
 
     def backward(self, dy, input_grad=True):
         dx, self.weight.grad, db = kernels.of(dy).conv_backward(
-            _nhwc(dy), self._cached(self.x), self.weight.data, self.stride, self.padding, input_grad)
+            _nhwc(dy), self._cached(self.x), self.weights_used(), self.stride, self.padding,
+            input_grad)
         if self.bias is not None:
             self.bias.grad = db
         return _nchw(dx) if input_grad else None
@@ -125,7 +144,7 @@ class Conv2d(Module):
         ReLU). Inference only (see Sequential.forward): nothing is kept for backward."""
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         K = kernels.of(x)
-        w, b = K.on_host(_folded, self.weight.data,
+        w, b = K.on_host(_folded, self.weights_used(),
                          None if self.bias is None else self.bias.data, bn.weight.data,
                          bn.bias.data, bn.running_mean, bn.running_var, bn.eps)
         return _nchw(K.conv_forward(x, w, b, self.stride, self.padding, relu=bn.relu))
@@ -160,7 +179,7 @@ class ConvReLU2d(Conv2d):
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         self.x = x if self.keeps_cache else None
         b = self.bias.data if self.bias is not None else None
-        y = _nchw(kernels.of(x).conv_forward(x, self.weight.data, b, self.stride, self.padding,
+        y = _nchw(kernels.of(x).conv_forward(x, self.weights_used(), b, self.stride, self.padding,
                                              relu=True))
         self.y = y if self.keeps_cache else None
         return y
