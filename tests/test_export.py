@@ -17,8 +17,13 @@ ort = pytest.importorskip("onnxruntime", reason="pip install -e '.[dev]'")
 onnx = pytest.importorskip("onnx", reason="pip install -e '.[dev]'")
 
 
-def run_onnx(path, images):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def run_onnx(path, images, optimized=True):
+    """The logits ONNX Runtime computes, with its graph optimizations (what a deployment runs:
+    for a QDQ model, integer kernels of its own) or without (the graph as written)."""
+    options = ort.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(["logits"], {"images": images[i:i + 500]})[0]
                            for i in range(0, len(images), 500)])
 
@@ -109,3 +114,28 @@ def test_the_command_line_exports_a_run(tmp_path):
     assert result.stderr == ("shendu: error: exporting to ONNX needs the onnx package: pip "
                              "install onnx\n")
     assert out.read_bytes() == before  # nothing already written is lost
+
+
+def test_int8_and_binary_models_export_and_agree_with_onnxruntime(mnist, tmp_path):
+    """The int8 model in QDQ form, run as written, computes what shendu's does (the same int8
+    inputs and weights; a sum in float32 instead of int32 may put a value on the other side of
+    a rounding to int8 now and then); optimized, ONNX Runtime fuses it into integer kernels that
+    also round each output to int8, and reaches about the same accuracy."""
+    (x, t), (x_test, t_test) = mnist
+    shendu.manual_seed(0)
+    model = models.get("deepconvnet")
+    shendu.Trainer(model, optim.Adam(model.parameters()), batch_size=100, progress=False).fit(
+        (x, t), (x_test[:500], t_test[:500]))
+    model.eval()
+    for name, low in (("int8", shendu.quantize(model, x[:300])), ("binary", shendu.binarize(model))):
+        proto = export.onnx(low, tmp_path / f"{name}.onnx")
+        if name == "int8":
+            assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+        path, images = tmp_path / f"{name}.onnx", x_test[:2000]
+        ours, theirs = logits(low, images), run_onnx(path, images, optimized=False)
+        assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.995, name
+        assert np.abs(ours - theirs).max() <= (0.05 if name == "int8" else 1e-4) * np.abs(
+            ours).max(), name
+        deployed = run_onnx(path, images).argmax(1)
+        assert abs(np.mean(deployed == t_test[:2000]) - np.mean(ours.argmax(1) == t_test[:2000])) \
+            <= 0.02, name

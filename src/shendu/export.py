@@ -6,8 +6,9 @@ The graph is built node by node with the onnx package's helpers, at opset OPSET,
 input "images" (batch, C, H, W), the batch dynamic, and one output "logits". It computes what the
 model computes in eval mode: Dropout is the identity, BatchNorm uses its running statistics. Each
 kind of layer maps to ONNX operators (`_EMIT`); a fused layer of `nn.fuse` becomes its two
-operators again (Conv then Relu), which ONNX runtimes fuse themselves. A model holding any other
-kind of layer is refused, naming it.
+operators again (Conv then Relu), which ONNX runtimes fuse themselves. An int8 model
+(shendu.quantize) is written in ONNX's QDQ form, a binary one with its weights ±α. A model
+holding any other kind of layer is refused, naming it.
 """
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from . import kernels, nn
 from .errors import ShenduError
 from .io import write_atomic
 from .models import PadShortcut
+from .quantization import BinaryConv2d, BinaryLinear, QuantizedConv2d, QuantizedLinear
 from .nn.graph import Concat, Residual, ResidualReLU
 from .nn.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Conv2d,
                         ConvReLU2d, Dropout, Flatten, GlobalAvgPool2d, Identity, Linear,
@@ -39,7 +41,7 @@ def onnx(model, path, input_shape=None):
     shape = input_shape or config.get("input_shape")
     if shape is None:
         raise ShenduError("give input_shape=(C, H, W): this model has no config that says it")
-    if any(kernels.of(a) is not kernels.cpu for _, a in model.state_dict().items()):
+    if any(kernels.of(a).DEVICE != "cpu" for a in model.state_dict().values()):
         raise ShenduError("export needs the model on the CPU (.to('cpu'))")
     graph = _Graph(helper, numpy_helper)
     graph.nodes.append(helper.make_node("Identity", [graph.emit(model, "images")], ["logits"]))
@@ -71,16 +73,13 @@ class _Graph:
         self.count += 1
         return f"{what}_{self.count}"
 
-    def constant(self, array, what):
+    def constant(self, array, what, dtype=np.float32):
         name = self.name(what)
-        self.initializers.append(self.numpy_helper.from_array(np.asarray(array, np.float32),
-                                                              name))
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(array, dtype), name))
         return name
 
     def integers(self, values, what):
-        name = self.name(what)
-        self.initializers.append(self.numpy_helper.from_array(np.asarray(values, np.int64), name))
-        return name
+        return self.constant(values, what, np.int64)
 
     def op(self, op_type, inputs, **attributes):
         out = self.name(op_type.lower())
@@ -152,6 +151,39 @@ def _pad_shortcut(g, m, x):
     return g.op("Pad", [kept, g.integers([0, 0, 0, 0, 0, m.extra, 0, 0], "pads")])
 
 
+def _quantized(g, m, x):
+    """A quantized layer in ONNX's QDQ form: its input rounded to int8 and back
+    (QuantizeLinear, DequantizeLinear), its int8 weights dequantized per output channel, then
+    the float operator; runtimes fuse the pattern into an integer one (QLinearConv)."""
+    scale, zero = g.constant(m.x_scale, "x_scale"), g.constant(0, "x_zero", np.int8)
+    x = g.op("DequantizeLinear", [g.op("QuantizeLinear", [x, scale, zero]), scale, zero])
+    if isinstance(m, QuantizedConv2d):
+        w_q = m.w_q.transpose(3, 2, 0, 1)  # (KH, KW, C, O) → (O, C, KH, KW)
+    else:
+        w_q = m.w_q
+    w = g.op("DequantizeLinear", [g.constant(w_q, "weight", np.int8),
+                                  g.constant(m.w_scale, "w_scale"),
+                                  g.constant(np.zeros(len(m.w_scale)), "w_zero", np.int8)],
+             axis=0)
+    if isinstance(m, QuantizedLinear):
+        return g.op("Gemm", [x, w, g.constant(m.bias, "bias")], transB=1)
+    k = w_q.shape[2]
+    y = g.op("Conv", [x, w, g.constant(m.bias, "bias")], kernel_shape=[k, k],
+             strides=[m.stride] * 2, pads=[m.padding] * 4)
+    return g.op("Relu", [y]) if m.relu else y
+
+
+def _binary(g, m, x):
+    """A layer of binary weights: the float operator on its weights ±α."""
+    w = g.constant(m.weights(), "weight")
+    if isinstance(m, BinaryLinear):
+        return g.op("Gemm", [x, w, g.constant(m.bias, "bias")], transB=1)
+    k = m.shape[2]
+    y = g.op("Conv", [x, w, g.constant(m.bias, "bias")], kernel_shape=[k, k],
+             strides=[m.stride] * 2, pads=[m.padding] * 4)
+    return g.op("Relu", [y]) if m.relu else y
+
+
 def _same(g, m, x):
     return x
 
@@ -165,4 +197,6 @@ _EMIT = {
     Tanh: lambda g, m, x: g.op("Tanh", [x]), Flatten: lambda g, m, x: g.op("Flatten", [x], axis=1),
     Dropout: _same, Identity: _same, Residual: _residual, ResidualReLU: _residual,
     Concat: _concat, PadShortcut: _pad_shortcut,
+    QuantizedConv2d: _quantized, QuantizedLinear: _quantized,
+    BinaryConv2d: _binary, BinaryLinear: _binary,
 }
