@@ -177,7 +177,8 @@ class DistributedTrainer(Trainer):
             raise ShenduError(f"{self.shards} shards cannot be shared equally by {self.size} "
                               "ranks: choose a multiple of the number of ranks")
         if device_of(model) is not kernels.cpu:
-            raise ShenduError("distributed training runs on the CPU: leave the model there")
+            raise ShenduError("distributed training runs on the CPU, in float32 or float64: "
+                              "leave the model there, in one of those")
         self.deterministic = bool(deterministic)
         self.threads = share_cores(self.comm)
         self.communication_s = 0.0  # seconds spent in Allreduce (or Allgather), waits included
