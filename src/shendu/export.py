@@ -157,29 +157,25 @@ def _quantized(g, m, x):
     the float operator; runtimes fuse the pattern into an integer one (QLinearConv)."""
     scale, zero = g.constant(m.x_scale, "x_scale"), g.constant(0, "x_zero", np.int8)
     x = g.op("DequantizeLinear", [g.op("QuantizeLinear", [x, scale, zero]), scale, zero])
-    if isinstance(m, QuantizedConv2d):
-        w_q = m.w_q.transpose(3, 2, 0, 1)  # (KH, KW, C, O) → (O, C, KH, KW)
-    else:
-        w_q = m.w_q
+    w_q = m.w_q.transpose(3, 2, 0, 1) if m.w_q.ndim == 4 else m.w_q  # conv: (O, C, KH, KW)
     w = g.op("DequantizeLinear", [g.constant(w_q, "weight", np.int8),
                                   g.constant(m.w_scale, "w_scale"),
                                   g.constant(np.zeros(len(m.w_scale)), "w_zero", np.int8)],
              axis=0)
-    if isinstance(m, QuantizedLinear):
-        return g.op("Gemm", [x, w, g.constant(m.bias, "bias")], transB=1)
-    k = w_q.shape[2]
-    y = g.op("Conv", [x, w, g.constant(m.bias, "bias")], kernel_shape=[k, k],
-             strides=[m.stride] * 2, pads=[m.padding] * 4)
-    return g.op("Relu", [y]) if m.relu else y
+    return _fixed(g, m, x, w, w_q.shape)
 
 
 def _binary(g, m, x):
     """A layer of binary weights: the float operator on its weights ±α."""
-    w = g.constant(m.weights(), "weight")
-    if isinstance(m, BinaryLinear):
+    return _fixed(g, m, x, g.constant(m.weights(), "weight"), m.shape)
+
+
+def _fixed(g, m, x, w, shape):
+    """A quantized or binary layer's operator, its weights w (a name in the graph) of `shape`:
+    Gemm, or Conv (then Relu if the layer rectifies)."""
+    if len(shape) == 2:
         return g.op("Gemm", [x, w, g.constant(m.bias, "bias")], transB=1)
-    k = m.shape[2]
-    y = g.op("Conv", [x, w, g.constant(m.bias, "bias")], kernel_shape=[k, k],
+    y = g.op("Conv", [x, w, g.constant(m.bias, "bias")], kernel_shape=list(shape[2:]),
              strides=[m.stride] * 2, pads=[m.padding] * 4)
     return g.op("Relu", [y]) if m.relu else y
 
