@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 import shendu
-from shendu import cli, datasets, io, models
+from shendu import cli, datasets, io, models, quantization
 from test_errors import Interrupt, clinet, snapshot
 
 # The CLI honours SHENDU_PROFILE like the notebooks; these tests need the real thing.
@@ -70,6 +70,7 @@ def test_evaluate_json_shows_the_model_learned(trained):
     text = shendu_cli("evaluate", trained[0]).stdout
     assert f"{100 * report['accuracy']:.2f}%" in text
     assert report["precision"] == "float32"
+    assert list(cli.PRECISIONS) == list(quantization.PRECISIONS)  # a description for each
     for precision in ("float16", "bfloat16", "int8"):  # in 16 bits, or int8: about as good
         result = shendu_cli("evaluate", trained[0], "--precision", precision, "--json")
         assert result.returncode == 0, result.stderr

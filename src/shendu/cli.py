@@ -37,7 +37,7 @@ from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_ru
                  read_checkpoint)
 from .rng import manual_seed
 from .summarize import summary
-from .quantization import binarize, quantize
+from .quantization import at_precision
 from .train import Trainer, evaluate, predict_proba
 
 
@@ -228,7 +228,7 @@ def _evaluate(args):
         raise ShenduError(f"--tta augments as the run was trained, and recipe {name} has no "
                           "augmentation")
     (x_train, _), (x, t) = datasets.load(recipe.dataset)
-    members = [_at_precision(m, args.precision, x_train[:CALIBRATION]) for m in members]
+    members = [at_precision(m, args.precision, x_train[:CALIBRATION]) for m in members]
     accuracy = evaluate(members if len(members) > 1 else members[0], x, t, tta=tta,
                         copies=args.tta or 1)
     if args.json:
@@ -245,20 +245,12 @@ def _evaluate(args):
 
 
 CALIBRATION = 500  # training images that calibrate int8 activations
+# How `evaluate` describes each of quantization.PRECISIONS.
 PRECISIONS = {"float64": "weights and activations in float64", "float32": "",
               "float16": "weights and activations in float16",
               "bfloat16": "weights and activations in bfloat16",
               "int8": f"int8 weights and products, calibrated on {CALIBRATION} training images",
               "binary": "binary weights, binarized after training"}
-
-
-def _at_precision(model, precision, calibration):
-    """The model as `evaluate --precision` runs it (see PRECISIONS)."""
-    if precision == "int8":
-        return quantize(model, calibration)
-    if precision == "binary":
-        return binarize(model)
-    return model.to(dtype=precision)
 
 
 def _predict(args):

@@ -96,12 +96,8 @@ class _Graph:
 
 
 def _conv(g, m, x):
-    inputs = [x, g.constant(m.weight.data, "weight")]
-    if m.bias is not None:
-        inputs.append(g.constant(m.bias.data, "bias"))
-    k, p = m.kernel_size, m.padding
-    y = g.op("Conv", inputs, kernel_shape=[k, k], strides=[m.stride] * 2, pads=[p] * 4)
-    return g.op("Relu", [y]) if isinstance(m, ConvReLU2d) else y
+    return _weighted(g, m, x, g.constant(m.weight.data, "weight"), m.weight.shape,
+                     None if m.bias is None else m.bias.data, isinstance(m, ConvReLU2d))
 
 
 def _pool(g, m, x):
@@ -121,10 +117,8 @@ def _batch_norm(g, m, x):
 
 
 def _linear(g, m, x):
-    inputs = [x, g.constant(m.weight.data, "weight")]
-    if m.bias is not None:
-        inputs.append(g.constant(m.bias.data, "bias"))
-    return g.op("Gemm", inputs, transB=1)  # y = x Wᵀ + b
+    return _weighted(g, m, x, g.constant(m.weight.data, "weight"), m.weight.shape,
+                     None if m.bias is None else m.bias.data, False)
 
 
 def _sequential(g, m, x):
@@ -162,22 +156,24 @@ def _quantized(g, m, x):
                                   g.constant(m.w_scale, "w_scale"),
                                   g.constant(np.zeros(len(m.w_scale)), "w_zero", np.int8)],
              axis=0)
-    return _fixed(g, m, x, w, w_q.shape)
+    return _weighted(g, m, x, w, w_q.shape, m.bias, m.relu)
 
 
 def _binary(g, m, x):
     """A layer of binary weights: the float operator on its weights ±α."""
-    return _fixed(g, m, x, g.constant(m.weights(), "weight"), m.shape)
+    return _weighted(g, m, x, g.constant(m.weights(), "weight"), m.shape, m.bias, m.relu)
 
 
-def _fixed(g, m, x, w, shape):
-    """A quantized or binary layer's operator, its weights w (a name in the graph) of `shape`:
-    Gemm, or Conv (then Relu if the layer rectifies)."""
+def _weighted(g, m, x, w, shape, bias, relu):
+    """The operator of layer m, its weights w (a name in the graph) of `shape`: Gemm for a
+    matrix (y = x Wᵀ + b), else Conv with m's stride and padding; then Relu if `relu`."""
+    inputs = [x, w] + ([] if bias is None else [g.constant(bias, "bias")])
     if len(shape) == 2:
-        return g.op("Gemm", [x, w, g.constant(m.bias, "bias")], transB=1)
-    y = g.op("Conv", [x, w, g.constant(m.bias, "bias")], kernel_shape=list(shape[2:]),
-             strides=[m.stride] * 2, pads=[m.padding] * 4)
-    return g.op("Relu", [y]) if m.relu else y
+        y = g.op("Gemm", inputs, transB=1)
+    else:
+        y = g.op("Conv", inputs, kernel_shape=list(shape[2:]), strides=[m.stride] * 2,
+                 pads=[m.padding] * 4)
+    return g.op("Relu", [y]) if relu else y
 
 
 def _same(g, m, x):

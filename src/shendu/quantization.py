@@ -23,6 +23,8 @@ it computes with the weights ±α. Binarized after ordinary training, a network 
 it knew; `train_binary` makes it train with those weights from the start (BinaryConnect).
 """
 import copy
+import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -30,9 +32,9 @@ from . import kernels, nn
 from .errors import ShenduError
 from .kernels import int8
 from .nn.layers import (BatchNorm2d, BatchNormReLU2d, Conv2d, ConvReLU2d, Identity, Linear,
-                        ReLU, _check_input, _folded, _nchw, _nhwc, binary_weights)
+                        ReLU, _check_input, _folded, _nchw, _nhwc, binary_scale)
 from .nn.module import Module, Parameter, Sequential
-from .train import _as_input
+from .train import _as_input, predict_proba
 
 __all__ = ["quantize", "binarize", "train_binary", "model_bytes", "QuantizedConv2d", "QuantizedLinear",
            "BinaryConv2d", "BinaryLinear"]
@@ -101,22 +103,33 @@ def _calibrate(model, images, batch_size):
     """{id(layer): the largest |x| each convolution and fully connected layer met as input}."""
     ranges, layers = {}, [m for m in model.modules() if type(m) in (Conv2d, ConvReLU2d, Linear)]
 
-    def recording(layer):
+    def record(layer, x, y):
+        ranges[id(layer)] = max(ranges.get(id(layer), 0.0), float(np.abs(x).max()))
+
+    with _watching(layers, record), nn.no_grad():
+        for start in range(0, len(images), batch_size):
+            model(_as_input(np.asarray(images[start:start + batch_size])))
+    return ranges
+
+
+@contextmanager
+def _watching(layers, watch):
+    """Within, each layer's forward pass also calls watch(layer, x, y) with its input and
+    output (an attribute of the instance hides its class's forward, and is removed after)."""
+    def watched(layer):
         def forward(x):
-            ranges[id(layer)] = max(ranges.get(id(layer), 0.0), float(np.abs(x).max()))
-            return type(layer).forward(layer, x)
+            y = type(layer).forward(layer, x)
+            watch(layer, x, y)
+            return y
         return forward
 
     for layer in layers:
-        object.__setattr__(layer, "forward", recording(layer))
+        object.__setattr__(layer, "forward", watched(layer))
     try:
-        with nn.no_grad():
-            for start in range(0, len(images), batch_size):
-                model(_as_input(np.asarray(images[start:start + batch_size])))
+        yield
     finally:
         for layer in layers:
             object.__delattr__(layer, "forward")
-    return ranges
 
 
 def _replace(model, new):
@@ -150,18 +163,30 @@ def _to_int8(a, scale):
     return np.clip(np.rint(a / scale), -127, 127).astype(np.int8)
 
 
-class QuantizedConv2d(_Inference):
+class _Int8(_Inference):
+    """Weights stored in int8, one scale per output (s_w = max |w| / 127 over its weights), and
+    the scale s_x = max |x| / 127 its input is rounded with."""
+
+    def __init__(self, layer, input_max):
+        super().__init__()
+        self._settings(layer)
+        w = layer.weight.data.astype(np.float32)
+        self.w_scale = np.maximum(np.abs(w).reshape(len(w), -1).max(axis=1), 1e-12) / 127
+        self.w_q = _to_int8(w, self.w_scale.reshape(-1, *[1] * (w.ndim - 1)))
+        self.x_scale = max(input_max, 1e-12) / 127
+
+    def stored_bytes(self):
+        return self.w_q.nbytes + self.w_scale.astype(np.float32).nbytes + self.bias.nbytes + 4
+
+
+class QuantizedConv2d(_Int8):
     """y[n, o] = s_x · s_w[o] · Σ_{c,u,v} x_q · w_q + b[o], x_q and w_q int8, the sum int32
     (kernels.int8.conv); then max(y, 0) if the convolution had its ReLU fused."""
 
     def __init__(self, conv, input_max):
-        super().__init__()
-        self._settings(conv)
-        w = conv.weight.data.astype(np.float32)
-        self.w_scale = np.maximum(np.abs(w).max(axis=(1, 2, 3)), 1e-12) / 127
-        self.w_q = np.ascontiguousarray(  # (KH, KW, C, O): output channels innermost
-            _to_int8(w, self.w_scale[:, None, None, None]).transpose(2, 3, 1, 0))
-        self.x_scale = max(input_max, 1e-12) / 127
+        super().__init__(conv, input_max)
+        self.w_q = np.ascontiguousarray(self.w_q.transpose(2, 3, 1, 0))  # (KH, KW, C, O):
+        # the output channels innermost, as the kernel reads them
 
     def forward(self, x):
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
@@ -169,36 +194,25 @@ class QuantizedConv2d(_Inference):
         y = (acc * (self.x_scale * self.w_scale) + self.bias).astype(np.float32)
         return _nchw(np.maximum(y, 0) if self.relu else y)
 
-    def stored_bytes(self):
-        return self.w_q.nbytes + self.w_scale.astype(np.float32).nbytes + self.bias.nbytes + 4
 
-
-class QuantizedLinear(_Inference):
+class QuantizedLinear(_Int8):
     """y = s_x · s_w · (x_q w_qᵀ) + b, x_q and w_q int8, the products summed in int32."""
-
-    def __init__(self, linear, input_max):
-        super().__init__()
-        self._settings(linear)
-        w = linear.weight.data.astype(np.float32)
-        self.w_scale = np.maximum(np.abs(w).max(axis=1), 1e-12) / 127
-        self.w_q = _to_int8(w, self.w_scale[:, None])
-        self.x_scale = max(input_max, 1e-12) / 127
 
     def forward(self, x):
         x = _check_input(self, x, 2, self.in_features)
         acc = _to_int8(x, self.x_scale).astype(np.int32) @ self.w_q.T.astype(np.int32)
         return (acc * (self.x_scale * self.w_scale) + self.bias).astype(np.float32)
 
-    def stored_bytes(self):
-        return self.w_q.nbytes + self.w_scale.astype(np.float32).nbytes + self.bias.nbytes + 4
-
 
 class _Binary(_Inference):
     """Weights stored as sign bits, 8 to a byte, and a scale α per output channel."""
 
-    def _store(self, w):
+    def __init__(self, layer):
+        super().__init__()
+        self._settings(layer)
+        w = layer.weight.data.astype(np.float32)
         self.shape = w.shape
-        self.alpha = np.abs(binary_weights(w.astype(np.float32))).reshape(len(w), -1)[:, 0]
+        self.alpha = binary_scale(w).ravel()
         self.bits = np.packbits(w >= 0)
 
     def weights(self):
@@ -214,11 +228,6 @@ class _Binary(_Inference):
 class BinaryConv2d(_Binary):
     """A convolution with the weights ±α[o] (sign bits and a scale per output channel)."""
 
-    def __init__(self, conv):
-        super().__init__()
-        self._settings(conv)
-        self._store(conv.weight.data)
-
     def forward(self, x):
         x = _nhwc(_check_input(self, x, 4, self.in_channels))
         return _nchw(kernels.cpu.conv_forward(x, self.weights(), self.bias, self.stride,
@@ -227,11 +236,6 @@ class BinaryConv2d(_Binary):
 
 class BinaryLinear(_Binary):
     """y = x Wᵀ + b with W = ±α[o] (sign bits and a scale per output)."""
-
-    def __init__(self, linear):
-        super().__init__()
-        self._settings(linear)
-        self._store(linear.weight.data)
 
     def forward(self, x):
         x = _check_input(self, x, 2, self.in_features)
@@ -273,9 +277,6 @@ def compare(model, calibration, x_test, t_test, repeats=3):
     each precision of PRECISIONS, and the book's float16 experiment, on the test images
     (`disagreements`: predictions other than float32's; `seconds`: to classify them all, the
     median of `repeats` runs in this process)."""
-    import time
-    from .train import predict_proba
-
     rows, reference = {}, None
     runs = {name: (at_precision(model, name, calibration), x_test) for name in PRECISIONS}
     runs["float16, the book's way"] = (book_float16(model), book_images(x_test))
@@ -298,29 +299,20 @@ def traffic(model, images, dtypes=("float32", "float16"), repeats=5):
     """{dtype: {"bytes", "seconds"}} for one inference batch of `images` with the float32
     `model` stored in each dtype: the bytes every layer reads and writes (its input, weights and
     output, each once: a count, not a hardware measurement) and the median seconds."""
-    import time
     rows = {}
     for dtype in dtypes:
-        m = copy.deepcopy(model).eval().to(dtype=dtype)
+        m = at_precision(model, dtype, None)
         x = _as_input(np.asarray(images)).astype(m.parameters()[0].data.dtype)
         moved = [0]
-        leaves = [layer for layer in m.modules() if not layer._modules]
 
-        def counting(layer):
-            def forward(a):
-                y = type(layer).forward(layer, a)
-                if y is not a:  # an Identity (a fused ReLU's place) moves nothing
-                    moved[0] += a.nbytes + y.nbytes + sum(p.data.nbytes
-                                                          for p in layer._params.values())
-                return y
-            return forward
+        def count(layer, a, y):
+            if y is not a:  # an Identity (a fused ReLU's place) moves nothing
+                moved[0] += a.nbytes + y.nbytes + sum(p.data.nbytes
+                                                      for p in layer._params.values())
 
-        for layer in leaves:
-            object.__setattr__(layer, "forward", counting(layer))
-        with nn.no_grad():
+        with _watching([layer for layer in m.modules() if not layer._modules], count), \
+                nn.no_grad():
             m(x)
-        for layer in leaves:
-            object.__delattr__(layer, "forward")
         seconds = []
         for _ in range(repeats):
             began = time.perf_counter()

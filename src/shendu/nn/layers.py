@@ -69,9 +69,14 @@ class _Weighted(Module):
 
 
 def binary_weights(w):
-    """±α: each weight's sign (+ for 0) times α, the mean |w| of its output (w's first axis)."""
-    alpha = np.abs(w).mean(axis=tuple(range(1, w.ndim)), keepdims=True).astype(w.dtype)
+    """±α: each weight's sign (+ for 0) times its output's α (`binary_scale`)."""
+    alpha = binary_scale(w)
     return np.where(w >= 0, alpha, -alpha)
+
+
+def binary_scale(w):
+    """α, the mean |w| of each output's weights (w's first axis), shaped to broadcast over w."""
+    return np.abs(w).mean(axis=tuple(range(1, w.ndim)), keepdims=True).astype(w.dtype)
 
 
 class Linear(_Weighted):
