@@ -241,16 +241,13 @@ class DistributedTrainer(Trainer):
         mine = np.stack([self._shard(images, t, bounds[k], bounds[k + 1], start, K)
                          for k in range(self.rank * per_rank, (self.rank + 1) * per_rank)])
         began = time.perf_counter()
-        if self.deterministic:
+        if self.deterministic:  # every shard's row on every rank, added in shard order
             rows = np.empty((self.shards, mine.shape[1]), mine.dtype)
             self.comm.Allgather(mine, rows)
-        else:
-            rows = mine
-        total = rows[0].copy()
-        for row in rows[1:]:  # in shard order
-            total += row
-        if not self.deterministic:
-            self.comm.Allreduce(MPI.IN_PLACE, total)  # in MPI's order of additions
+            total = rows.sum(axis=0)
+        else:  # this rank's rows, then the ranks' sums in MPI's order of additions
+            total = mine.sum(axis=0)
+            self.comm.Allreduce(MPI.IN_PLACE, total)
         self.communication_s += time.perf_counter() - began
         return self._unpack(total)
 
@@ -292,5 +289,6 @@ class DistributedTrainer(Trainer):
         lo, hi = (len(x_test) * np.array([self.rank, self.rank + 1])) // self.size
         right = np.array([round(evaluate(self.model, x_test[lo:hi], t_test[lo:hi]) * (hi - lo))
                           if hi > lo else 0], np.int64)
-        self.comm.Allreduce(right.copy(), right)
+        from mpi4py import MPI
+        self.comm.Allreduce(MPI.IN_PLACE, right)
         return int(right[0]) / len(x_test)
