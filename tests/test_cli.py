@@ -262,7 +262,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(stopped):
                                            "recipe": "book", "epochs": 2,
                                            "batch_size": 10, "lr": 0.001, "seed": 0,
                                            "subset": 200, "checkpoint_every": 1,
-                                           "target_accuracy": None}
+                                           "target_accuracy": None, "precision": "float32"}
     assert not (run / "model.safetensors").exists()  # no epoch finished
 
 

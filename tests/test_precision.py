@@ -101,7 +101,7 @@ def test_half_bfloat16_float_double_and_to_set_the_storage():
 
 def test_a_model_and_its_input_must_agree_on_the_type():
     layer = nn.Linear(3, 2).half()
-    with pytest.raises(shendu.ShenduError, match="weights in float16 but its input in float32"):
+    with pytest.raises(shendu.ShenduError, match="computes in float16 but its input is float32"):
         layer(np.ones((1, 3), np.float32))
 
 

@@ -23,6 +23,7 @@ from .io import (CHECKPOINT, CheckpointError, check_json, read_checkpoint, remov
 FIELDS = {
     "format": str, "version": int, "shendu_version": str, "arrays": str, "sha256": str,
     "model": (dict, None), "optimizer": dict, "scheduler": (dict, None),
+    "scaler": (None, {"scale": float, "interval": int, "clean": int}),
     "trainer": {"batch_size": int, "checkpoint_every": (int, None), "skip_nonfinite": bool,
                 "settings": (dict, None), "augment": (str, None)},
     "data": {"train_size": int, "train_sha256": str},
@@ -76,6 +77,7 @@ def state(trainer):
         "model": getattr(trainer.model, "config", None),
         "optimizer": optimizer,
         "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
+        "scaler": None if trainer.scaler is None else trainer.scaler.state_dict(),
         "trainer": {"batch_size": trainer.batch_size,
                     "checkpoint_every": trainer.checkpoint_every,
                     "skip_nonfinite": trainer.skip_nonfinite, "settings": trainer.settings,
@@ -96,6 +98,7 @@ def restore(trainer, run_dir, data):
     """Load run_dir's checkpoint into the trainer, to continue on the training set whose
     fingerprint is `data`: all of it, or (CheckpointError) none."""
     meta, arrays = read_checkpoint(run_dir)
+    meta.setdefault("scaler", None)  # checkpoints from before mixed precision
     check_json(meta, FIELDS, str(run_dir / CHECKPOINT))
     problem = _mismatch(trainer, meta, data)
     if problem:
@@ -125,6 +128,11 @@ def _mismatch(trainer, meta, data):
         return ("it was trained " + ("without" if meta["scheduler"] is None else "with")
                 + " a learning-rate schedule, this trainer has "
                 + ("one" if trainer.scheduler is not None else "none"))
+    if (meta["scaler"] is None) != (trainer.scaler is None):
+        return ("it was trained " + ("in the model's own type" if meta["scaler"] is None
+                                     else "in mixed precision")
+                + ", this trainer trains " + ("in mixed precision" if trainer.scaler is not None
+                                              else "in the model's own type"))
     if not (0 <= fit["start"] <= len(meta["history"]) and fit["epochs"] >= 1
             and meta["global_step"] >= 0 and (e is None or (
                 e["number"] == len(meta["history"]) + 1
@@ -146,6 +154,8 @@ def apply(trainer, meta, arrays):
     trainer.optimizer.load_state_dict({**meta["optimizer"], "buffers": parts["optimizer."]})
     if trainer.scheduler is not None:
         trainer.scheduler.load_state_dict(meta["scheduler"])
+    if trainer.scaler is not None:
+        trainer.scaler.load_state_dict(meta["scaler"])
     trainer.rng = rng.from_state(meta["rng"]["data"])
     rng.set_state(meta["rng"]["shendu"])
     e = meta["epoch"]

@@ -2,7 +2,7 @@
 
     shendu train [--recipe book] [--model NAME] [--epochs N] [--batch-size N] [--lr X]
                  [--seed N] [--subset N] [--target-accuracy X] [--out RUN_DIR]
-                 [--checkpoint-every N]
+                 [--checkpoint-every N] [--precision float32|mixed]
     shendu train --resume RUN_DIR [--checkpoint-every N]
     mpiexec -n N shendu train --distributed [--shards S] [--deterministic] [train's flags]
     shendu evaluate RUN_DIR... [--precision float16|bfloat16|int8|binary|...] [--tta N] [--json]
@@ -94,7 +94,7 @@ def _train_in(args, comm):
                                                 else _CommandLineDistributedTrainer),
                                  run_dir=out, progress=sys.stderr.isatty(),
                                  checkpoint_every=settings["checkpoint_every"], settings=settings,
-                                 **options)
+                                 precision=settings["precision"], **options)
         if not root:  # rank 0 reports
             trainer.fit((x, t), test, epochs=epochs, target_accuracy=target)
             return 0 if trainer.stopped is None else 128 + trainer.stopped
@@ -133,7 +133,8 @@ def _settings(args):
     return recipes.settings(
         args.recipe or "book", 0 if args.seed is None else args.seed, model=args.model,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subset=args.subset,
-        checkpoint_every=args.checkpoint_every, target_accuracy=args.target_accuracy)
+        checkpoint_every=args.checkpoint_every, target_accuracy=args.target_accuracy,
+        precision=args.precision or "float32")
 
 
 def _claim(held, out, args):
@@ -158,7 +159,7 @@ class _CommandLineDistributedTrainer(distributed.DistributedTrainer):
 _SETTINGS = {"model": str, "model_options": dict, "recipe": str, "epochs": int,
              "batch_size": int, "lr": float,
              "seed": int, "subset": (int, None), "checkpoint_every": (int, None),
-             "target_accuracy": (float, None)}
+             "target_accuracy": (float, None), "precision": str}
 
 
 def _resumed_settings(args):
@@ -171,7 +172,11 @@ def _resumed_settings(args):
         raise CheckpointError(f"{args.resume} was not trained by `shendu train`: continue it in "
                               "Python with Trainer.fit(..., resume=...)")
     settings.setdefault("model_options", {})  # runs from before recipes had model options
+    settings.setdefault("precision", "float32")  # runs from before mixed precision
     check_json(settings, _SETTINGS, f"{args.resume / CHECKPOINT} (settings)")
+    if settings["precision"] not in ("float32", "mixed"):
+        raise CheckpointError(f"{args.resume}: unknown precision {settings['precision']!r} in "
+                              "its settings")
     if settings["recipe"] not in recipes.RECIPES:
         raise CheckpointError(f"{args.resume}: unknown recipe {settings['recipe']!r} in its "
                               f"settings; known: {', '.join(recipes.names())}")
@@ -180,7 +185,7 @@ def _resumed_settings(args):
                    for k in ("epochs", "batch_size", "subset", "checkpoint_every"))):
         raise CheckpointError(f"{args.resume}: its settings are out of range: {settings}")
     for flag in ("model", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
-                 "target_accuracy"):
+                 "target_accuracy", "precision"):
         given = getattr(args, flag)
         if flag == "model" and given is not None:
             given = given.lower()  # as models.get reads it
@@ -366,6 +371,9 @@ def _parser():
                    help="also write a full checkpoint every N steps (default: after each epoch)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR, with its settings")
+    p.add_argument("--precision", choices=("float32", "mixed"),
+                   help="float32 (default), or mixed: float16 activations and gradients, "
+                        "float32 weights, dynamic loss scaling")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel on MPI: run under mpiexec -n N (needs shendu[mpi])")
     p.add_argument("--shards", type=_number(int), metavar="S",

@@ -179,6 +179,9 @@ class DistributedTrainer(Trainer):
         if device_of(model) is not kernels.cpu:
             raise ShenduError("distributed training runs on the CPU, in float32 or float64: "
                               "leave the model there, in one of those")
+        if options.get("precision") == "mixed":
+            raise ShenduError("distributed training runs in the model's own type: mixed "
+                              "precision trains in one process")
         self.deterministic = bool(deterministic)
         self.threads = share_cores(self.comm)
         self.communication_s = 0.0  # seconds spent in Allreduce (or Allgather), waits included

@@ -170,6 +170,57 @@ def fewer_bits(seed=0, calibration=500, batch=100):
 
 
 @experiment
+def mixed_precision(seeds=(0, 1, 2), root=None, batch=100):
+    """The chapter "Fewer bits"' training half: DeepConvNet by the book's recipe (Adam 0.001,
+    batch 100, 20 epochs, full MNIST) in float32 and in mixed precision (shendu.mixed), each
+    with every seed: test accuracy, time, images per second, steps skipped for overflow and the
+    last loss scale. Then how much of each layer's gradient float16 would lose without loss
+    scaling (mixed.underflow, on the first `batch` training images) at initialisation and for
+    the trained float32 network of the first seed, and with the last loss scale of its mixed
+    run; with the histogram of log2 |dL/d output| (integer bins). Each run trains in its run
+    directory `root`/PRECISION-SEED (default runs/mixed_precision/): started again, the
+    experiment continues where it was stopped, and reads finished runs back."""
+    from . import datasets, mixed, recipes
+    from .io import read_checkpoint
+    from .rng import manual_seed
+    root = Path("runs") / "mixed_precision" if root is None else Path(root)
+    train, test = datasets.load_mnist()
+    recipe = recipes.get("book")
+    runs, trained = {"float32": [], "mixed": []}, {}
+    for seed in seeds:
+        for precision in runs:
+            run_dir = root / f"{precision}-{seed}"
+            model, history = recipe.fit(train, test, seed=seed, run_dir=run_dir,
+                                        precision=precision)
+            scaler = read_checkpoint(run_dir)[0]["scaler"]  # None in float32
+            runs[precision].append({
+                "seed": seed, "test_acc": history[-1]["test_acc"],
+                "wall_time_s": round(history[-1]["elapsed"], 1),
+                "images_per_s": round(float(np.median([h["images_per_s"] for h in history])), 1),
+                "skipped": sum(h["skipped"] for h in history),
+                "loss_scale": None if scaler is None else scaler["scale"],
+                "test_acc_by_epoch": [h["test_acc"] for h in history]})
+            trained.setdefault(precision, model)
+            print(f"{precision}, seed {seed}: {history[-1]['test_acc']:.2%}", file=sys.stderr,
+                  flush=True)
+    x, t = train[0][:batch].astype(np.float32) / 255, train[1][:batch]
+    manual_seed(seeds[0])
+    fresh = recipe.build_model()
+    scale = runs["mixed"][0]["loss_scale"]
+    underflow = {}
+    for name, model, s in (("initial", fresh, 1.0), ("trained", trained["float32"], 1.0),
+                           ("trained_scaled", trained["float32"], scale)):
+        found = mixed.underflow(model, x, t, scale=s)
+        counts, edges = np.histogram(found["log2"], bins=np.arange(-48, 17))
+        underflow[name] = {"scale": s, "layers": found["layers"], "log2_bins": edges.tolist(),
+                           "log2_counts": counts.tolist()}
+    medians = {p: float(np.median([r["test_acc"] for r in rs])) for p, rs in runs.items()}
+    return {"recipe": "book", "seeds": list(seeds), "runs": runs, "median_test_acc": medians,
+            "difference_points": 100 * (medians["mixed"] - medians["float32"]),
+            "underflow": underflow}
+
+
+@experiment
 def ladder(batch=32):
     """The ladder of convolution kernels (shendu.kernels.LADDER) on DeepConvNet, with this
     machine's measured GEMM peak and memory bandwidth: the chapter "Speeding up"'s roofline."""

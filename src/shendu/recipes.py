@@ -62,10 +62,10 @@ class Recipe:
             **options)
 
     def fit(self, train, test, seed=0, epochs=None, run_dir=None, settings=None, device="cpu",
-            **fit_options):
+            precision=None, **fit_options):
         """Train a new model by this recipe on `device` ("cpu" or "cuda"): `shendu.manual_seed
-        (seed)` and the Trainer's seed make the run repeatable. Returns (model, history);
-        `fit_options` go to `Trainer.fit`.
+        (seed)` and the Trainer's seed make the run repeatable, in the Trainer's `precision`.
+        Returns (model, history); `fit_options` go to `Trainer.fit`.
         With `run_dir` the run keeps its checkpoints there, and a run_dir that holds one is
         continued exactly where it stopped (a finished run trains no further); with `settings`
         too (see `settings`), its checkpoints say how it was trained, as `shendu train`'s do.
@@ -75,7 +75,7 @@ class Recipe:
         manual_seed(seed)
         model = self.build_model().to(device)
         trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False,
-                               run_dir=run_dir, settings=settings)
+                               run_dir=run_dir, settings=settings, precision=precision)
         resume = run_dir if run_dir is not None and (Path(run_dir) / CHECKPOINT).exists() else None
         history = trainer.fit(train, test, epochs=epochs or self.epochs, resume=resume,
                               **fit_options)
@@ -126,17 +126,17 @@ def get(name):
 
 
 def settings(name, seed=0, model=None, epochs=None, batch_size=None, lr=None, subset=None,
-             checkpoint_every=None, target_accuracy=None):
+             checkpoint_every=None, target_accuracy=None, precision="float32"):
     """The settings `shendu train` keeps in a run's checkpoints, for a run of recipe `name`
     (None: the recipe's own): with them the command line can continue the run, and tell which
     data and augmentation it was trained on (`shendu evaluate --tta`). `model` replaces the
     recipe's model and its options together; `subset` is how many of the first training images
-    the run used (None: all)."""
+    the run used (None: all); `precision` "float32" or "mixed" (see Trainer)."""
     recipe = get(name)
     return {"model": model or recipe.model, "recipe": name,
             "model_options": {} if model else dict(recipe.model_options),
             "seed": seed, "subset": subset, "checkpoint_every": checkpoint_every,
-            "target_accuracy": target_accuracy,
+            "target_accuracy": target_accuracy, "precision": precision,
             "epochs": recipe.epochs if epochs is None else epochs,
             "batch_size": recipe.batch_size if batch_size is None else batch_size,
             "lr": recipe.lr if lr is None else lr}

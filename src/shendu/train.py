@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import checkpointing, kernels, nn
+from . import checkpointing, kernels, mixed, nn
 from .errors import ShenduError
 from .interrupts import StopRequest, stop_requests
 from .io import CheckpointError, lock_run_dir, save, write_atomic, write_checkpoint
@@ -42,6 +42,7 @@ __all__ = ["Trainer", "evaluate", "predict_proba", "profile", "set_profile", "pl
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "epoch_time", "images_per_s",
            "skipped", "elapsed"]
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 1000, 2  # the `quick` profile's caps
+PRECISIONS = (None, "float32", "mixed")  # a Trainer's: the model's own type, or one of these
 
 
 _PROFILES = ("full", "quick")
@@ -218,7 +219,10 @@ class Trainer:
     step changes anything (the last checkpoint stays as it was); with `skip_nonfinite=True` such
     steps are skipped instead (no update, BatchNorm statistics kept) and counted in the metric
     "skipped". `settings`, any JSON-safe dict, is stored in every checkpoint (the command line
-    keeps its flags there). `augment` (see `shendu.augment`) transforms each training batch,
+    keeps its flags there). `precision="mixed"` trains a float32 model in mixed precision
+    (`shendu.mixed`: float16 activations and gradients, float32 weights, dynamic loss scaling;
+    a step whose scaled gradients overflow is not taken and counts as skipped); "float32"
+    trains a float32 model as it is, and None any model in its own type. `augment` (see `shendu.augment`) transforms each training batch,
     with randomness that follows from `seed`, so augmented runs repeat and resume exactly too.
 
     The loop is here; around it, each in its module: what a checkpoint holds and how it is
@@ -228,7 +232,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, batch_size=100, scheduler=None, seed=0,
                  run_dir=None, progress=True, checkpoint_every=None, skip_nonfinite=False,
-                 settings=None, augment=None):
+                 settings=None, augment=None, precision=None):
         if augment is not None and not callable(augment):
             raise ShenduError(f"augment must be a transform (see shendu.augment), got {augment!r}")
         self.model, self.optimizer, self.augment = model, optimizer, augment
@@ -244,6 +248,7 @@ class Trainer:
         if self.checkpoint_every is not None and run_dir is None:
             raise ShenduError("checkpoint_every needs a run_dir to write the checkpoints into")
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.scaler = _scaler(model, precision)
         self.settings = settings
         self.history = []  # one dict of METRICS per epoch, across calls to fit
         self.global_step = 0  # steps taken (skipped ones included), across calls to fit
@@ -367,14 +372,15 @@ class Trainer:
         if self.augment is not None:
             images = self.augment(images, np.random.default_rng([e["augment_seed"], e["step"]]))
         loss, correct = self._gradient(images, t[batch], K)
-        if math.isfinite(loss):
+        finite = math.isfinite(loss)
+        if finite and (self.scaler is None or self.scaler.unscale(self.model.parameters())):
             self.optimizer.step()
             e["loss_sum"] += loss * len(batch)
             e["correct"] += correct
             e["used"] += len(batch)
-        else:
+        else:  # a non-finite loss, or in mixed precision gradients that overflowed float16
             rollback.undo()  # a step that is not taken must not move them either
-            if not self.skip_nonfinite:
+            if not finite and not self.skip_nonfinite:
                 raise diverged(loss, e["step"] + 1, e["number"], self.run_dir)
             e["skipped"] += 1
         if self.scheduler is not None and self.per_batch:
@@ -386,11 +392,14 @@ class Trainer:
 
     def _gradient(self, images, t, K):
         """The batch's mean loss and number of right answers; afterwards, if the loss is finite,
-        every parameter's grad holds its gradient."""
-        logits = self.model(_on_device(self.model, images, K))
-        loss = self.loss_fn(logits, t)
-        if math.isfinite(loss):
-            nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images
+        every parameter's grad holds its gradient (in mixed precision, the scaled one)."""
+        if self.scaler is not None:
+            loss, logits = self.scaler.gradient(self.model, self.loss_fn, images, t)
+        else:
+            logits = self.model(_on_device(self.model, images, K))
+            loss = self.loss_fn(logits, t)
+            if math.isfinite(loss):
+                nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images
         return loss, int(np.count_nonzero(kernels.to_host(logits).argmax(axis=1) == t))
 
     def _accuracy(self, x_test, t_test):
@@ -457,6 +466,25 @@ class Trainer:
                  else f"after epoch {len(self.history)}")
         saved = f"; checkpoint saved in {self.run_dir}" if self.run_dir is not None else ""
         return f"Training interrupted ({name}) {where}{saved}. {self.resume_hint()}"
+
+
+def _scaler(model, precision):
+    """The loss scaler of a Trainer training `model` in `precision` (None without one)."""
+    if precision not in PRECISIONS:
+        raise ShenduError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got "
+                          f"{precision!r}")
+    params = model.parameters()
+    if precision is None or not params:
+        return None
+    if params[0].data.dtype != np.float32:
+        raise ShenduError(f"precision {precision!r} trains a float32 model, and this one is "
+                          f"{params[0].data.dtype}: call .float() first, or precision=None")
+    if precision == "float32":
+        return None
+    if device_of(model) is not kernels.cpu:
+        raise ShenduError("mixed precision trains on the CPU (its float16 kernels have no CUDA "
+                          "version yet): keep the model there")
+    return mixed.LossScaler()
 
 
 def _reached(history, target):

@@ -40,13 +40,16 @@ def _check_input(layer, x, ndim, channels=None):
         want = want.replace("C", str(channels)).replace("features", str(channels))
         raise ShenduError(f"{layer!r} expects input of shape {want}, got {tuple(x.shape)}")
     weight = layer._params.get("weight")
-    if weight is not None and (kernels.of(weight.data) is not K or weight.data.dtype != x.dtype):
-        W = kernels.of(weight.data)
-        if W.DEVICE == K.DEVICE:
-            raise ShenduError(f"{layer!r} has its weights in {weight.data.dtype} but its input in "
-                              f"{x.dtype}: cast the input, or the model with .to(dtype=...)")
+    if weight is None:
+        return x
+    W = kernels.of(weight.data)
+    if W.DEVICE != K.DEVICE:
         raise ShenduError(f"{layer!r} has its weights on {W.DEVICE} but its input on "
                           f"{K.DEVICE}: move the input there, or the model with .to()")
+    dtype = weight.data.dtype if layer.compute is None else layer.compute  # what it computes in
+    if dtype != x.dtype:
+        raise ShenduError(f"{layer!r} computes in {dtype} but its input is {x.dtype}: cast the "
+                          "input, or the model with .to(dtype=...)")
     return x
 
 
@@ -60,12 +63,15 @@ class _Weighted(Module):
     """A layer with weights W (Linear, Conv2d). With `binary` set (BinaryConnect training:
     shendu.quantization.train_binary), it computes with each weight's sign times its output's
     mean |w| (`binary_weights`), and the gradient it finds for those goes to W unchanged: the
-    straight-through estimator, which treats the sign as if it were the identity."""
+    straight-through estimator, which treats the sign as if it were the identity. With `compute`
+    set (mixed precision: shendu.mixed), it computes with a 16-bit copy of W, and W's gradient
+    is found in 16 bits."""
 
     binary = False
 
     def weights_used(self):
-        return binary_weights(self.weight.data) if self.binary else self.weight.data
+        w = binary_weights(self.weight.data) if self.binary else self.weight.data
+        return w if self.compute is None else w.astype(self.compute)
 
 
 def binary_weights(w):
@@ -397,8 +403,9 @@ class _BatchNorm(Module):
         K = kernels.of(x)
         x = K.contiguous(x)
         batch = K.batch_stats(x) if self.training else None
-        mean, inv_std, self.running_mean, self.running_var = K.on_host(
-            self._statistics, batch, self.running_mean, self.running_var, len(x), x.dtype)
+        mean, inv_std, self.running_mean, self.running_var = K.on_host(  # in γ's type
+            self._statistics, batch, self.running_mean, self.running_var, len(x),
+            self.weight.data.dtype)
         y = K.empty_like(x)
         K.normalize(x, mean, inv_std, self.weight.data, self.bias.data, self.relu, y)
         # backward recomputes x̂ from x, which the layer before wrote anyway: no x̂ is stored

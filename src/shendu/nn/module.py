@@ -111,6 +111,10 @@ class Module:
     # Layers whose backward takes `input_grad=False` to skip dL/dx (see `data_backward`).
     accepts_input_grad = False
 
+    # Mixed precision (shendu.mixed.computing): the 16-bit type the module computes in while
+    # its parameters stay as they are; None: the parameters' own type.
+    compute = None
+
     @property
     def keeps_cache(self):
         """Whether this forward pass must keep what backward needs (not inside no_grad())."""
