@@ -53,6 +53,7 @@ __all__ = [
     "load",
     "load_fashion_mnist",
     "load_mnist",
+    "mnist_scenes",
     "names",
     "read_idx",
 ]
@@ -544,3 +545,129 @@ def describe(name: str) -> tuple[str, list[str]]:
 def load(name: str, root: str | os.PathLike | None = None, download: bool = True):
     """A dataset by name ("mnist", "fashion-mnist"): ``((x_train, t_train), (x_test, t_test))``."""
     return _load(_named(name), root, download)
+
+
+# -- MNIST scenes: several digits on one canvas, for detection, segmentation and captioning -----
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+_SCENES_VERSION = 1  # part of the cache's file names: a change to the drawing renames them
+_INK = 64  # a digit's pixels from this value on are ink: its box and its label map
+_MAX_OVERLAP = 0.15  # of the smaller box's area, for any two digits of a scene
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """`n` canvases with their digits. images: uint8 (n, 1, size, size), light digits on dark as
+    MNIST; masks: uint8 (n, size, size), 0 for background and d + 1 where digit d's ink is;
+    boxes[i]: int64 (k, 4) rows [x0, y0, x1, y1], the ink's bounding box in pixel edges (columns
+    x0 to x1 − 1, rows y0 to y1 − 1); classes[i]: int64 (k,), the digits; sources[i]: int64 (k,),
+    the indices of the MNIST images they are drawn from; captions[i]: the digits as words, left
+    to right by their boxes' centres ("three seven one")."""
+    images: np.ndarray
+    masks: np.ndarray
+    boxes: list
+    classes: list
+    sources: list
+    captions: list
+
+    def __len__(self):
+        return len(self.images)
+
+
+def mnist_scenes(split: str, n: int, size: int = 64, digits=(1, 4), seed: int = 0,
+                 root: str | os.PathLike | None = None) -> Scenes:
+    """`n` scenes of MNIST digits: train scenes from the training split only, test scenes from
+    the test split only. Each scene has between digits[0] and digits[1] digits, each drawn from
+    the split at random, its ink cropped, scaled to a height of a quarter to 0.45 of the canvas
+    and placed at random where it overlaps no other digit's box by more than 15% of the smaller
+    box; where digits overlap, the brighter pixel wins. Scene i depends on (seed, split, size,
+    digits, i) only, so fewer scenes are a prefix of more. Kept in the cache
+    (``<cache>/scenes/``, no pickle), so a second call reads them back."""
+    if split not in ("train", "test"):
+        raise ShenduError(f"split must be 'train' or 'test', got {split!r}")
+    for name, value in (("n", n), ("size", size), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ShenduError(f"{name} must be a whole number >= 0, got {value!r}")
+    low, high = digits
+    if not 1 <= low <= high <= 6 or size < 32:
+        raise ShenduError(f"scenes hold 1 to 6 digits on a canvas of 32 pixels or more; got "
+                          f"digits={digits!r}, size={size!r}")
+    path = (cache_dir(root) / "scenes" /
+            f"v{_SCENES_VERSION}-{split}-{n}-{size}-{low}-{high}-{seed}.npz")
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return _scenes(f["images"], f["masks"], f["boxes"], f["classes"], f["sources"],
+                               f["counts"])
+        except (OSError, ValueError, KeyError, zlib.error):
+            path.unlink(missing_ok=True)  # a damaged cache file is drawn again
+    (x_train, t_train), (x_test, t_test) = load_mnist(root)
+    x, t = (x_train, t_train) if split == "train" else (x_test, t_test)
+    images = np.zeros((n, 1, size, size), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    boxes, sources, counts = [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, split == "test", size, low, high, i])
+        placed = _draw_scene(x, rng, int(rng.integers(low, high + 1)), images[i, 0], masks[i], t)
+        boxes += [b for b, _ in placed]
+        sources += [s for _, s in placed]
+        counts.append(len(placed))
+    boxes = np.array(boxes, np.int64).reshape(-1, 4)
+    sources, counts = np.array(sources, np.int64), np.array(counts, np.int64)
+    classes = t[sources]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            np.savez_compressed(tmp, images=images, masks=masks, boxes=boxes, classes=classes,
+                                sources=sources, counts=counts)
+        os.replace(tmp.name, path)
+    except OSError as e:
+        warnings.warn(f"could not cache the scenes in {path.parent}: {e}", stacklevel=2)
+    return _scenes(images, masks, boxes, classes, sources, counts)
+
+
+def _draw_scene(x, rng, k, canvas, mask, t):
+    """Draw k digits of x onto canvas (and their labels t + 1 onto mask); returns their
+    (box, source index) pairs. A digit that finds no place is made smaller and tried again."""
+    from PIL import Image
+    size, placed = canvas.shape[0], []
+    while len(placed) < k:
+        source = int(rng.integers(len(x)))
+        digit = x[source, 0]
+        rows, cols = np.flatnonzero((digit >= _INK).any(1)), np.flatnonzero((digit >= _INK).any(0))
+        crop = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+        h = rng.uniform(0.25, 0.45) * size
+        for _ in range(100):
+            shape = (max(1, round(crop.width * h / crop.height)), max(1, round(h)))
+            ink = np.asarray(crop.resize(shape, Image.Resampling.BILINEAR))
+            ys, xs = np.nonzero(ink >= _INK)
+            y0 = int(rng.integers(size - ink.shape[0] + 1))
+            x0 = int(rng.integers(size - ink.shape[1] + 1))
+            if len(xs):
+                box = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1)
+                if all(_overlap(box, other) <= _MAX_OVERLAP for other, _ in placed):
+                    break
+            h *= 0.97
+        else:
+            continue  # no room even when small: another digit
+        region = canvas[y0:y0 + ink.shape[0], x0:x0 + ink.shape[1]]
+        wins = (ink >= _INK) & (ink >= region)
+        mask[y0:y0 + ink.shape[0], x0:x0 + ink.shape[1]][wins] = t[source] + 1
+        np.maximum(region, ink, out=region)
+        placed.append((box, source))
+    return placed
+
+
+def _overlap(a, b):
+    """The area two boxes share, as a fraction of the smaller one's."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return max(w, 0) * max(h, 0) / smaller
+
+
+def _scenes(images, masks, boxes, classes, sources, counts):
+    ends = np.cumsum(counts)[:-1]
+    boxes, classes, sources = (np.split(a, ends) for a in (boxes, classes, sources))
+    captions = [" ".join(WORDS[d] for d in c[np.argsort(b[:, 0] + b[:, 2], kind="stable")])
+                for b, c in zip(boxes, classes)]
+    return Scenes(images, masks, boxes, classes, sources, captions)
