@@ -81,3 +81,16 @@ def test_augmentations_draws_originals_then_draws_of_each_transform():
         np.testing.assert_array_equal(shown[k], x[0, 0, :, ::-1] / 255)
         assert not shown[4 + k].any()  # the whole image erased
     plt.close(fig)
+
+
+def test_underflow_draws_a_histogram_bar_per_bin_and_two_bars_per_layer():
+    entry = {"log2_bins": [-30, -29, -28, -27], "log2_counts": [1, 1, 2],
+             "layers": [{"layer": "0 Conv2d", "output": 0.5, "weight": 0.25},
+                        {"layer": "3 Linear", "output": 0.0, "weight": 0.125}]}
+    fig = plot.underflow({"a": entry, "b": entry})
+    hist, bars = fig.axes
+    heights = [p.get_height() for p in hist.patches if p.get_width() < 1][:3]
+    np.testing.assert_allclose(heights, [25, 25, 50])  # percentages of the four values
+    widths = sorted(p.get_width() for p in bars.patches)
+    np.testing.assert_allclose(widths, sorted([50, 25, 0, 12.5] * 2))
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["Conv2d 0", "Linear 3"]

@@ -123,3 +123,51 @@ def test_a_16_bit_model_saves_and_loads_without_loss(dtype, tmp_path):
     loaded = shendu.load(tmp_path / "run")  # float32, holding every 16-bit value exactly
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == np.float32 and np.array_equal(a.astype(np.float32), b), name
+
+
+# -- kernels.narrow.cast: NumPy's casts, on the bit patterns -------------------------------------
+def same_values(ours, theirs):
+    """Bitwise equal, except that any NaN matches any NaN (payloads may differ)."""
+    nan = np.isnan(theirs.astype(np.float32))
+    return (np.array_equal(nan, np.isnan(ours.astype(np.float32)))
+            and ours.dtype == theirs.dtype
+            and np.array_equal(ours[~nan].view(np.uint8), theirs[~nan].view(np.uint8)))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_cast_widens_every_16_bit_value_exactly(dtype):
+    every = np.arange(2 ** 16, dtype=np.uint16).view(dtype)
+    assert same_values(kernels.narrow.cast(every, np.float32), every.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_cast_rounds_float32_as_numpy_does(dtype):
+    """Every float32 bit pattern whose bits below the 16-bit type's mantissa are one of the
+    rounding cases (0, 1, just below, at and just above half, all ones), for every pattern of
+    the bits above: each tie, carry, subnormal, overflow and NaN; then random patterns."""
+    dropped = 13 if dtype == np.float16 else 16  # mantissa bits float32 has and dtype lacks
+    half = 1 << (dropped - 1)
+    low = np.array([0, 1, half - 1, half, half + 1, (1 << dropped) - 1], np.uint32)
+    high = np.arange(2 ** (32 - dropped), dtype=np.uint32) << dropped
+    bits = np.concatenate([(high[:, None] | low).ravel(),
+                           np.random.default_rng(0).integers(0, 2 ** 32, 10 ** 6, np.uint32)])
+    values = bits.view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = values.astype(dtype)
+    assert same_values(kernels.narrow.cast(values, dtype), expected)
+
+
+def test_cast_keeps_the_layout_and_writes_into_out():
+    nhwc = rand(2, 3, 4, 5).astype(np.float32).transpose(0, 3, 1, 2)  # an NCHW view of channels-last memory
+    half = kernels.narrow.cast(nhwc, np.float16)
+    assert half.strides[1] == 2 and np.array_equal(half, nhwc.astype(np.float16))
+    assert np.array_equal(kernels.narrow.cast(half, np.float32), nhwc.astype(np.float16))
+    strided = rand(6, 8).astype(np.float32)[:, ::2]  # not dense: copied to a dense layout first
+    assert np.array_equal(kernels.narrow.cast(strided, np.float16), strided.astype(np.float16))
+    out = np.zeros((6, 8), np.float16)
+    kernels.narrow.cast(strided, np.float16, out=out[:, ::2])  # a layout the loops do not take
+    assert np.array_equal(out[:, ::2], strided.astype(np.float16)) and not out[:, 1::2].any()
+    out = np.zeros((5, 4), np.float16).T  # a transposed target
+    source = rand(4, 5).astype(np.float32)
+    kernels.narrow.cast(source, np.float16, out=out)
+    assert np.array_equal(out, source.astype(np.float16))

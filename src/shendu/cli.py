@@ -106,7 +106,8 @@ def _train_in(args, comm):
               f"{type(trainer.optimizer).__name__} lr {settings['lr']:g}"
               f"{' one-cycle' if trainer.scheduler else ''}, batch {settings['batch_size']}, "
               f"{epochs} epoch{'s' if epochs > 1 else ''}"
-              f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']}{ranks} "
+              f"{f' or until {target:.2%}' if target else ''}, seed {settings['seed']}{ranks}"
+              f"{', mixed precision' if settings['precision'] == 'mixed' else ''} "
               f"-> {out}", flush=True)
 
         def report(m):

@@ -57,7 +57,8 @@ class LossScaler:
             logits = model(np.asarray(images, HALF))
             loss = loss_fn(logits.astype(np.float32), t)
             if np.isfinite(loss):
-                nn.data_backward(model, (loss_fn.backward() * self.scale).astype(HALF))
+                with np.errstate(over="ignore", invalid="ignore"):  # `unscale` finds inf, NaN
+                    nn.data_backward(model, (loss_fn.backward() * self.scale).astype(HALF))
         return loss, logits
 
     def unscale(self, params):
@@ -93,9 +94,9 @@ def underflow(model, x, t, scale=1.0, loss_fn=None):
     Returns {"layers": [{"layer", "output", "weight"}, ...] (shares in [0, 1]), "log2": the log₂
     of every nonzero |dL/d output| · scale of those layers together (for a histogram against
     float16's range)}."""
-    if not isinstance(model, nn.Sequential):
-        raise ShenduError(f"underflow walks a Sequential model layer by layer, not a "
-                          f"{type(model).__name__}")
+    if not isinstance(model, nn.Sequential) or any(layer._modules for layer in model):
+        raise ShenduError(f"underflow walks a Sequential of layers, one by one; this "
+                          f"{type(model).__name__} has blocks of layers")
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     was_training = model.training
     model.train()

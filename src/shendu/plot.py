@@ -287,3 +287,42 @@ def scaling(workers, panels, reference=None):
     axes[0, 0].set_ylabel("speed-up over one worker")
     axes[0, -1].legend(fontsize=8)
     return fig
+
+
+def underflow(panels):
+    """Loss scaling's reason, from {label: mixed.underflow-style entries} (each with "log2_bins",
+    "log2_counts" and "layers"): left, the histogram of log₂ |dL/d output| of each, against
+    float16's range (zero below 2⁻²⁴, subnormal up to 2⁻¹⁴, infinite from 2¹⁶); right, each
+    layer's share of output gradients (solid) and weight gradients (hatched) that round to zero
+    in float16."""
+    fig, (hist, bars) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained",
+                                     width_ratios=(3, 2))
+    info = np.finfo(np.float16)
+    hist.axvspan(-60, np.log2(float(info.smallest_subnormal)) - 1, color="0.85",
+                 label="rounds to 0 in float16")
+    hist.axvspan(np.log2(float(info.smallest_subnormal)) - 1,
+                 np.log2(float(info.smallest_normal)), color="0.93", label="subnormal")
+    hist.axvline(np.log2(float(info.max)), color="0.4", ls=":", label="float16's largest")
+    width = 0.8 / len(panels)
+    for k, (label, entry) in enumerate(panels.items()):
+        edges, counts = np.array(entry["log2_bins"]), np.array(entry["log2_counts"])
+        hist.bar(edges[:-1] + k * width, 100 * counts / counts.sum(), width=width, align="edge",
+                 label=label)
+        names = [row["layer"].split()[-1] + " " + row["layer"].split()[0]
+                 for row in entry["layers"]]
+        y = np.arange(len(names)) + k * width
+        bars.barh(y, [100 * row["output"] for row in entry["layers"]], height=width / 2,
+                  color=f"C{k}", label=f"{label}: dL/d output")
+        bars.barh(y + width / 2, [100 * row["weight"] for row in entry["layers"]],
+                  height=width / 2, color=f"C{k}", hatch="//", alpha=0.6,
+                  label=f"{label}: dL/dW")
+    hist.set(xlim=(edges[0], edges[-1]), xlabel="log₂ |gradient|",
+             ylabel="share of the gradient values (%)")
+    hist.legend(fontsize=8)
+    bars.set_yticks(np.arange(len(names)) + 0.4 - width / 2, names)
+    bars.invert_yaxis()
+    bars.set(xlabel="gradient values that round to 0 in float16 (%)")
+    bars.legend(fontsize=7)
+    for ax in (hist, bars):
+        ax.grid(alpha=0.3)
+    return fig
