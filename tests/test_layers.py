@@ -19,6 +19,10 @@ LAYERS = [
     (lambda: nn.Conv2d(2, 2, 3, padding=2), (2, 2, 5, 4)),
     (lambda: nn.Conv2d(4, 3, 1), (2, 4, 3, 5)),
     (lambda: nn.ConvReLU2d(nn.Conv2d(2, 3, 3, stride=2, padding=1)), (2, 2, 7, 6)),
+    (lambda: nn.ConvTranspose2d(3, 2, 3), (2, 3, 4, 5)),
+    (lambda: nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1), (2, 2, 3, 4)),
+    (lambda: nn.ConvTranspose2d(2, 2, 3, stride=3, padding=2, output_padding=2, bias=False),
+     (1, 2, 3, 2)),
     (lambda: nn.MaxPool2d(2), (2, 3, 6, 6)),
     (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 5)),
     (lambda: nn.MaxPool2d(2, stride=1), (1, 2, 5, 5)),
@@ -103,3 +107,30 @@ def test_skipping_the_input_gradient_keeps_parameter_gradients():
     assert model.backward(dy, input_grad=False) is None
     for name, p in model.named_parameters():
         np.testing.assert_array_equal(p.grad, full[name])
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_bilinear_transposed_convolution_keeps_ramps_and_constants(stride):
+    """Bilinear interpolation reproduces any affine image a + b·row + c·column exactly (in the
+    coordinates of pixel centres), so away from the border the upsampled ramp is that ramp at
+    the output's pixel centres, (i + 1/2) / stride − 1/2."""
+    layer = nn.init.bilinear_(nn.ConvTranspose2d(2, 2, 2 * stride - stride % 2, stride=stride,
+                                                 padding=stride // 2))
+    rows, cols = np.mgrid[0:6, 0:7].astype(np.float32)
+    x = np.stack([1 + 0.5 * rows - 0.25 * cols, np.full_like(rows, 3)])[None]
+    y = layer(x)
+    assert y.shape == (1, 2, 6 * stride, 7 * stride)
+    r, c = (np.mgrid[0:6 * stride, 0:7 * stride] + 0.5) / stride - 0.5
+    inner = (slice(stride, -stride), slice(stride, -stride))
+    np.testing.assert_allclose(y[0, 0][inner], (1 + 0.5 * r - 0.25 * c)[inner], atol=1e-5)
+    np.testing.assert_allclose(y[0, 1][inner], 3, atol=1e-5)
+    assert y[0, 1, 0, 0] < 3  # the border sees zeros beyond the image
+
+
+def test_transposed_convolution_arguments_are_checked():
+    with pytest.raises(shendu.ShenduError, match="padding <= kernel_size - 1"):
+        nn.ConvTranspose2d(1, 1, 3, padding=3)
+    with pytest.raises(shendu.ShenduError, match="output_padding < stride"):
+        nn.ConvTranspose2d(1, 1, 3, stride=2, output_padding=2)
+    with pytest.raises(shendu.ShenduError, match="as many output channels as inputs"):
+        nn.init.bilinear_(nn.ConvTranspose2d(1, 2, 4, stride=2, padding=1))

@@ -35,6 +35,10 @@ def _to_torch(layer):
         t = (F.Conv2d if kind == "Conv2d" else TorchConvReLU2d)(
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
             bias=layer.bias is not None)
+    elif kind == "ConvTranspose2d":
+        t = F.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                              layer.stride, layer.padding, layer.output_padding,
+                              bias=layer.bias is not None)
     elif kind in ("MaxPool2d", "AvgPool2d"):
         return getattr(F, kind)(layer.kernel_size, layer.stride, layer.padding)
     elif kind == "GlobalAvgPool2d":
@@ -123,3 +127,16 @@ def test_eval_mode_backward_matches_pytorch(make, shape):
     reference = _to_torch(layer)
     layer.eval(), reference.eval()
     assert_matches_torch(layer, reference, rand(*shape, seed=3).astype(np.float32), seed=4)
+
+
+@pytest.mark.parametrize("stride", [2, 3, 8])
+def test_bilinear_transposed_convolution_is_pytorchs_interpolation_inside(stride):
+    layer = nn.init.bilinear_(nn.ConvTranspose2d(3, 3, 2 * stride - stride % 2, stride=stride,
+                                                 padding=stride // 2))
+    x = rand(2, 3, 5, 6, seed=1).astype(np.float32)
+    theirs = torch.nn.functional.interpolate(torch.tensor(x), scale_factor=stride,
+                                             mode="bilinear", align_corners=False).numpy()
+    ours = layer(x)
+    assert ours.shape == theirs.shape
+    inner = (slice(None), slice(None), slice(stride, -stride), slice(stride, -stride))
+    assert_close(ours[inner], theirs[inner])

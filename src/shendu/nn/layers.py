@@ -203,6 +203,81 @@ class ConvReLU2d(Conv2d):
                                 input_grad)
 
 
+class ConvTranspose2d(_Weighted):
+    """The transpose of a convolution, which upsamples: each input pixel adds its values times
+    the kernel into a k × k window of the output, the windows `stride` apart,
+    y[n, o, i·s + u − p, j·s + v − p] += Σ_c x[n, c, i, j] W[c, o, u, v], then + b[o]; the output
+    is (H − 1)·s − 2p + k + output_padding high (and as wide). W is (in, out, k, k), as PyTorch's.
+
+    It is the input gradient of a Conv2d with the same weights, and is computed as a Conv2d: the
+    input spread out (s − 1 zeros between its pixels, k − 1 − p zeros around, output_padding
+    more below and right), correlated with W flipped in space and with its channel axes swapped
+    (the textbook's conv_input_grad computes dL/dx of a convolution the same way). Its backward
+    is that convolution's backward, whose input gradient is read back at the spread pixels."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, bias=True):
+        super().__init__()
+        if not 0 <= padding <= kernel_size - 1 or not 0 <= output_padding < stride:
+            raise ShenduError(f"ConvTranspose2d needs 0 <= padding <= kernel_size - 1 and "
+                              f"0 <= output_padding < stride, got padding={padding}, "
+                              f"output_padding={output_padding}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.output_padding = output_padding
+        fan_in = in_channels * kernel_size * kernel_size
+        self.weight = Parameter(init.he_normal(
+            (in_channels, out_channels, kernel_size, kernel_size), fan_in=fan_in))
+        self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
+        self.cache = None
+
+    def _pixels(self, h, w):
+        """Where the input's pixels go in the spread-out array: (row slice, column slice)."""
+        edge, s = self.kernel_size - 1 - self.padding, self.stride
+        return slice(edge, edge + (h - 1) * s + 1, s), slice(edge, edge + (w - 1) * s + 1, s)
+
+    def forward(self, x):
+        x = _nhwc(_check_input(self, x, 4, self.in_channels))
+        K = kernels.of(x)
+        n, h, w, c = x.shape
+        grow = 2 * (self.kernel_size - 1 - self.padding) + self.output_padding + 1
+        spread = K.zeros((n, (h - 1) * self.stride + grow, (w - 1) * self.stride + grow, c),
+                         x.dtype)
+        K.copy_into(K.view(spread, (slice(None), *self._pixels(h, w))), x)
+        self.cache = (spread, h, w) if self.keeps_cache else None
+        b = self.bias.data if self.bias is not None else None
+        return _nchw(K.conv_forward(spread, self._flipped(K), b, 1, 0))
+
+    accepts_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        spread, h, w = self._cached(self.cache)
+        K = kernels.of(dy)
+        d_spread, d_flipped, db = K.conv_backward(_nhwc(dy), spread, self._flipped(K), 1, 0,
+                                                  input_grad)
+        self.weight.grad, = K.on_host(lambda g: (_flip(g),), d_flipped)
+        if self.bias is not None:
+            self.bias.grad = db
+        if not input_grad:
+            return None
+        return _nchw(K.contiguous(K.view(d_spread, (slice(None), *self._pixels(h, w)))))
+
+    def _flipped(self, K):
+        """W flipped in space with its channel axes swapped: the Conv2d weights (out, in, k, k)."""
+        flipped, = K.on_host(lambda w: (_flip(w),), self.weights_used())
+        return flipped
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, "
+                f"output_padding={self.output_padding}, bias={self.bias is not None}")
+
+
+def _flip(w):
+    """w[a, b, u, v] → w[b, a, k − 1 − u, k − 1 − v] (its own inverse)."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
