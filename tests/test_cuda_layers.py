@@ -83,6 +83,7 @@ LAYERS = [  # (constructor, input shape)
     (lambda: nn.Conv2d(3, 2, 1, bias=False), (2, 3, 3, 5)),
     (lambda: nn.ConvReLU2d(nn.Conv2d(2, 3, 3, stride=2, padding=1)), (2, 2, 7, 6)),
     (lambda: nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1, output_padding=1), (1, 2, 2, 3)),
+    (lambda: nn.Upsample(2, mode="bilinear"), (2, 3, 3, 4)),
     (lambda: nn.Identity(), (2, 3, 4, 5)),
     (lambda: nn.MaxPool2d(2), (2, 3, 5, 4)),
     (lambda: nn.MaxPool2d(3, stride=2, padding=1), (1, 2, 7, 5)),

@@ -29,6 +29,8 @@ LAYERS = [
     (lambda: nn.AvgPool2d(2), (2, 3, 6, 6)),
     (lambda: nn.AvgPool2d(3, stride=2, padding=1), (2, 2, 7, 5)),
     (lambda: nn.GlobalAvgPool2d(), (2, 3, 4, 5)),
+    (lambda: nn.Upsample(2), (2, 3, 3, 4)),
+    (lambda: nn.Upsample(3, mode="bilinear"), (2, 2, 4, 3)),
     (lambda: nn.Flatten(), (2, 3, 4, 5)),
     (lambda: nn.ReLU(), (3, 4, 5)),
     (lambda: nn.Identity(), (3, 4, 5)),
@@ -134,3 +136,10 @@ def test_transposed_convolution_arguments_are_checked():
         nn.ConvTranspose2d(1, 1, 3, stride=2, output_padding=2)
     with pytest.raises(shendu.ShenduError, match="as many output channels as inputs"):
         nn.init.bilinear_(nn.ConvTranspose2d(1, 2, 4, stride=2, padding=1))
+
+
+def test_upsample_arguments_are_checked():
+    with pytest.raises(shendu.ShenduError, match="whole scale_factor >= 1"):
+        nn.Upsample(1.5)
+    with pytest.raises(shendu.ShenduError, match="mode must be one of nearest, bilinear"):
+        nn.Upsample(2, mode="bicubic")

@@ -355,6 +355,67 @@ class GlobalAvgPool2d(Module):
         return kernels.of(dy).global_avgpool_backward(dy, self._cached(self.shape))
 
 
+class Upsample(Module):
+    """Each map made `scale_factor` times higher and wider: y = A x Bᵀ for every image and
+    channel, A (and B) the matrix whose row i weighs the input rows that output row i reads:
+    "nearest" copies row ⌊i / s⌋; "bilinear" mixes the two rows around (i + ½) / s − ½ (PyTorch's
+    align_corners=False; clamped to the first and last rows). Backward is dx = Aᵀ dy B."""
+
+    MODES = ("nearest", "bilinear")
+
+    def __init__(self, scale_factor=2, mode="nearest"):
+        super().__init__()
+        if isinstance(scale_factor, bool) or not isinstance(scale_factor, int) or scale_factor < 1:
+            raise ShenduError(f"Upsample takes a whole scale_factor >= 1, got {scale_factor!r}")
+        if mode not in self.MODES:
+            raise ShenduError(f"Upsample mode must be one of {', '.join(self.MODES)}, got "
+                              f"{mode!r}")
+        self.scale_factor, self.mode = scale_factor, mode
+        self.cache = None
+
+    def forward(self, x):
+        x = _check_input(self, x, 4)
+        K = kernels.of(x)
+        rows, cols = (K.array(_interpolation(size, self.scale_factor, self.mode, x.dtype))
+                      for size in x.shape[2:])
+        self.cache = (rows, cols) if self.keeps_cache else None
+        return _between(K, x, rows, cols, backward=False)
+
+    def backward(self, dy):
+        rows, cols = self._cached(self.cache)
+        return _between(kernels.of(dy), dy, rows, cols, backward=True)
+
+    def extra_repr(self):
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
+
+
+def _interpolation(size, s, mode, dtype):
+    """The (size·s, size) matrix that upsamples one axis of `size` pixels."""
+    i = np.arange(size * s)
+    a = np.zeros((size * s, size), dtype)
+    if mode == "nearest":
+        a[i, i // s] = 1
+        return a
+    source = np.maximum((i + 0.5) / s - 0.5, 0)
+    low = np.floor(source).astype(int)
+    high, frac = np.minimum(low + 1, size - 1), source - low
+    np.add.at(a, (i, low), 1 - frac)
+    np.add.at(a, (i, high), frac)
+    return a
+
+
+def _between(K, x, rows, cols, backward):
+    """rows · x · colsᵀ for every image and channel of x (N, C, H, W), or rowsᵀ · x · cols for
+    the backward pass: two matrix products, one along the columns, one along the rows."""
+    n, c, h, _ = x.shape
+    t = K.matmul(K.contiguous(x).reshape(n * c * h, x.shape[3]), cols, transpose_b=not backward)
+    w = t.shape[1]
+    t = K.contiguous(K.transpose(t.reshape(n * c, h, w), (1, 0, 2))).reshape(h, n * c * w)
+    t = K.matmul(rows, t, transpose_a=backward)
+    return K.contiguous(K.transpose(t.reshape(t.shape[0], n * c, w), (1, 0, 2))).reshape(
+        n, c, -1, w)
+
+
 class Flatten(Module):
     """(N, C, H, W) → (N, C·H·W) in C, H, W order, as PyTorch flattens."""
 
