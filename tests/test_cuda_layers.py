@@ -93,6 +93,7 @@ LAYERS = [  # (constructor, input shape)
     (lambda: nn.Flatten(), (2, 3, 4, 5)),
     (lambda: nn.ReLU(), (2, 3, 4, 5)),
     (lambda: nn.ReLU(), (3, 7)),
+    (lambda: nn.LeakyReLU(0.2), (2, 3, 4, 5)),
     (lambda: nn.BatchNorm1d(5), (7, 5)),
     (lambda: nn.BatchNorm2d(3), (3, 3, 4, 5)),
     (lambda: nn.BatchNormReLU2d(nn.BatchNorm2d(3)), (3, 3, 4, 5)),

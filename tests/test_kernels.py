@@ -374,3 +374,16 @@ def test_importing_shendu_changes_no_thread_setting():
     assert out == ["None", "None"]
 
 
+
+
+def test_leaky_relu_kernels_are_numpys_where_in_any_layout():
+    from shendu.kernels import cpu
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32).transpose(0, 3, 1, 2)  # NCHW view
+    x[0, 0, 0, :2] = [0.0, np.nan]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    slope = np.float32(0.2)
+    np.testing.assert_array_equal(cpu.leaky_relu_forward(x, 0.2), np.where(x > 0, x, slope * x))
+    np.testing.assert_array_equal(cpu.leaky_relu_backward(dy, x, 0.2),
+                                  np.where(x > 0, dy, slope * dy))
+    assert cpu.leaky_relu_forward(x, 0.2).strides == x.strides  # laid out like x

@@ -33,6 +33,7 @@ LAYERS = [
     (lambda: nn.Upsample(3, mode="bilinear"), (2, 2, 4, 3)),
     (lambda: nn.Flatten(), (2, 3, 4, 5)),
     (lambda: nn.ReLU(), (3, 4, 5)),
+    (lambda: nn.LeakyReLU(0.2), (2, 3, 4, 5)),
     (lambda: nn.Identity(), (3, 4, 5)),
     (lambda: nn.Sigmoid(), (3, 7)),
     (lambda: nn.Tanh(), (3, 7)),

@@ -39,6 +39,8 @@ def _to_torch(layer):
         t = F.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                               layer.stride, layer.padding, layer.output_padding,
                               bias=layer.bias is not None)
+    elif kind == "LeakyReLU":
+        return F.LeakyReLU(layer.negative_slope)
     elif kind == "Upsample":
         return F.Upsample(scale_factor=layer.scale_factor, mode=layer.mode,
                           **({"align_corners": False} if layer.mode == "bilinear" else {}))

@@ -166,6 +166,24 @@ def relu_backward(dy, y):
     return dx
 
 
+def leaky_relu_forward(x, slope):
+    """x where x > 0, else slope · x: a new array laid out like x."""
+    x = _dense(x)
+    y = np.empty_like(x)
+    pointwise.leaky_relu(_memory_order(x), x.dtype.type(slope), _memory_order(y))
+    return y
+
+
+def leaky_relu_backward(dy, x, slope):
+    """dL/dx = dy where the input x > 0, else slope · dy, laid out like x."""
+    x = _dense(x)
+    dy = _laid_out_like(dy, x)
+    dx = np.empty_like(x, dtype=dy.dtype)
+    pointwise.leaky_relu_backward(_memory_order(dy), _memory_order(x), dy.dtype.type(slope),
+                                  _memory_order(dx))
+    return dx
+
+
 def global_avgpool_forward(x):
     """(N, C, H, W) → (N, C): each channel's mean."""
     return x.mean(axis=(2, 3))

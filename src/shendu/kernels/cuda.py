@@ -229,6 +229,22 @@ def _relu_backward(dy, x, dx):
 
 
 @cuda.jit
+def _leaky_relu(x, slope, y):
+    """y = x where x > 0, else slope · x."""
+    i = cuda.grid(1)
+    if i < x.size:
+        y[i] = x[i] if x[i] > 0 else slope * x[i]
+
+
+@cuda.jit
+def _leaky_relu_backward(dy, x, slope, dx):
+    """dx = dy where x > 0, else slope · dy."""
+    i = cuda.grid(1)
+    if i < dy.size:
+        dx[i] = dy[i] if x[i] > 0 else slope * dy[i]
+
+
+@cuda.jit
 def _add(a, b, out):
     """out = a + b."""
     i = cuda.grid(1)
@@ -279,6 +295,23 @@ def relu_backward(dy, y):
     y = _dense(y)
     dx = empty_like(y)
     _relu_backward[_elementwise(y.size)](_flat(_in_layout(dy, y)), _flat(y), _flat(dx))
+    return dx
+
+
+def leaky_relu_forward(x, slope):
+    """x where x > 0, else slope · x: a new device array, as cpu.leaky_relu_forward."""
+    x = _dense(x)
+    y = empty_like(x)
+    _leaky_relu[_elementwise(x.size)](_flat(x), float32(slope), _flat(y))
+    return y
+
+
+def leaky_relu_backward(dy, x, slope):
+    """dL/dx = dy where the input x > 0, else slope · dy."""
+    x = _dense(x)
+    dx = empty_like(x)
+    _leaky_relu_backward[_elementwise(x.size)](_flat(_in_layout(dy, x)), _flat(x), float32(slope),
+                                               _flat(dx))
     return dx
 
 

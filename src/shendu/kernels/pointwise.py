@@ -33,6 +33,20 @@ def relu_backward(dy, y, dx):
 
 
 @njit(parallel=True, cache=True)
+def leaky_relu(x, slope, y):
+    """y = x where x > 0, else slope · x (slope of x's type)."""
+    for i in prange(x.size):
+        y[i] = x[i] if x[i] > 0 else slope * x[i]
+
+
+@njit(parallel=True, cache=True)
+def leaky_relu_backward(dy, x, slope, dx):
+    """dx = dy where x > 0, else slope · dy."""
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > 0 else slope * dy[i]
+
+
+@njit(parallel=True, cache=True)
 def add(a, b, relu, y):
     """y = a + b; with relu max(a + b, 0): a residual block's sum and the ReLU after it, in one
     pass."""

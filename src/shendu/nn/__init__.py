@@ -1,7 +1,7 @@
 """Layers with hand-written backward passes, named as in PyTorch."""
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Conv2d, ConvReLU2d,
                      ConvTranspose2d, Dropout, Flatten, GlobalAvgPool2d, Identity, Linear,
-                     MaxPool2d, ReLU, Sigmoid, Tanh, Upsample)
+                     LeakyReLU, MaxPool2d, ReLU, Sigmoid, Tanh, Upsample)
 from .graph import Concat, Residual, ResidualReLU
 from .fuse import fuse
 from .loss import CrossEntropyLoss, log_softmax, softmax
@@ -10,5 +10,5 @@ from .module import Module, Parameter, Sequential, data_backward, enable_grad, n
 __all__ = ["Module", "Parameter", "Sequential", "Residual", "ResidualReLU", "Concat", "no_grad",
            "enable_grad", "data_backward", "fuse", "Linear", "Conv2d", "ConvReLU2d",
            "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Upsample", "Flatten",
-           "Identity", "ReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
+           "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
            "BatchNormReLU2d", "CrossEntropyLoss", "softmax", "log_softmax"]

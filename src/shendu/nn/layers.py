@@ -447,6 +447,26 @@ class ReLU(Module):
         return kernels.of(dy).relu_backward(dy, self._cached(self.y))
 
 
+class LeakyReLU(Module):
+    """y = x where x > 0, else negative_slope · x (0.01 by default, as PyTorch's); dy passes
+    where x > 0 and is multiplied by the slope elsewhere."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self.x = None
+
+    def forward(self, x):
+        self.x = x if self.keeps_cache else None
+        return kernels.of(x).leaky_relu_forward(x, self.negative_slope)
+
+    def backward(self, dy):
+        return kernels.of(dy).leaky_relu_backward(dy, self._cached(self.x), self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
 class Identity(Module):
     """y = x: a placeholder that keeps a layer's place (where nn.fuse took a ReLU into the
     convolution before it), as PyTorch's nn.Identity."""
