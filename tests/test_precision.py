@@ -158,7 +158,7 @@ def test_cast_rounds_float32_as_numpy_does(dtype):
 
 
 def test_cast_keeps_the_layout_and_writes_into_out():
-    nhwc = rand(2, 3, 4, 5).astype(np.float32).transpose(0, 3, 1, 2)  # an NCHW view of channels-last memory
+    nhwc = rand(2, 3, 4, 5).astype(np.float32).transpose(0, 3, 1, 2)  # NCHW view of NHWC
     half = kernels.narrow.cast(nhwc, np.float16)
     assert half.strides[1] == 2 and np.array_equal(half, nhwc.astype(np.float16))
     assert np.array_equal(kernels.narrow.cast(half, np.float32), nhwc.astype(np.float16))
