@@ -353,3 +353,13 @@ def test_a_trainer_epoch_on_cuda_matches_the_cpu(tmp_path, tiny):
     assert dev["train_loss"] == pytest.approx(cpu["train_loss"], rel=1e-5)
     for name, value in shendu.load(tmp_path / "cpu").state_dict().items():
         _close(shendu.load(tmp_path / "cuda").state_dict()[name], value, name)
+
+
+def test_embedding_on_cuda_matches_the_cpu():
+    cpu, dev = _twins(lambda: nn.Embedding(5, 3))
+    tokens = np.array([[4, 0, 4], [1, 4, 2]])
+    _close(_host(dev(tokens)), cpu(tokens), "y")
+    dy = _rand(2, 3, 3, seed=5)
+    cpu.backward(dy)
+    dev.backward(gpu.array(dy))
+    np.testing.assert_array_equal(_host(dev.weight.grad), cpu.weight.grad)  # the same sums

@@ -387,3 +387,15 @@ def test_leaky_relu_kernels_are_numpys_where_in_any_layout():
     np.testing.assert_array_equal(cpu.leaky_relu_backward(dy, x, 0.2),
                                   np.where(x > 0, dy, slope * dy))
     assert cpu.leaky_relu_forward(x, 0.2).strides == x.strides  # laid out like x
+
+
+def test_add_rows_at_sums_in_token_order_as_add_at_does():
+    from shendu.kernels import pointwise
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 9, 500)
+    dy = rng.standard_normal((500, 3)).astype(np.float32)
+    grad = np.zeros((9, 3), np.float32)
+    pointwise.add_rows_at(dy, index, grad)
+    expected = np.zeros((9, 3), np.float32)
+    np.add.at(expected, index, dy)  # unbuffered, in order: the same float32 sums
+    np.testing.assert_array_equal(grad, expected)

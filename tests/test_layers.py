@@ -144,3 +144,25 @@ def test_upsample_arguments_are_checked():
         nn.Upsample(1.5)
     with pytest.raises(shendu.ShenduError, match="mode must be one of nearest, bilinear"):
         nn.Upsample(2, mode="bicubic")
+
+
+def test_embedding_gradient_matches_numerical_differentiation():
+    shendu.manual_seed(0)
+    layer = nn.Embedding(6, 4).double()
+    tokens = np.array([[1, 5, 1], [0, 1, 3]])  # 1 three times, 2 and 4 never
+    g = rand(2, 3, 4, seed=2)
+    layer(tokens)
+    assert layer.backward(g) is None  # tokens have no gradient
+    numeric = numerical_grad(lambda: float((layer(tokens) * g).sum()), layer.weight.data)
+    assert rel_error(layer.weight.grad, numeric) < 1e-8
+    assert not layer.weight.grad[[2, 4]].any()
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (np.array([0.0, 1.0]), "integer tokens in \\[0, 6\\), got float64"),
+    (np.array([0, 6]), "from 0 to 6"),
+    (np.array([-1, 2]), "from -1 to 2"),
+])
+def test_embedding_refuses_tokens_it_has_no_row_for(tokens, message):
+    with pytest.raises(shendu.ShenduError, match=message):
+        nn.Embedding(6, 4)(tokens)

@@ -145,3 +145,17 @@ def test_bilinear_transposed_convolution_is_pytorchs_interpolation_inside(stride
     assert ours.shape == theirs.shape
     inner = (slice(None), slice(None), slice(stride, -stride), slice(stride, -stride))
     assert_close(ours[inner], theirs[inner])
+
+
+def test_embedding_matches_pytorch():
+    shendu.manual_seed(0)
+    layer = nn.Embedding(7, 4)
+    tokens = np.array([[1, 3, 1, 6], [6, 0, 1, 1]])
+    theirs = torch.nn.Embedding(7, 4)
+    theirs.weight.data = torch.tensor(layer.weight.data)
+    out = theirs(torch.tensor(tokens))
+    dy = rand(*out.shape, seed=1).astype(np.float32)
+    out.backward(torch.tensor(dy))
+    assert_close(layer(tokens), out.detach().numpy())
+    layer.backward(dy)
+    assert_close(layer.weight.grad, theirs.weight.grad.numpy())

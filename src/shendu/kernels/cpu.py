@@ -184,6 +184,20 @@ def leaky_relu_backward(dy, x, slope):
     return dx
 
 
+def embedding_forward(table, index):
+    """table[index] for a flat index of T rows: (T, D)."""
+    out = np.empty((index.size, table.shape[1]), table.dtype)
+    pointwise.gather_rows(table, index, out)
+    return out
+
+
+def embedding_backward(dy, index, rows):
+    """dL/dtable (rows, D): each token's dy (T, D) added into its row, in token order."""
+    grad = np.zeros((rows, dy.shape[1]), dy.dtype)
+    pointwise.add_rows_at(np.ascontiguousarray(dy), index, grad)
+    return grad
+
+
 def global_avgpool_forward(x):
     """(N, C, H, W) → (N, C): each channel's mean."""
     return x.mean(axis=(2, 3))

@@ -245,6 +245,26 @@ def _leaky_relu_backward(dy, x, slope, dx):
 
 
 @cuda.jit
+def _gather_rows(table, index, out):
+    """out[t, d] = table[index[t], d]."""
+    t, d = cuda.grid(2)
+    if t < out.shape[0] and d < out.shape[1]:
+        out[t, d] = table[index[t], d]
+
+
+@cuda.jit
+def _add_rows_at(dy, index, grad):
+    """grad[v, d] = Σ dy[t, d] over the t with index[t] = v, in the order of t."""
+    v, d = cuda.grid(2)
+    if v < grad.shape[0] and d < grad.shape[1]:
+        total = float32(0)
+        for t in range(index.size):
+            if index[t] == v:
+                total += dy[t, d]
+        grad[v, d] = total
+
+
+@cuda.jit
 def _add(a, b, out):
     """out = a + b."""
     i = cuda.grid(1)
@@ -313,6 +333,25 @@ def leaky_relu_backward(dy, x, slope):
     _leaky_relu_backward[_elementwise(x.size)](_flat(_in_layout(dy, x)), _flat(x), float32(slope),
                                                _flat(dx))
     return dx
+
+
+def embedding_forward(table, index):
+    """table[index] for a flat device index of T rows: (T, D), as cpu.embedding_forward."""
+    out = empty((index.size, table.shape[1]), np.float32)
+    _gather_rows[_grid2(out.shape)](table, index, out)
+    return out
+
+
+def embedding_backward(dy, index, rows):
+    """dL/dtable (rows, D), each token's dy added into its row in token order."""
+    grad = empty((rows, dy.shape[1]), np.float32)
+    _add_rows_at[_grid2(grad.shape)](_dense(dy), index, grad)
+    return grad
+
+
+def _grid2(shape):
+    """One thread per element of a 2-D array: (blocks, threads per block)."""
+    return (_cdiv(shape[0], TILE), _cdiv(shape[1], TILE)), (TILE, TILE)
 
 
 def add(a, b):

@@ -47,6 +47,23 @@ def leaky_relu_backward(dy, x, slope, dx):
 
 
 @njit(parallel=True, cache=True)
+def gather_rows(table, index, out):
+    """out[t] = table[index[t]]: an embedding's lookup."""
+    for t in prange(index.size):
+        out[t] = table[index[t]]
+
+
+@njit(parallel=True, cache=True)
+def add_rows_at(dy, index, grad):
+    """grad[v] += Σ dy[t] over the t with index[t] = v, in the order of t: each row of grad is
+    one thread's, so the sums do not depend on the number of threads."""
+    for v in prange(grad.shape[0]):
+        for t in range(index.size):
+            if index[t] == v:
+                grad[v] += dy[t]
+
+
+@njit(parallel=True, cache=True)
 def add(a, b, relu, y):
     """y = a + b; with relu max(a + b, 0): a residual block's sum and the ReLU after it, in one
     pass."""

@@ -1,4 +1,5 @@
-"""Weight initialisation: He (for ReLU networks) and Xavier/Glorot (for sigmoid and tanh)."""
+"""Weight initialisation: He (for ReLU networks), Xavier/Glorot (for sigmoid and tanh), normal
+(embeddings) and bilinear (upsampling by a transposed convolution)."""
 import numpy as np
 
 from ..errors import ShenduError
@@ -13,6 +14,11 @@ def he_normal(shape, fan_in, dtype=np.float32):
 def xavier_normal(shape, fan_in, fan_out, dtype=np.float32):
     """std = sqrt(2 / (fan_in + fan_out)): keeps variance constant through symmetric activations."""
     return (generator().standard_normal(shape) * np.sqrt(2.0 / (fan_in + fan_out))).astype(dtype)
+
+
+def normal(shape, std=1.0, dtype=np.float32):
+    """N(0, std²): how PyTorch starts an embedding's table (std 1)."""
+    return (generator().standard_normal(shape) * std).astype(dtype)
 
 
 def bilinear_(layer):

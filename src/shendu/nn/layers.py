@@ -60,7 +60,7 @@ def _cpu_only(layer, x):
 
 
 class _Weighted(Module):
-    """A layer with weights W (Linear, Conv2d). With `binary` set (BinaryConnect training:
+    """A layer with weights W (Linear, Conv2d, ConvTranspose2d, Embedding). With `binary` set (BinaryConnect training:
     shendu.quantization.train_binary), it computes with each weight's sign times its output's
     mean |w| (`binary_weights`), and the gradient it finds for those goes to W unchanged: the
     straight-through estimator, which treats the sign as if it were the identity. With `compute`
@@ -465,6 +465,40 @@ class LeakyReLU(Module):
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
+
+
+class Embedding(_Weighted):
+    """y[..., :] = W[index]: each token (an integer in [0, num_embeddings)) replaced by its row
+    of the table W (num_embeddings, embedding_dim), drawn from N(0, 1) as PyTorch's. Backward
+    adds each token's dy into its row; the tokens themselves have no gradient."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(init.normal((num_embeddings, embedding_dim)))
+        self.cache = None
+
+    def forward(self, index):
+        index = np.asarray(kernels.to_host(index))
+        if index.dtype.kind not in "iu" or (index.size and not (
+                0 <= index.min() and index.max() < self.num_embeddings)):
+            raise ShenduError(f"{self!r} takes integer tokens in [0, {self.num_embeddings}), got "
+                              f"{index.dtype} values" + (f" from {index.min()} to {index.max()}"
+                                                         if index.size else ""))
+        K = kernels.of(self.weight.data)
+        flat = K.array(index.reshape(-1).astype(np.int64))
+        self.cache = (flat, index.shape) if self.keeps_cache else None
+        y = K.embedding_forward(self.weights_used(), flat)
+        return y.reshape(*index.shape, self.embedding_dim)
+
+    def backward(self, dy):
+        flat, _ = self._cached(self.cache)
+        K = kernels.of(dy)
+        self.weight.grad = K.embedding_backward(K.contiguous(dy).reshape(-1, self.embedding_dim),
+                                                flat, self.num_embeddings)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
 class Identity(Module):
