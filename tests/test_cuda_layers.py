@@ -363,3 +363,20 @@ def test_embedding_on_cuda_matches_the_cpu():
     cpu.backward(dy)
     dev.backward(gpu.array(dy))
     np.testing.assert_array_equal(_host(dev.weight.grad), cpu.weight.grad)  # the same sums
+
+
+def test_lstm_on_cuda_matches_the_cpu():
+    cpu, dev = _twins(lambda: nn.LSTM(2, 3, batch_first=True))
+    x, state = _rand(2, 3, 2, seed=1), (_rand(1, 2, 3, seed=2), _rand(1, 2, 3, seed=3))
+    y, (h, c) = cpu(x, state)
+    y_dev, (h_dev, c_dev) = dev(gpu.array(x), tuple(gpu.array(s) for s in state))
+    for a, b, what in ((y_dev, y, "y"), (h_dev, h, "h"), (c_dev, c, "c")):
+        _close(_host(a), b, what)
+    dy, dh = _rand(*y.shape, seed=4), _rand(*h.shape, seed=5)
+    dx, (dh0, _) = cpu.backward(dy, (dh, np.zeros_like(dh)))
+    dx_dev, (dh0_dev, _) = dev.backward(gpu.array(dy),
+                                        (gpu.array(dh), gpu.array(np.zeros_like(dh))))
+    _close(_host(dx_dev), dx, "dx")
+    _close(_host(dh0_dev), dh0, "dh0")
+    for (name, p), q in zip(cpu.named_parameters(), dev.parameters()):
+        _close(_host(q.grad), p.grad, f"d{name}")

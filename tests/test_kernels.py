@@ -399,3 +399,24 @@ def test_add_rows_at_sums_in_token_order_as_add_at_does():
     expected = np.zeros((9, 3), np.float32)
     np.add.at(expected, index, dy)  # unbuffered, in order: the same float32 sums
     np.testing.assert_array_equal(grad, expected)
+
+
+def test_lstm_cell_is_the_formula():
+    from shendu.kernels import recurrent
+    rng = np.random.default_rng(0)
+    gates, c_prev = rng.standard_normal((3, 8)) * 3, rng.standard_normal((3, 2))
+    dh, dc_next = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    acts, c, h = np.empty((3, 8)), np.empty((3, 2)), np.empty((3, 2))
+    recurrent.lstm_cell(gates, c_prev, acts, c, h)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    i, f, g, o = sig(gates[:, :2]), sig(gates[:, 2:4]), np.tanh(gates[:, 4:6]), sig(gates[:, 6:])
+    np.testing.assert_allclose(acts, np.hstack([i, f, g, o]), rtol=1e-12)
+    np.testing.assert_allclose(c, f * c_prev + i * g, rtol=1e-12)
+    np.testing.assert_allclose(h, o * np.tanh(c), rtol=1e-12)
+    dgates, dc_prev = np.empty((3, 8)), np.empty((3, 2))
+    recurrent.lstm_cell_backward(dh, dc_next, acts, c_prev, c, dgates, dc_prev)
+    dc = dh * o * (1 - np.tanh(c) ** 2) + dc_next  # h = o tanh(c), and c reaches the next step
+    expected = np.hstack([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g ** 2),
+                          dh * np.tanh(c) * o * (1 - o)])
+    np.testing.assert_allclose(dgates, expected, rtol=1e-12)
+    np.testing.assert_allclose(dc_prev, dc * f, rtol=1e-12)

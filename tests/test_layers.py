@@ -166,3 +166,30 @@ def test_embedding_gradient_matches_numerical_differentiation():
 def test_embedding_refuses_tokens_it_has_no_row_for(tokens, message):
     with pytest.raises(shendu.ShenduError, match=message):
         nn.Embedding(6, 4)(tokens)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lstm_gradients_through_time_match_numerical_differentiation(batch_first):
+    """L = Σ y·g + Σ h_T·g_h + Σ c_T·g_c: every gradient, the initial state's included."""
+    shendu.manual_seed(0)
+    layer = nn.LSTM(3, 4, batch_first=batch_first).double()
+    x = rand(2, 5, 3, seed=1) if batch_first else rand(5, 2, 3, seed=1)
+    h0, c0 = rand(1, 2, 4, seed=2), rand(1, 2, 4, seed=3)
+    g, gh, gc = rand(*x.shape[:2], 4, seed=4), rand(1, 2, 4, seed=5), rand(1, 2, 4, seed=6)
+
+    def loss():
+        y, (h, c) = layer(x, (h0, c0))
+        return float((y * g).sum() + (h * gh).sum() + (c * gc).sum())
+
+    loss()
+    dx, (dh0, dc0) = layer.backward(g, (gh, gc))
+    analytic = {name: p.grad.copy() for name, p in layer.named_parameters()}
+    for got, array in ((dx, x), (dh0, h0), (dc0, c0)):
+        assert rel_error(got, numerical_grad(loss, array)) < 1e-7
+    for name, p in layer.named_parameters():
+        assert rel_error(analytic[name], numerical_grad(loss, p.data)) < 1e-7, name
+
+
+def test_lstm_checks_its_input():
+    with pytest.raises(shendu.ShenduError, match=r"shape \(T, N, 3\), got float64 \(5, 2, 4\)"):
+        nn.LSTM(3, 4)(rand(5, 2, 4))

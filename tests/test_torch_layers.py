@@ -159,3 +159,29 @@ def test_embedding_matches_pytorch():
     assert_close(layer(tokens), out.detach().numpy())
     layer.backward(dy)
     assert_close(layer.weight.grad, theirs.weight.grad.numpy())
+
+
+@pytest.mark.parametrize("batch_first, with_state", [(False, True), (True, False)])
+def test_lstm_matches_pytorch(batch_first, with_state):
+    shendu.manual_seed(0)
+    layer = nn.LSTM(3, 5, batch_first=batch_first)
+    theirs = torch.nn.LSTM(3, 5, batch_first=batch_first)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+    x = rand(4, 6, 3, seed=1).astype(np.float32)
+    state = tuple(rand(1, 6 if not batch_first else 4, 5, seed=s).astype(np.float32)
+                  for s in (2, 3)) if with_state else None
+    xt = torch.tensor(x, requires_grad=True)
+    st = tuple(torch.tensor(s, requires_grad=True) for s in state) if with_state else None
+    yt, (ht, ct) = theirs(xt, st)
+    y, (h, c) = layer(x, state)
+    for ours, ref in ((y, yt), (h, ht), (c, ct)):
+        assert_close(ours, ref.detach().numpy())
+    dy, dh, dc = (rand(*a.shape, seed=s).astype(np.float32) for a, s in ((y, 4), (h, 5), (c, 6)))
+    torch.autograd.backward([yt, ht, ct], [torch.tensor(a) for a in (dy, dh, dc)])
+    dx, (dh0, dc0) = layer.backward(dy, (dh, dc))
+    assert_close(dx, xt.grad.numpy())
+    if with_state:
+        assert_close(dh0, st[0].grad.numpy())
+        assert_close(dc0, st[1].grad.numpy())
+    for (name, p), q in zip(layer.named_parameters(), theirs.parameters()):
+        assert_close(p.grad, q.grad.numpy())

@@ -16,6 +16,7 @@ from . import conv
 from .norm import (batch_stats, column_sums, grad_sums, normalize,  # noqa: F401
                    normalize_backward)
 from . import pointwise
+from .recurrent import lstm_cell, lstm_cell_backward  # noqa: F401
 from .pool import (avgpool_backward, avgpool_forward, maxpool_backward,  # noqa: F401
                    maxpool_forward)
 

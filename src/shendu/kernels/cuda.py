@@ -349,6 +349,51 @@ def embedding_backward(dy, index, rows):
     return grad
 
 
+@cuda.jit(device=True)
+def _sigmoid(z):
+    return 1 / (1 + math.exp(-z))
+
+
+@cuda.jit
+def _lstm_cell(gates, c_prev, acts, c, h):
+    """recurrent.lstm_cell, one thread per (row, unit)."""
+    r, j = cuda.grid(2)
+    size = c.shape[1]
+    if r < c.shape[0] and j < size:
+        i, f = _sigmoid(gates[r, j]), _sigmoid(gates[r, size + j])
+        g, o = math.tanh(gates[r, 2 * size + j]), _sigmoid(gates[r, 3 * size + j])
+        acts[r, j], acts[r, size + j], acts[r, 2 * size + j], acts[r, 3 * size + j] = i, f, g, o
+        c[r, j] = f * c_prev[r, j] + i * g
+        h[r, j] = o * math.tanh(c[r, j])
+
+
+@cuda.jit
+def _lstm_cell_backward(dh, dc_next, acts, c_prev, c, dgates, dc_prev):
+    """recurrent.lstm_cell_backward, one thread per (row, unit)."""
+    r, j = cuda.grid(2)
+    size = c.shape[1]
+    if r < c.shape[0] and j < size:
+        i, f = acts[r, j], acts[r, size + j]
+        g, o = acts[r, 2 * size + j], acts[r, 3 * size + j]
+        tc = math.tanh(c[r, j])
+        dc = dh[r, j] * o * (1 - tc * tc) + dc_next[r, j]
+        dgates[r, j] = dc * g * i * (1 - i)
+        dgates[r, size + j] = dc * c_prev[r, j] * f * (1 - f)
+        dgates[r, 2 * size + j] = dc * i * (1 - g * g)
+        dgates[r, 3 * size + j] = dh[r, j] * tc * o * (1 - o)
+        dc_prev[r, j] = dc * f
+
+
+def lstm_cell(gates, c_prev, acts, c, h):
+    """An LSTM step's element-wise half into acts, c and h, as recurrent.lstm_cell."""
+    _lstm_cell[_grid2(c.shape)](gates, c_prev, acts, c, h)
+
+
+def lstm_cell_backward(dh, dc_next, acts, c_prev, c, dgates, dc_prev):
+    """Its gradients into dgates and dc_prev, as recurrent.lstm_cell_backward."""
+    _lstm_cell_backward[_grid2(c.shape)](dh, dc_next, acts, c_prev, c, dgates, dc_prev)
+
+
 def _grid2(shape):
     """One thread per element of a 2-D array: (blocks, threads per block)."""
     return (_cdiv(shape[0], TILE), _cdiv(shape[1], TILE)), (TILE, TILE)

@@ -1,7 +1,7 @@
 """Layers with hand-written backward passes, named as in PyTorch."""
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Conv2d, ConvReLU2d,
                      ConvTranspose2d, Dropout, Embedding, Flatten, GlobalAvgPool2d, Identity, Linear,
-                     LeakyReLU, MaxPool2d, ReLU, Sigmoid, Tanh, Upsample)
+                     LeakyReLU, LSTM, MaxPool2d, ReLU, Sigmoid, Tanh, Upsample)
 from .graph import Concat, Residual, ResidualReLU
 from .fuse import fuse
 from .loss import CrossEntropyLoss, log_softmax, softmax
@@ -11,4 +11,4 @@ __all__ = ["Module", "Parameter", "Sequential", "Residual", "ResidualReLU", "Con
            "enable_grad", "data_backward", "fuse", "Linear", "Conv2d", "ConvReLU2d",
            "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Upsample", "Flatten",
            "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
-           "BatchNormReLU2d", "Embedding", "CrossEntropyLoss", "softmax", "log_softmax"]
+           "BatchNormReLU2d", "Embedding", "LSTM", "CrossEntropyLoss", "softmax", "log_softmax"]

@@ -1,5 +1,5 @@
 """Weight initialisation: He (for ReLU networks), Xavier/Glorot (for sigmoid and tanh), normal
-(embeddings) and bilinear (upsampling by a transposed convolution)."""
+(embeddings), uniform (recurrent layers) and bilinear (upsampling by a transposed convolution)."""
 import numpy as np
 
 from ..errors import ShenduError
@@ -19,6 +19,11 @@ def xavier_normal(shape, fan_in, fan_out, dtype=np.float32):
 def normal(shape, std=1.0, dtype=np.float32):
     """N(0, std²): how PyTorch starts an embedding's table (std 1)."""
     return (generator().standard_normal(shape) * std).astype(dtype)
+
+
+def uniform(shape, bound, dtype=np.float32):
+    """U(−bound, bound): how PyTorch starts a recurrent layer's weights (bound 1/√hidden)."""
+    return generator().uniform(-bound, bound, shape).astype(dtype)
 
 
 def bilinear_(layer):

@@ -60,12 +60,12 @@ def _cpu_only(layer, x):
 
 
 class _Weighted(Module):
-    """A layer with weights W (Linear, Conv2d, ConvTranspose2d, Embedding). With `binary` set (BinaryConnect training:
-    shendu.quantization.train_binary), it computes with each weight's sign times its output's
-    mean |w| (`binary_weights`), and the gradient it finds for those goes to W unchanged: the
-    straight-through estimator, which treats the sign as if it were the identity. With `compute`
-    set (mixed precision: shendu.mixed), it computes with a 16-bit copy of W, and W's gradient
-    is found in 16 bits."""
+    """A layer with weights W (Linear, Conv2d, ConvTranspose2d, Embedding). With `binary` set
+    (BinaryConnect training: shendu.quantization.train_binary), it computes with each weight's
+    sign times its output's mean |w| (`binary_weights`), and the gradient it finds for those goes
+    to W unchanged: the straight-through estimator, which treats the sign as if it were the
+    identity. With `compute` set (mixed precision: shendu.mixed), it computes with a 16-bit copy
+    of W, and W's gradient is found in 16 bits."""
 
     binary = False
 
@@ -499,6 +499,85 @@ class Embedding(_Weighted):
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LSTM(Module):
+    """A long short-term memory layer (Hochreiter and Schmidhuber 1997), as PyTorch's nn.LSTM with
+    one layer. At each step t, from the input x_t and the previous state (h, c):
+
+        [i, f, g, o] = x_t W_ihᵀ + b_ih + h W_hhᵀ + b_hh      (each H wide)
+        c ← σ(f) c + σ(i) tanh(g)        h ← σ(o) tanh(c)
+
+    `forward(x, state=None)` takes x (T, N, input_size), or (N, T, input_size) with
+    batch_first, and state (h0, c0), each (1, N, hidden_size) (zeros if None); it returns
+    (y, (h_T, c_T)), y holding every step's h. `backward(dy, dstate=None)` takes dL/dy and
+    optionally (dL/dh_T, dL/dc_T), and returns (dL/dx, (dL/dh0, dL/dc0)): backpropagation
+    through time, the steps in reverse. The input's products with W_ih are one matrix product
+    for all steps, and so are their gradients; only the recurrent products go step by step.
+    Weights and biases are drawn from U(−1/√H, 1/√H) and named as PyTorch's."""
+
+    def __init__(self, input_size, hidden_size, batch_first=False):
+        super().__init__()
+        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
+        bound = 1 / math.sqrt(hidden_size)
+        for name, shape in (("weight_ih_l0", (4 * hidden_size, input_size)),
+                            ("weight_hh_l0", (4 * hidden_size, hidden_size)),
+                            ("bias_ih_l0", (4 * hidden_size,)), ("bias_hh_l0", (4 * hidden_size,))):
+            setattr(self, name, Parameter(init.uniform(shape, bound)))
+        self.cache = None
+
+    def forward(self, x, state=None):
+        K = kernels.of(x)
+        if x.ndim != 3 or x.shape[2] != self.input_size or not kernels.is_float(x.dtype):
+            raise ShenduError(f"{self!r} expects floating-point input of shape "
+                              f"({'N, T' if self.batch_first else 'T, N'}, {self.input_size}), "
+                              f"got {x.dtype} {tuple(x.shape)}")
+        x = K.contiguous(K.transpose(x, (1, 0, 2)) if self.batch_first else x)  # time first
+        steps, n, size = x.shape[0], x.shape[1], self.hidden_size
+        h, c = (K.zeros((n, size), x.dtype),) * 2 if state is None else (s[0] for s in state)
+        hs, cs = K.empty((steps + 1, n, size), x.dtype), K.empty((steps + 1, n, size), x.dtype)
+        acts = K.empty((steps, n, 4 * size), x.dtype)
+        K.copy_into(hs[0], h)
+        K.copy_into(cs[0], c)
+        inputs = K.matmul(x.reshape(steps * n, self.input_size), self.weight_ih_l0.data,
+                          transpose_b=True)
+        K.add_bias(inputs, self.bias_ih_l0.data)
+        K.add_bias(inputs, self.bias_hh_l0.data)
+        inputs = inputs.reshape(steps, n, 4 * size)
+        for t in range(steps):
+            gates = K.add(inputs[t], K.matmul(hs[t], self.weight_hh_l0.data, transpose_b=True))
+            K.lstm_cell(gates, cs[t], acts[t], cs[t + 1], hs[t + 1])
+        self.cache = (x, hs, cs, acts) if self.keeps_cache else None
+        y = hs[1:]
+        y = K.contiguous(K.transpose(y, (1, 0, 2))) if self.batch_first else y
+        return y, (hs[steps:], cs[steps:])
+
+    def backward(self, dy, dstate=None):
+        x, hs, cs, acts = self._cached(self.cache)
+        K = kernels.of(dy)
+        dy = K.contiguous(K.transpose(dy, (1, 0, 2)) if self.batch_first else dy)
+        steps, n, size = acts.shape[0], acts.shape[1], self.hidden_size
+        dh, dc = ((K.zeros((n, size), dy.dtype),) * 2 if dstate is None
+                  else (K.contiguous(d[0]) for d in dstate))
+        dgates = K.empty((steps, n, 4 * size), dy.dtype)
+        for t in reversed(range(steps)):
+            dc_prev = K.empty((n, size), dy.dtype)
+            K.lstm_cell_backward(K.add(dy[t], dh), dc, acts[t], cs[t], cs[t + 1], dgates[t],
+                                 dc_prev)
+            dh, dc = K.matmul(dgates[t], self.weight_hh_l0.data), dc_prev
+        rows = dgates.reshape(steps * n, 4 * size)
+        self.weight_ih_l0.grad = K.matmul(rows, x.reshape(steps * n, self.input_size),
+                                          transpose_a=True)
+        self.weight_hh_l0.grad = K.matmul(rows, hs[:steps].reshape(steps * n, size),
+                                          transpose_a=True)
+        self.bias_ih_l0.grad = K.sum_rows(rows)
+        self.bias_hh_l0.grad = K.copy(self.bias_ih_l0.grad)
+        dx = K.matmul(rows, self.weight_ih_l0.data).reshape(steps, n, self.input_size)
+        dx = K.contiguous(K.transpose(dx, (1, 0, 2))) if self.batch_first else dx
+        return dx, (dh.reshape(1, n, size), dc.reshape(1, n, size))
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, batch_first={self.batch_first}"
 
 
 class Identity(Module):

@@ -99,8 +99,8 @@ class Module:
         self._buffers[name] = None
 
     # -- calling ------------------------------------------------------------------------------
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args):
+        return self.forward(*args)
 
     def forward(self, x):
         raise NotImplementedError
