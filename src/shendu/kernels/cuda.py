@@ -36,6 +36,7 @@ from numba.cuda.random import create_xoroshiro128p_states, xoroshiro128p_uniform
 from numpy.lib.stride_tricks import as_strided
 
 from ..rng import generator
+from . import recurrent
 from .conv import out_size
 from .norm import BLOCK
 
@@ -349,9 +350,8 @@ def embedding_backward(dy, index, rows):
     return grad
 
 
-@cuda.jit(device=True)
-def _sigmoid(z):
-    return 1 / (1 + math.exp(-z))
+_cell = cuda.jit(device=True)(recurrent.cell)
+_cell_backward = cuda.jit(device=True)(recurrent.cell_backward)
 
 
 @cuda.jit
@@ -360,11 +360,9 @@ def _lstm_cell(gates, c_prev, acts, c, h):
     r, j = cuda.grid(2)
     size = c.shape[1]
     if r < c.shape[0] and j < size:
-        i, f = _sigmoid(gates[r, j]), _sigmoid(gates[r, size + j])
-        g, o = math.tanh(gates[r, 2 * size + j]), _sigmoid(gates[r, 3 * size + j])
-        acts[r, j], acts[r, size + j], acts[r, 2 * size + j], acts[r, 3 * size + j] = i, f, g, o
-        c[r, j] = f * c_prev[r, j] + i * g
-        h[r, j] = o * math.tanh(c[r, j])
+        (acts[r, j], acts[r, size + j], acts[r, 2 * size + j], acts[r, 3 * size + j],
+         c[r, j], h[r, j]) = _cell(gates[r, j], gates[r, size + j], gates[r, 2 * size + j],
+                                   gates[r, 3 * size + j], c_prev[r, j])
 
 
 @cuda.jit
@@ -373,15 +371,10 @@ def _lstm_cell_backward(dh, dc_next, acts, c_prev, c, dgates, dc_prev):
     r, j = cuda.grid(2)
     size = c.shape[1]
     if r < c.shape[0] and j < size:
-        i, f = acts[r, j], acts[r, size + j]
-        g, o = acts[r, 2 * size + j], acts[r, 3 * size + j]
-        tc = math.tanh(c[r, j])
-        dc = dh[r, j] * o * (1 - tc * tc) + dc_next[r, j]
-        dgates[r, j] = dc * g * i * (1 - i)
-        dgates[r, size + j] = dc * c_prev[r, j] * f * (1 - f)
-        dgates[r, 2 * size + j] = dc * i * (1 - g * g)
-        dgates[r, 3 * size + j] = dh[r, j] * tc * o * (1 - o)
-        dc_prev[r, j] = dc * f
+        (dgates[r, j], dgates[r, size + j], dgates[r, 2 * size + j], dgates[r, 3 * size + j],
+         dc_prev[r, j]) = _cell_backward(
+            acts[r, j], acts[r, size + j], acts[r, 2 * size + j], acts[r, 3 * size + j],
+            c_prev[r, j], c[r, j], dh[r, j], dc_next[r, j])
 
 
 def lstm_cell(gates, c_prev, acts, c, h):
