@@ -177,7 +177,8 @@ def mixed_precision(seeds=(0, 1, 2), root=None, batch=100):
     last loss scale. Then how much of each layer's gradient float16 would lose without loss
     scaling (mixed.underflow, on the first `batch` training images) at initialisation and for
     the trained float32 network of the first seed, and with the last loss scale of its mixed
-    run; with the histogram of log2 |dL/d output| (integer bins). Each run trains in its run
+    run; with the histogram of log2 |dL/d output| (integer bins from -48 to 16, the first and
+    last holding everything beyond). Each run trains in its run
     directory `root`/PRECISION-SEED (default runs/mixed_precision/): started again, the
     experiment continues where it was stopped, and reads finished runs back."""
     from . import datasets, mixed, recipes
@@ -211,7 +212,8 @@ def mixed_precision(seeds=(0, 1, 2), root=None, batch=100):
     for name, model, s in (("initial", fresh, 1.0), ("trained", trained["float32"], 1.0),
                            ("trained_scaled", trained["float32"], scale)):
         found = mixed.underflow(model, x, t, scale=s)
-        counts, edges = np.histogram(found["log2"], bins=np.arange(-48, 17))
+        edges = np.arange(-48, 17)  # values beyond them are counted in the first or last bin
+        counts, _ = np.histogram(np.clip(found["log2"], edges[0], edges[-1] - 0.5), bins=edges)
         underflow[name] = {"scale": s, "layers": found["layers"], "log2_bins": edges.tolist(),
                            "log2_counts": counts.tolist()}
     medians = {p: float(np.median([r["test_acc"] for r in rs])) for p, rs in runs.items()}
