@@ -95,7 +95,9 @@ def cast(a, dtype, out=None):
     stays NaN (tests/test_precision.py checks every 16-bit value and the float32 values at and
     around each rounding boundary)."""
     dtype = np.dtype(dtype)
-    out = np.empty_like(cpu._dense(a), dtype=dtype) if out is None else out
+    if out is None:
+        a = cpu._dense(a)  # a dense copy once, if a is not: read below without another
+        out = np.empty_like(a, dtype=dtype)
     order = np.argsort([-s for s in out.strides], kind="stable")
     source, target = a.transpose(order), out.transpose(order)
     if not target.flags.c_contiguous:
