@@ -80,6 +80,16 @@ def test_cross_entropy_gradient(smoothing):
     assert rel_error(analytic, numerical_grad(lambda: loss(z, t), z)) < 1e-6
 
 
+def test_cross_entropy_per_pixel_gradient_ignores_padding():
+    z, t = rand(2, 4, 3, 3), np.arange(18).reshape(2, 3, 3) % 4
+    t[0, 1, :] = -100
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss(z, t)
+    analytic = loss.backward()
+    assert rel_error(analytic, numerical_grad(lambda: loss(z, t), z)) < 1e-6
+    assert not analytic[0, :, 1, :].any()
+
+
 def test_cross_entropy_is_stable_for_huge_logits():
     loss = nn.CrossEntropyLoss()
     value = loss(np.array([[1e4, 0.0, -1e4]], np.float32), np.array([1]))

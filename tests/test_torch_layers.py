@@ -68,15 +68,21 @@ def test_forward_and_backward_match_pytorch(make, shape):
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
-def test_cross_entropy_matches_pytorch(smoothing):
-    z = rand(6, 10, seed=2).astype(np.float32)
-    t = np.array([1, 0, 9, 4, 4, 7])
+@pytest.mark.parametrize("shape, ignored", [((6,), 0), ((6,), 2), ((3, 4, 5), 7), ((2, 6), 3)])
+def test_cross_entropy_matches_pytorch(smoothing, shape, ignored):
+    """Per image, per pixel (N, K, H, W) and per word (N, K, L), with padding labels ignored."""
+    t = np.random.default_rng(ignored).integers(0, 10, shape)
+    t.reshape(-1)[::max(t.size // max(ignored, 1), 1)][:ignored] = -100
+    z = rand(shape[0], 10, *shape[1:], seed=2).astype(np.float32)
     loss = nn.CrossEntropyLoss(label_smoothing=smoothing)
     zt = torch.tensor(z, requires_grad=True)
     lt = F.CrossEntropyLoss(label_smoothing=smoothing)(zt, torch.tensor(t))
     lt.backward()
     assert np.isclose(loss(z, t), lt.item(), rtol=1e-5)
     assert_close(loss.backward(), zt.grad.numpy())
+    assert loss.counted(t) == t.size - ignored
+    right = (z.argmax(axis=1) == t).sum()
+    assert loss.correct(z, t) == right  # an ignored label (-100) is never an argmax
 
 
 def _torch_deep_conv_net():

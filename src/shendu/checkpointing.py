@@ -31,7 +31,7 @@ FIELDS = {
     "global_step": int,
     "rng": {"data": dict, "shendu": dict},
     "epoch": (None, {"number": int, "rng_start": dict, "step": int, "loss_sum": float,
-                     "correct": int, "used": int, "skipped": int, "lr": float, "time": float}),
+                     "correct": int, "labels": int, "used": int, "skipped": int, "lr": float, "time": float}),
     "history": [{"epoch": int, "train_loss": float, "train_acc": float, "test_acc": float,
                  "lr": float, "epoch_time": float, "images_per_s": float, "skipped": int,
                  "elapsed": float}],
@@ -99,6 +99,8 @@ def restore(trainer, run_dir, data):
     fingerprint is `data`: all of it, or (CheckpointError) none."""
     meta, arrays = read_checkpoint(run_dir)
     meta.setdefault("scaler", None)  # checkpoints from before mixed precision
+    if isinstance(meta.get("epoch"), dict):  # from before labels per pixel or word
+        meta["epoch"].setdefault("labels", meta["epoch"].get("used"))
     check_json(meta, FIELDS, str(run_dir / CHECKPOINT))
     problem = _mismatch(trainer, meta, data)
     if problem:

@@ -108,7 +108,7 @@ def _check_data(x, t=None):
         raise ShenduError(f"expected a non-empty batch of images (N, ...), got shape {x.shape}")
     if t is not None:
         t = np.asarray(t)
-        if t.shape != (len(x),):
+        if t.ndim < 1 or len(t) != len(x):
             raise ShenduError(f"{len(x)} images but labels of shape {t.shape}: they must match")
     return x, t
 
@@ -151,11 +151,15 @@ def _outputs(model, images, K):
     return kernels.to_host(model(_on_device(model, images, K)))
 
 
-def _logits(model, x, batch_size):
-    K = device_of(model)
+def score(model, x, t, loss_fn, batch_size=500):
+    """The share of the labels t (counted by `loss_fn.counted`) that the model in eval mode gets
+    right on images x (`loss_fn.correct`)."""
+    K, right = device_of(model), 0
     with inference(model):
-        return np.concatenate([_outputs(model, _as_input(x[i:i + batch_size]), K)
-                               for i in range(0, len(x), batch_size)])
+        for i in range(0, len(x), _positive_int("batch_size", batch_size)):
+            right += loss_fn.correct(_outputs(model, _as_input(x[i:i + batch_size]), K),
+                                     t[i:i + batch_size])
+    return right / max(loss_fn.counted(t), 1)
 
 
 def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
@@ -192,11 +196,12 @@ def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
 
 def evaluate(model, x, t, batch_size=500, tta=None, copies=4, seed=0):
     """Accuracy in [0, 1] on images x with integer labels t, of a model in eval mode, or an
-    ensemble or test-time augmentation as in `predict_proba`."""
+    ensemble or test-time augmentation as in `predict_proba`. Labels may also be one per pixel
+    (N, H, W) or per word (N, L) for a model with outputs (N, classes, H, W) or (N, classes, L):
+    then it is the accuracy over all the labels, padding (-100) left out."""
     x, t = _check_data(x, t)
     if tta is None and not isinstance(model, (list, tuple)):
-        return float(np.mean(_logits(model, x, _positive_int("batch_size", batch_size))
-                             .argmax(axis=1) == t))
+        return score(model, x, t, nn.CrossEntropyLoss(), batch_size)
     return float(np.mean(predict_proba(model, x, batch_size, tta, copies, seed).argmax(axis=1)
                          == t))
 
@@ -222,8 +227,14 @@ class Trainer:
     keeps its flags there). `precision="mixed"` trains a float32 model in mixed precision
     (`shendu.mixed`: float16 activations and gradients, float32 weights, dynamic loss scaling;
     a step whose scaled gradients overflow is not taken and counts as skipped); "float32"
-    trains a float32 model as it is, and None any model in its own type. `augment` (see `shendu.augment`) transforms each training batch,
-    with randomness that follows from `seed`, so augmented runs repeat and resume exactly too.
+    trains a float32 model as it is, and None any model in its own type. `augment` (see
+    `shendu.augment`) transforms each training batch, with randomness that follows from `seed`,
+    so augmented runs repeat and resume exactly too.
+
+    The labels t may be one per image, or many (a class per pixel, a word per position, boxes
+    coded per cell): `loss_fn` (cross-entropy by default) gives the loss and its gradient, and
+    says how many labels count (`counted`) and how many the outputs get right (`correct`), for
+    the accuracies. A model with `teacher_forced = True` (a captioner) is called as model(x, t).
 
     The loop is here; around it, each in its module: what a checkpoint holds and how it is
     restored (`shendu.checkpointing`), stop requests by signals (`shendu.interrupts`), and the
@@ -350,7 +361,7 @@ class Trainer:
         order, augment_seed = self._epoch_draws(self.rng, n)
         return {"number": len(self.history) + 1, "rng_start": start, "order": order,
                 "augment_seed": augment_seed, "step": 0, "loss_sum": 0.0, "correct": 0,
-                "used": 0, "skipped": 0, "lr": self.optimizer.lr, "time": 0.0}
+                "labels": 0, "used": 0, "skipped": 0, "lr": self.optimizer.lr, "time": 0.0}
 
     def _epoch_draws(self, generator, n):
         """An epoch's order of the images and the seed of its augmentations. Each step augments
@@ -372,11 +383,13 @@ class Trainer:
         if self.augment is not None:
             images = self.augment(images, np.random.default_rng([e["augment_seed"], e["step"]]))
         loss, correct = self._gradient(images, t[batch], K)
+        labels = self.loss_fn.counted(t[batch])
         finite = math.isfinite(loss)
         if finite and (self.scaler is None or self.scaler.unscale(self.model.parameters())):
             self.optimizer.step()
             e["loss_sum"] += loss * len(batch)
             e["correct"] += correct
+            e["labels"] += labels
             e["used"] += len(batch)
         else:  # a non-finite loss, or in mixed precision gradients that overflowed float16
             rollback.undo()  # a step that is not taken must not move them either
@@ -396,14 +409,15 @@ class Trainer:
         if self.scaler is not None:
             loss, logits = self.scaler.gradient(self.model, self.loss_fn, images, t)
         else:
-            logits = self.model(_on_device(self.model, images, K))
+            logits = (self.model(_on_device(self.model, images, K), t) if self.model.teacher_forced
+                      else self.model(_on_device(self.model, images, K)))
             loss = self.loss_fn(logits, t)
             if math.isfinite(loss):
                 nn.data_backward(self.model, self.loss_fn.backward())  # no dL/dx for the images
-        return loss, int(np.count_nonzero(kernels.to_host(logits).argmax(axis=1) == t))
+        return loss, self.loss_fn.correct(logits, t)
 
     def _accuracy(self, x_test, t_test):
-        return evaluate(self.model, x_test, t_test)
+        return score(self.model, x_test, t_test, self.loss_fn)
 
     def _end_epoch(self, n, x_test, t_test):
         e = self._epoch
@@ -412,7 +426,7 @@ class Trainer:
         before = self.history[-1]["elapsed"] if self.history else 0.0
         metrics = {"epoch": e["number"],
                    "train_loss": e["loss_sum"] / e["used"] if e["used"] else math.nan,
-                   "train_acc": e["correct"] / e["used"] if e["used"] else math.nan,
+                   "train_acc": e["correct"] / e["labels"] if e["labels"] else math.nan,
                    "test_acc": test_acc, "lr": e["lr"],
                    "epoch_time": e["time"],  # seconds in steps, across interruptions
                    "images_per_s": n / e["time"] if e["time"] > 0 else math.nan,

@@ -11,30 +11,53 @@ def softmax(z):
 
 
 class CrossEntropyLoss:
-    """L = −(1/N) Σ_n Σ_k q[n, k] log softmax(z)[n, k], with q the one-hot label smoothed towards
-    uniform: q = (1 − ε) onehot + ε / K. The labels are checked on the host; the loss is computed
-    where the logits are (kernels.cpu.cross_entropy, or on CUDA)."""
+    """L = −(1/M) Σ_m Σ_k q[m, k] log softmax(z)[m, k], with q the one-hot label smoothed towards
+    uniform: q = (1 − ε) onehot + ε / K, as PyTorch's. The logits are (N, K) with labels (N,), or
+    (N, K, d1, ...) with labels (N, d1, ...): one prediction per pixel or per word, the class
+    axis second. Labels equal to `ignore_index` (padding) count for nothing, and M is the number
+    of the others. The labels are checked on the host; 2-D logits with every label counted are
+    computed where they are (kernels.cpu.cross_entropy, or on CUDA), others on the host."""
 
-    def __init__(self, label_smoothing=0.0):
+    def __init__(self, label_smoothing=0.0, ignore_index=-100):
         if not 0 <= label_smoothing < 1:
             raise ShenduError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
         self.dlogits = None
 
     def __call__(self, logits, t):
         return self.forward(logits, t)
 
     def forward(self, logits, t):
-        if logits.ndim != 2:
-            raise ShenduError(f"CrossEntropyLoss expects logits (N, classes), got "
-                              f"{tuple(logits.shape)}")
-        n, k = logits.shape
         t = np.asarray(t)
-        if t.shape != (n,) or t.dtype.kind not in "iu" or (n and (t.min() < 0 or t.max() >= k)):
-            raise ShenduError(f"CrossEntropyLoss expects {n} integer labels in [0, {k}), "
-                              f"got shape {t.shape} dtype {t.dtype}")
-        loss, self.dlogits = kernels.of(logits).cross_entropy(logits, t, self.label_smoothing)
+        if logits.ndim < 2 or t.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ShenduError(f"CrossEntropyLoss expects logits (N, classes, ...) and labels "
+                              f"(N, ...), got {tuple(logits.shape)} and {t.shape}")
+        k, counted = logits.shape[1], t != self.ignore_index
+        labels = t[counted]
+        if t.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= k)):
+            raise ShenduError(f"CrossEntropyLoss expects integer labels in [0, {k}) or "
+                              f"{self.ignore_index} (ignored), got {t.dtype} values")
+        K = kernels.of(logits)
+        if logits.ndim == 2 and counted.all():
+            loss, self.dlogits = K.cross_entropy(logits, t, self.label_smoothing)
+            return loss
+        rows = np.moveaxis(kernels.to_host(logits), 1, -1)  # (N, d1, ..., K)
+        d = np.zeros_like(rows)
+        loss, d[counted] = (kernels.cpu.cross_entropy(rows[counted], labels,
+                                                      self.label_smoothing)
+                            if labels.size else (float("nan"), 0))
+        self.dlogits = K.array(np.ascontiguousarray(np.moveaxis(d, -1, 1)))
         return loss
+
+    def correct(self, logits, t):
+        """How many of the counted labels the logits' largest entries match."""
+        t = np.asarray(t)
+        counted = t != self.ignore_index
+        return int(np.count_nonzero((kernels.to_host(logits).argmax(axis=1) == t) & counted))
+
+    def counted(self, t):
+        """How many labels count: those not equal to ignore_index."""
+        return int(np.count_nonzero(np.asarray(t) != self.ignore_index))
 
     def backward(self):
         if self.dlogits is None:

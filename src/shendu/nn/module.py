@@ -108,6 +108,10 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError
 
+    # Models trained by teacher forcing (a captioner): the Trainer passes them the targets too,
+    # model(x, t), to read the words before each one it predicts.
+    teacher_forced = False
+
     # Layers whose backward takes `input_grad=False` to skip dL/dx (see `data_backward`).
     accepts_input_grad = False
 
