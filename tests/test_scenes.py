@@ -117,3 +117,15 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message):
     args = {"split": "train", "n": 2, **kwargs}
     with pytest.raises(shendu.ShenduError, match=message):
         datasets.mnist_scenes(**args)
+
+
+def test_a_digit_wider_than_the_canvas_is_scaled_to_fit():
+    """Some MNIST strokes are far wider than tall: at a quarter of the canvas high, such a
+    digit would be wider than the canvas, which once stopped the drawing of 10,000 scenes."""
+    bar = np.zeros((1, 1, 28, 28), np.uint8)
+    bar[0, 0, 13:15, :] = 255  # 28 wide, 2 high
+    canvas, mask = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    placed = datasets._draw_scene(bar, np.random.default_rng(0), 1, canvas, mask, np.array([7]))
+    (x0, y0, x1, y1), _ = placed[0]
+    assert 0 <= x0 < x1 <= 64 and x1 - x0 > 32 and 0 <= y0 < y1 <= 64
+    assert (mask[y0:y1, x0:x1] == 8).any() and canvas.max() == 255

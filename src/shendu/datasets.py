@@ -636,6 +636,8 @@ def _draw_scene(x, rng, k, canvas, mask, t):
         rows, cols = np.flatnonzero((digit >= _INK).any(1)), np.flatnonzero((digit >= _INK).any(0))
         crop = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
         h = rng.uniform(0.25, 0.45) * size
+        if round(crop.width * h / crop.height) > size:  # a digit wider than the canvas: as wide
+            h = size * crop.height / crop.width
         for _ in range(100):
             shape = (max(1, round(crop.width * h / crop.height)), max(1, round(h)))
             ink = np.asarray(crop.resize(shape, Image.Resampling.BILINEAR))
