@@ -4,6 +4,7 @@ Every model comes fused (`nn.fuse`: each convolution, BatchNorm or residual sum 
 ReLU computes both in one pass, as a ConvReLU2d, BatchNormReLU2d or ResidualReLU, the ReLU's
 place holding an Identity): the same function, the same parameters and names, one pass over
 memory fewer."""
+import copy
 import functools
 import inspect
 
@@ -12,33 +13,38 @@ import numpy as np
 from . import kernels
 from .errors import ShenduError
 from .kernels.conv import out_size
-from .nn import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear,
-                 MaxPool2d, Module, ReLU, Residual, Sequential, fuse)
+from .datasets import WORDS
+from .nn import (LSTM, BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, Embedding, Flatten,
+                 GlobalAvgPool2d, Identity, Linear, MaxPool2d, Module, ReLU, Residual, Sequential,
+                 fuse, init, log_softmax, no_grad)
 
 _REGISTRY = {}
 
 
-def register(name):
+def register(name, task="classify"):
     """Add a builder to the zoo under `name`: built through the zoo (or the decorated builder),
     a network comes fused."""
     def add(builder):
         @functools.wraps(builder)
         def build(*args, **kwargs):
             return fuse(builder(*args, **kwargs))
+        build.task = task  # what the network does: "classify", "segment", "caption", "detect"
         _REGISTRY[name] = build
         return build
     return add
 
 
-def names():
-    return sorted(_REGISTRY)
+def names(task="classify"):
+    """The networks that do `task` (the classifiers by default; None: all of them)."""
+    return sorted(name for name, build in _REGISTRY.items()
+                  if task in (None, getattr(build, "task", "classify")))
 
 
 def get(name, num_classes=10, input_shape=(1, 28, 28), **kwargs):
     """Build a registered model, e.g. `get("deepconvnet")`."""
     key = name.lower()
     if key not in _REGISTRY:
-        raise ShenduError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
+        raise ShenduError(f"unknown model {name!r}; choose one of: {', '.join(names(None))}")
     takes = inspect.signature(_REGISTRY[key]).parameters
     for option in kwargs:
         if option not in takes:
@@ -354,3 +360,307 @@ def CifarResNet(depth=20, num_classes=10, input_shape=(3, 32, 32), shortcuts=Tru
 for _depth in (20, 32, 44, 56, 110):
     register(f"resnet{_depth}")(functools.partial(CifarResNet, _depth))
     register(f"plain{_depth}")(functools.partial(CifarResNet, _depth, shortcuts=False))
+
+
+# -- applications: segmentation ----------------------------------------------------------------
+def fully_convolutional(classifier):
+    """The classifier (convolutions, then Flatten and Linear layers, as DeepConvNet) with each
+    Linear layer made a convolution with the same weights (Long et al. 2015): the first, which
+    read the flattened C × h × w map, becomes an h × w convolution over it, the others 1 × 1
+    convolutions; Flatten goes. On the input size the classifier was built for it gives the same
+    logits, as a (N, classes, 1, 1) map; on a larger image, a map of logits, one per window of
+    that size, 2^pools pixels apart (each window seeing, where the classifier saw its padding,
+    the image around it). A new model: the classifier is left as it was."""
+    layers = list(classifier)
+    cut = next((i for i, layer in enumerate(layers) if isinstance(layer, Flatten)), None)
+    if cut is None or not all(isinstance(layer, (Linear, ReLU, Dropout, Identity))
+                              for layer in layers[cut + 1:]):
+        raise ShenduError("fully_convolutional takes a Sequential of convolutions, then Flatten, "
+                          "then Linear layers (with ReLU and Dropout between)")
+    c, h, w = classifier.config["input_shape"]
+    trunk = Sequential(*layers[:cut])
+    with no_grad():
+        _, channels, h, w = trunk(np.zeros((1, c, h, w), np.float32)).shape
+    if h != w:
+        raise ShenduError(f"fully_convolutional needs a square map before Flatten, got {h}×{w}")
+    convs, kernel = [], h
+    for layer in layers[cut + 1:]:
+        if isinstance(layer, Linear):
+            conv = Conv2d(channels, layer.out_features, kernel, bias=layer.bias is not None)
+            conv.load_state_dict({k: a.reshape(conv.weight.shape) if k == "weight" else a
+                                  for k, a in layer.state_dict().items()})
+            convs.append(conv)
+            channels, kernel = layer.out_features, 1
+        else:
+            convs.append(copy.deepcopy(layer))
+    model = Sequential(*(copy.deepcopy(layer) for layer in layers[:cut]), *convs)
+    return model.train(classifier.training)
+
+
+class FCN(Module):
+    """FCN-8s (Long, Shelhamer and Darrell 2015) made from a classifier with three pooling
+    stages, as DeepConvNet: `fully_convolutional(classifier)` scores each window at stride 8
+    (its h × w convolution padded by h/2, so windows over the edge score too), and the scores
+    are refined twice through skips before the last upsampling:
+
+        s = head(stage3(a2))                        stride 8
+        s = crop(up3(s)) + score2(a2)               stride 4, a2 = stage2(a1)
+        s = crop(up2(s)) + score1(a1)               stride 2, a1 = stage1(x)
+        y = up1(s)                                  one score per pixel
+
+    up1-3 are ConvTranspose2d(k=4, s=2, p=1) that start as bilinear upsampling (`init.bilinear_`)
+    and learn; score1-2 are 1 × 1 convolutions that start at zero, so the untrained skips add
+    nothing. crop drops the first row and column (and what overhangs): with DeepConvNet's
+    geometry (the pad-2 convolution of stage 2 moves its grid half a cell), upsampled cell i + 1
+    sits over skip cell i, and the last upsampling lands on the pixels exactly. Inputs are
+    H × W with H and W multiples of 8; the output is (N, num_classes, H, W), class 0 the
+    background and class d + 1 the classifier's class d (its trained scores are kept)."""
+
+    def __init__(self, classifier, num_classes=11):
+        super().__init__()
+        layers, stages = list(fully_convolutional(classifier)), [[]]
+        for layer in layers:
+            stages[-1].append(layer)
+            if isinstance(layer, MaxPool2d):
+                stages.append([])
+        head = stages.pop()
+        while head and isinstance(head[-1], Dropout):  # no dropout on the per-pixel scores
+            head.pop()
+        if len(stages) != 3 or not isinstance(head[-1], Conv2d):
+            raise ShenduError("FCN is made from a classifier with three pooling stages and a "
+                              "Linear layer last, as DeepConvNet")
+        head[0].padding = head[0].kernel_size // 2
+        head[-1] = _with_background(head[-1], num_classes)
+        self.stage1, self.stage2, self.stage3 = (Sequential(*stage) for stage in stages)
+        self.head = Sequential(*head)
+        widths = [next(m.out_channels for m in reversed(stage) if isinstance(m, Conv2d))
+                  for stage in stages[:2]]
+        self.score1, self.score2 = (Conv2d(c, num_classes, 1) for c in widths)
+        for score in (self.score1, self.score2):
+            score.weight.data = np.zeros_like(score.weight.data)
+        self.up3, self.up2, self.up1 = (
+            init.bilinear_(ConvTranspose2d(num_classes, num_classes, 4, 2, 1, bias=False))
+            for _ in range(3))
+        self.num_classes, self.shapes = num_classes, None
+        self.config = {"model": "fcn", "num_classes": num_classes,
+                       "input_shape": [classifier.config["input_shape"][0], 64, 64]}
+        self.train(classifier.training)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[2] % 8 or x.shape[3] % 8:
+            raise ShenduError(f"FCN takes images (N, C, H, W) with H and W multiples of 8, got "
+                              f"{tuple(x.shape)}")
+        a1 = self.stage1(x)
+        a2 = self.stage2(a1)
+        u3 = self.up3(self.head(self.stage3(a2)))
+        K = kernels.of(u3)
+        u2 = self.up2(K.add(_crop(u3, a2.shape), self.score2(a2)))
+        self.shapes = (u3.shape, u2.shape)
+        return self.up1(K.add(_crop(u2, a1.shape), self.score1(a1)))
+
+    def backward(self, dy, input_grad=True):
+        u3_shape, u2_shape = self._cached(self.shapes)
+        K = kernels.of(dy)
+        ds = self.up1.backward(dy)
+        da1 = self.score1.backward(ds)
+        ds = self.up2.backward(_uncrop(ds, u2_shape))
+        da2 = self.score2.backward(ds)
+        ds = self.up3.backward(_uncrop(ds, u3_shape))
+        da2 = K.add(da2, self.stage3.backward(self.head.backward(ds)))
+        da1 = K.add(da1, self.stage2.backward(da2))
+        return self.stage1.backward(da1, input_grad)
+
+    accepts_input_grad = True
+
+
+def _with_background(conv, num_classes):
+    """conv (C → K) widened to num_classes outputs, the first new ones (the background and any
+    other class the classifier did not know) starting at zero, the classifier's K after them."""
+    if num_classes <= conv.out_channels:
+        raise ShenduError(f"FCN needs more classes than the classifier's {conv.out_channels} (it "
+                          f"adds the background), got num_classes={num_classes}")
+    wide = Conv2d(conv.in_channels, num_classes, conv.kernel_size, padding=conv.padding)
+    extra = num_classes - conv.out_channels
+    weight = np.zeros(wide.weight.shape, np.float32)
+    weight[extra:] = kernels.host_copy(conv.weight.data)
+    bias = np.zeros(num_classes, np.float32)
+    if conv.bias is not None:
+        bias[extra:] = kernels.host_copy(conv.bias.data)
+    wide.load_state_dict({"weight": weight, "bias": bias})
+    return wide
+
+
+def _crop(x, shape):
+    """x without its first row and column, cut to shape's height and width (see FCN)."""
+    return kernels.of(x).view(x, np.s_[:, :, 1:1 + shape[2], 1:1 + shape[3]])
+
+
+def _uncrop(dy, shape):
+    """The gradient of _crop: dy put back in its place in zeros of the uncropped shape."""
+    K = kernels.of(dy)
+    d = _channels_last_zeros(K, shape, dy.dtype)
+    K.copy_into(K.view(d, np.s_[:, :, 1:1 + dy.shape[2], 1:1 + dy.shape[3]]), dy)
+    return d
+
+
+@register("fcn", task="segment")
+def fcn(num_classes=11, input_shape=(1, 64, 64), dropout=0.5):
+    """FCN-8s on an untrained DeepConvNet (see FCN; `FCN(trained_classifier)` starts from a
+    trained one). For inputs whose height and width are multiples of 8."""
+    if input_shape[1] % 8 or input_shape[2] % 8:
+        raise ShenduError(f"fcn takes images whose height and width are multiples of 8, got "
+                          f"{input_shape}")
+    model = FCN(DeepConvNet(num_classes - 1, (input_shape[0], 28, 28), dropout), num_classes)
+    model.config["input_shape"] = list(input_shape)
+    return model
+
+
+# -- applications: captioning ------------------------------------------------------------------
+class Captioner(Module):
+    """NIC (Vinyals et al. 2015): a CNN reads the image, and its features, as the first input
+    of an LSTM, set the LSTM's state; then the LSTM writes the caption a word at a time, each
+    word the input of the next step:
+
+        x₋₁ = encoder(image)      x₀ = embed(START)      xᵢ = embed(wordᵢ)
+        hᵢ = LSTM(xᵢ, hᵢ₋₁)       p(wordᵢ₊₁) = softmax(readout(hᵢ))
+
+    The encoder is DeepConvNet's convolutions and a Linear layer from the flattened map (which
+    keeps where each digit is: the caption reads them left to right). Words are tokens: START
+    (0), END (1), then the digits' names (d + 2, `datasets.WORDS`). `targets(captions)` codes
+    captions as the labels of training: each caption's tokens, END, then -100 (padding, which
+    the loss ignores) up to max_words + 1.
+
+    `model(images, targets)` (teacher forcing, as the Trainer calls it: `teacher_forced`) reads
+    the true words before each one it predicts and returns the logits (N, words, max_words + 1);
+    `model(images)` writes its own (greedy: the likeliest word each step) and returns the
+    logits of its choices. `caption(images, beam=1)` returns the captions as text, with a beam
+    search over `beam` partial captions when beam > 1."""
+
+    teacher_forced = True
+    START, END = 0, 1
+
+    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=128, hidden=256):
+        super().__init__()
+        vocabulary = len(WORDS) + 2
+        convs = list(DeepConvNet(10, input_shape))
+        convs = convs[:next(i for i, layer in enumerate(convs) if isinstance(layer, Flatten))]
+        c, h, w = input_shape
+        with no_grad():
+            features = Sequential(*convs)(np.zeros((1, c, h, w), np.float32)).size
+        self.encoder = Sequential(*convs, Flatten(), Linear(features, embedding))
+        self.embed = Embedding(vocabulary, embedding)
+        self.lstm = LSTM(embedding, hidden, batch_first=True)
+        self.readout = Linear(hidden, vocabulary)
+        self.max_words, self.steps = max_words, None
+        self.config = {"model": "captioner", "input_shape": list(input_shape),
+                       "max_words": max_words, "embedding": embedding, "hidden": hidden}
+
+    def targets(self, captions):
+        """Captions (strings of digit names) as training labels (N, max_words + 1), int64."""
+        t = np.full((len(captions), self.max_words + 1), -100, np.int64)
+        for row, caption in zip(t, captions):
+            words = caption.split()
+            if len(words) > self.max_words or not set(words) <= set(WORDS):
+                raise ShenduError(f"a caption of at most {self.max_words} digit names, got "
+                                  f"{caption!r}")
+            row[:len(words) + 1] = [WORDS.index(word) + 2 for word in words] + [self.END]
+        return t
+
+    def forward(self, images, targets=None):
+        features = self.encoder(images)
+        if targets is None:
+            return self._greedy(features)
+        targets = np.asarray(targets)
+        n, steps = len(features), self.max_words + 1
+        if targets.shape != (n, steps):
+            raise ShenduError(f"teacher forcing takes targets ({n}, {steps}) (see targets()), "
+                              f"got {targets.shape}")
+        words = np.full((n, steps), self.START, np.int64)  # START, then the targets but the last
+        words[:, 1:] = np.where(targets[:, :-1] < 0, self.END, targets[:, :-1])
+        K = kernels.of(features)
+        x = K.empty((n, steps + 1, features.shape[1]), features.dtype)
+        K.copy_into(K.view(x, np.s_[:, 0]), features)
+        K.copy_into(K.view(x, np.s_[:, 1:]), self.embed(words))
+        h, _ = self.lstm(x)
+        logits = self.readout(K.contiguous(K.view(h, np.s_[:, 1:])).reshape(n * steps, -1))
+        self.steps = steps
+        return K.contiguous(K.transpose(logits.reshape(n, steps, -1), (0, 2, 1)))
+
+    accepts_input_grad = True
+
+    def backward(self, dy, input_grad=True):
+        steps, K = self._cached(self.steps), kernels.of(dy)
+        n = dy.shape[0]
+        dh = self.readout.backward(K.contiguous(K.transpose(dy, (0, 2, 1))).reshape(n * steps, -1))
+        dh_all = K.zeros((n, steps + 1, dh.shape[1]), dh.dtype)  # step −1 predicts nothing
+        K.copy_into(K.view(dh_all, np.s_[:, 1:]), dh.reshape(n, steps, -1))
+        dx, _ = self.lstm.backward(dh_all)
+        self.embed.backward(K.contiguous(K.view(dx, np.s_[:, 1:])))
+        return self.encoder.backward(K.contiguous(K.view(dx, np.s_[:, 0])), input_grad)
+
+    def _start(self, features):
+        """The LSTM's state after the image and START, and its output then."""
+        n = len(features)
+        _, state = self.lstm(features.reshape(n, 1, -1))
+        return self._step(np.full(n, self.START, np.int64), state)
+
+    def _step(self, words, state):
+        """(logits of the next word (N, words), state) after reading `words` (N,) in `state`."""
+        h, state = self.lstm(self.embed(words[:, None]), state)
+        return self.readout(h.reshape(len(words), -1)), state
+
+    def _greedy(self, features):
+        K = kernels.of(features)
+        logits, state = self._start(features)
+        out = K.empty((len(features), logits.shape[1], self.max_words + 1), logits.dtype)
+        for i in range(self.max_words + 1):
+            K.copy_into(K.view(out, np.s_[:, :, i]), logits)
+            if i < self.max_words:
+                logits, state = self._step(kernels.to_host(logits).argmax(axis=1), state)
+        return out
+
+    def caption(self, images, beam=1):
+        """The captions of images (N, C, H, W), float in [0, 1], as text."""
+        with no_grad():
+            if beam == 1:
+                return [self.words(row) for row in kernels.to_host(self(images)).argmax(axis=1)]
+            return [self.words(self._beam(self.encoder(images[i:i + 1]), beam))
+                    for i in range(len(images))]
+
+    def _beam(self, features, width):
+        """The likeliest caption found by keeping the `width` likeliest partial captions at each
+        step (Vinyals et al. 2015 use 20; their log-probabilities add up word by word)."""
+        K = kernels.of(features)
+        logits, state = self._start(features)
+        beams, done = [(0.0, [])], []  # (log-probability, tokens) of partial, ended captions
+        for _ in range(self.max_words + 1):
+            logp = log_softmax(kernels.to_host(logits).astype(np.float64))
+            grown = sorted(((score + logp[b, w], tokens + [w], b)
+                            for b, (score, tokens) in enumerate(beams)
+                            for w in range(logp.shape[1])), reverse=True)[:width]
+            done += [(score, tokens) for score, tokens, _ in grown if tokens[-1] == self.END]
+            grown = [g for g in grown if g[1][-1] != self.END]
+            if not grown or (done and max(done)[0] >= grown[0][0]):
+                break  # a longer caption only loses probability: none can beat this one
+            beams = [(score, tokens) for score, tokens, _ in grown]
+            rows = np.array([b for *_, b in grown])
+            state = tuple(K.array(kernels.to_host(s)[:, rows]) for s in state)
+            logits, state = self._step(np.array([tokens[-1] for _, tokens in beams]), state)
+        return max(done)[1] if done else beams[0][1]  # else: no caption ended in time
+
+    def words(self, tokens):
+        """Tokens as text: the digit names up to the first END (START and END left out)."""
+        out = []
+        for token in tokens:
+            if token == self.END:
+                break
+            if token >= 2:
+                out.append(WORDS[token - 2])
+        return " ".join(out)
+
+
+@register("captioner", task="caption")
+def captioner(num_classes=None, input_shape=(1, 64, 64), max_words=4, embedding=128,
+              hidden=256):
+    """The NIC captioner (see Captioner); num_classes is unused (its words are fixed)."""
+    return Captioner(input_shape, max_words, embedding, hidden)
