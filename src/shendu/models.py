@@ -40,19 +40,35 @@ def names(task="classify"):
                   if task in (None, getattr(build, "task", "classify")))
 
 
-def get(name, num_classes=10, input_shape=(1, 28, 28), **kwargs):
-    """Build a registered model, e.g. `get("deepconvnet")`."""
+def task(name):
+    """What the registered network `name` does: "classify", "segment", "caption" or "detect"."""
+    return getattr(_REGISTRY[name.lower()], "task", "classify")
+
+
+def get(name, num_classes=None, input_shape=None, **kwargs):
+    """Build a registered model, e.g. `get("deepconvnet")`. A classifier is built for 10
+    classes of 1 × 28 × 28 images unless told otherwise; the other networks (segmentation,
+    captioning, detection) have their own defaults, for the 1 × 64 × 64 scenes."""
     key = name.lower()
     if key not in _REGISTRY:
         raise ShenduError(f"unknown model {name!r}; choose one of: {', '.join(names(None))}")
-    takes = inspect.signature(_REGISTRY[key]).parameters
+    builder = _REGISTRY[key]
+    takes = inspect.signature(builder).parameters
     for option in kwargs:
         if option not in takes:
             raise ShenduError(f"model {key!r} has no option {option!r}; its options: "
                               f"{', '.join(takes)}")
-    model = _REGISTRY[key](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
-    model.config = {"model": key, "num_classes": num_classes,
-                    "input_shape": list(input_shape), **kwargs}
+    classifier = getattr(builder, "task", "classify") == "classify"
+    for option, value, default in (("num_classes", num_classes, 10),
+                                   ("input_shape", input_shape, (1, 28, 28))):
+        if value is not None or classifier:
+            kwargs[option] = default if value is None else value
+    arguments = inspect.signature(builder).bind(**kwargs)
+    arguments.apply_defaults()
+    settings = {**arguments.arguments, "input_shape": tuple(arguments.arguments["input_shape"])}
+    model = builder(**settings)
+    settings.pop("classifier", None)  # a network to start from is not part of the description
+    model.config = {"model": key, **settings, "input_shape": list(settings["input_shape"])}
     return model
 
 
@@ -372,11 +388,7 @@ def fully_convolutional(classifier):
     that size, 2^pools pixels apart (each window seeing, where the classifier saw its padding,
     the image around it). A new model: the classifier is left as it was."""
     layers = list(classifier)
-    cut = next((i for i, layer in enumerate(layers) if isinstance(layer, Flatten)), None)
-    if cut is None or not all(isinstance(layer, (Linear, ReLU, Dropout, Identity))
-                              for layer in layers[cut + 1:]):
-        raise ShenduError("fully_convolutional takes a Sequential of convolutions, then Flatten, "
-                          "then Linear layers (with ReLU and Dropout between)")
+    cut = _flatten_at(classifier)
     c, h, w = classifier.config["input_shape"]
     trunk = Sequential(*layers[:cut])
     with no_grad():
@@ -393,8 +405,34 @@ def fully_convolutional(classifier):
             channels, kernel = layer.out_features, 1
         else:
             convs.append(copy.deepcopy(layer))
-    model = Sequential(*(copy.deepcopy(layer) for layer in layers[:cut]), *convs)
-    return model.train(classifier.training)
+    return Sequential(*convolutions(classifier), *convs).train(classifier.training)
+
+
+def convolutions(classifier):
+    """Copies of the classifier's layers before its Flatten: its convolutional features."""
+    return [copy.deepcopy(layer) for layer in list(classifier)[:_flatten_at(classifier)]]
+
+
+def _flatten_at(classifier):
+    layers = list(classifier)
+    cut = next((i for i, layer in enumerate(layers) if isinstance(layer, Flatten)), None)
+    if cut is None or not all(isinstance(layer, (Linear, ReLU, Dropout, Identity))
+                              for layer in layers[cut + 1:]):
+        raise ShenduError("expected a classifier made of convolutions, then Flatten, then "
+                          "Linear layers (with ReLU and Dropout between), as DeepConvNet")
+    return cut
+
+
+def with_background(classifier, num_classes=None):
+    """A copy of the classifier with its last Linear layer widened by a background class (or
+    to num_classes): the new class is 0 and starts at zero, the classifier's class k is k + 1
+    with its trained weights (an R-CNN's region classifier, started from a digit classifier)."""
+    layers = [copy.deepcopy(layer) for layer in classifier]
+    last = max(i for i, layer in enumerate(layers) if isinstance(layer, Linear))
+    layers[last] = _widened(layers[last], num_classes or layers[last].out_features + 1)
+    model = Sequential(*layers).train(classifier.training)
+    model.config = {**classifier.config, "num_classes": layers[last].out_features}
+    return model
 
 
 class FCN(Module):
@@ -430,7 +468,7 @@ class FCN(Module):
             raise ShenduError("FCN is made from a classifier with three pooling stages and a "
                               "Linear layer last, as DeepConvNet")
         head[0].padding = head[0].kernel_size // 2
-        head[-1] = _with_background(head[-1], num_classes)
+        head[-1] = _widened(head[-1], num_classes)
         self.stage1, self.stage2, self.stage3 = (Sequential(*stage) for stage in stages)
         self.head = Sequential(*head)
         widths = [next(m.out_channels for m in reversed(stage) if isinstance(m, Conv2d))
@@ -473,20 +511,20 @@ class FCN(Module):
     accepts_input_grad = True
 
 
-def _with_background(conv, num_classes):
-    """conv (C → K) widened to num_classes outputs, the first new ones (the background and any
-    other class the classifier did not know) starting at zero, the classifier's K after them."""
-    if num_classes <= conv.out_channels:
-        raise ShenduError(f"FCN needs more classes than the classifier's {conv.out_channels} (it "
-                          f"adds the background), got num_classes={num_classes}")
-    wide = Conv2d(conv.in_channels, num_classes, conv.kernel_size, padding=conv.padding)
-    extra = num_classes - conv.out_channels
-    weight = np.zeros(wide.weight.shape, np.float32)
-    weight[extra:] = kernels.host_copy(conv.weight.data)
-    bias = np.zeros(num_classes, np.float32)
-    if conv.bias is not None:
-        bias[extra:] = kernels.host_copy(conv.bias.data)
-    wide.load_state_dict({"weight": weight, "bias": bias})
+def _widened(layer, num_classes):
+    """A Linear or Conv2d layer with K outputs widened to num_classes: the first new ones (the
+    background, and any other class the classifier did not know) start at zero, the layer's K
+    come after them with its weights."""
+    k = layer.out_features if isinstance(layer, Linear) else layer.out_channels
+    if num_classes <= k:
+        raise ShenduError(f"a background class needs more than the classifier's {k} classes, "
+                          f"got num_classes={num_classes}")
+    wide = (Linear(layer.in_features, num_classes) if isinstance(layer, Linear) else
+            Conv2d(layer.in_channels, num_classes, layer.kernel_size, padding=layer.padding))
+    state = {name: np.zeros(a.shape, np.float32) for name, a in wide.state_dict().items()}
+    for name, a in layer.state_dict().items():
+        state[name][num_classes - k:] = a
+    wide.load_state_dict(state)
     return wide
 
 
@@ -504,13 +542,14 @@ def _uncrop(dy, shape):
 
 
 @register("fcn", task="segment")
-def fcn(num_classes=11, input_shape=(1, 64, 64), dropout=0.5):
-    """FCN-8s on an untrained DeepConvNet (see FCN; `FCN(trained_classifier)` starts from a
-    trained one). For inputs whose height and width are multiples of 8."""
+def fcn(num_classes=11, input_shape=(1, 64, 64), dropout=0.5, classifier=None):
+    """FCN-8s (see FCN) made from `classifier`, a DeepConvNet for 28 × 28 digits (default: an
+    untrained one). For inputs whose height and width are multiples of 8."""
     if input_shape[1] % 8 or input_shape[2] % 8:
         raise ShenduError(f"fcn takes images whose height and width are multiples of 8, got "
                           f"{input_shape}")
-    model = FCN(DeepConvNet(num_classes - 1, (input_shape[0], 28, 28), dropout), num_classes)
+    classifier = classifier or DeepConvNet(num_classes - 1, (input_shape[0], 28, 28), dropout)
+    model = FCN(classifier, num_classes)
     model.config["input_shape"] = list(input_shape)
     return model
 
@@ -539,11 +578,11 @@ class Captioner(Module):
     teacher_forced = True
     START, END = 0, 1
 
-    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=128, hidden=256):
+    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=128, hidden=256,
+                 classifier=None):
         super().__init__()
         vocabulary = len(WORDS) + 2
-        convs = list(DeepConvNet(10, input_shape))
-        convs = convs[:next(i for i, layer in enumerate(convs) if isinstance(layer, Flatten))]
+        convs = convolutions(classifier or DeepConvNet(10, (input_shape[0], 28, 28)))
         c, h, w = input_shape
         with no_grad():
             features = Sequential(*convs)(np.zeros((1, c, h, w), np.float32)).size
@@ -661,6 +700,23 @@ class Captioner(Module):
 
 @register("captioner", task="caption")
 def captioner(num_classes=None, input_shape=(1, 64, 64), max_words=4, embedding=128,
-              hidden=256):
-    """The NIC captioner (see Captioner); num_classes is unused (its words are fixed)."""
-    return Captioner(input_shape, max_words, embedding, hidden)
+              hidden=256, classifier=None):
+    """The NIC captioner (see Captioner), its convolutions those of `classifier` (default: an
+    untrained DeepConvNet); num_classes is unused (its words are fixed)."""
+    return Captioner(input_shape, max_words, embedding, hidden, classifier)
+
+
+# -- applications: detection -------------------------------------------------------------------
+@register("griddetector", task="detect")
+def grid_detector(num_classes=10, input_shape=(1, 64, 64), classifier=None):
+    """A one-stage detector in the manner of YOLO (see shendu.detection): DeepConvNet's
+    convolutions, then a 3 × 3 convolution and a 1 × 1 one that give, for each 8 × 8 cell, an
+    objectness logit, a box (tx, ty, tw, th) and the classes' logits. Its convolutions are
+    those of `classifier` (default: an untrained DeepConvNet). Fully convolutional: for inputs
+    whose height and width are multiples of 8."""
+    if input_shape[1] % 8 or input_shape[2] % 8:
+        raise ShenduError(f"griddetector takes images whose height and width are multiples of "
+                          f"8, got {input_shape}")
+    convs = convolutions(classifier or DeepConvNet(num_classes, (input_shape[0], 28, 28)))
+    return Sequential(*convs, Conv2d(64, 64, 3, padding=1), ReLU(),
+                      Conv2d(64, 5 + num_classes, 1))
