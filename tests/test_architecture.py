@@ -13,7 +13,8 @@ TOOLING = {"experiments", "bench", "bench_worker", "widgets", "plot", "receptive
 # tooling's (the trainer, recipes, checkpoints); the package's __init__ may export tooling.
 CORE = {"nn", "kernels", "optim", "models", "io", "datasets", "augment", "train", "recipes",
         "checkpointing", "interrupts", "rollback", "tuning", "rng", "errors", "images",
-        "distributed", "export", "quantization", "mixed", "metrics"}
+        "distributed", "export", "quantization", "mixed", "metrics", "detection",
+        "applications"}
 
 
 def modules():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import shendu
-from shendu import augment, cli, datasets, models, optim, recipes
+from shendu import augment, cli, datasets, detection, models, optim, recipes
 from test_errors import clinet
 
 
@@ -26,8 +26,25 @@ def test_every_recipe_builds_what_it_says(name, monkeypatch):
     if schedule is not None:  # sized for the recipe's epochs over 1,000 images
         assert schedule.total_steps == recipe.epochs * -(-1000 // recipe.batch_size)
     assert (trainer.augment is None) == (not recipe.transforms)
-    assert trainer.loss_fn.label_smoothing == recipe.label_smoothing
+    if recipe.task == "detect":
+        assert isinstance(trainer.loss_fn, detection.GridLoss)
+    else:
+        assert trainer.loss_fn.label_smoothing == recipe.label_smoothing
     assert recipe.dataset in datasets.names()
+    assert models.task(recipe.model) == {"regions": "classify"}.get(recipe.task, recipe.task)
+
+
+def test_each_application_recipe_labels_its_scenes(monkeypatch):
+    """In the quick profile (few scenes): the labels each task trains on, beside its images."""
+    monkeypatch.setenv("SHENDU_PROFILE", "quick")
+    for name, shape in (("segment", (64, 64)), ("caption", (5,)), ("detect", (6, 8, 8)),
+                        ("regions", ())):
+        (x, t), (x_test, t_test) = recipes.get(name).data()
+        assert len(x) == len(t) and len(x_test) == len(t_test) and t.shape[1:] == shape
+        assert x.dtype == np.uint8 and x.shape[1:] == ((1, 28, 28) if name == "regions"
+                                                       else (1, 64, 64))
+        if name != "regions":  # the quick profile's 2,000 of the recipe's training scenes
+            assert len(x) == 2000 and len(x_test) == 1000
 
 
 def test_the_book_recipe_is_the_chapters():

@@ -7,6 +7,9 @@
     mpiexec -n N shendu train --distributed [--shards S] [--deterministic] [train's flags]
     shendu evaluate RUN_DIR... [--precision float16|bfloat16|int8|binary|...] [--tta N] [--json]
     shendu predict RUN_DIR IMAGE... [--json]
+    shendu detect RUN_DIR IMAGE... [--min-score X] [--json]
+    shendu segment RUN_DIR IMAGE --out MASK.png
+    shendu caption RUN_DIR IMAGE... [--beam N] [--json]
     shendu export RUN_DIR OUT.onnx
     shendu summary MODEL [--input 1x28x28] [--classes 10]
     shendu experiment NAME [--readme] [--only RUN,...]
@@ -28,13 +31,18 @@ import math
 import sys
 import time
 from contextlib import ExitStack
+from io import BytesIO
 from pathlib import Path
 
-from . import __version__, bench, datasets, distributed, experiments, models, recipes
+import numpy as np
+from PIL import Image
+
+from . import (__version__, applications, bench, datasets, detection, distributed, experiments,
+               models, recipes)
 from .errors import ShenduError
-from .images import load_image
+from .images import load_image, load_scene
 from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_run_dir,
-                 read_checkpoint)
+                 read_checkpoint, write_atomic)
 from .rng import manual_seed
 from .summarize import summary
 from .quantization import at_precision
@@ -82,7 +90,12 @@ def _train_in(args, comm):
     with ExitStack() as held:
         distributed.on_root(comm, lambda: _claim(held, out, args))
         distributed.on_root(comm, lambda: datasets.load(recipe.dataset) and None)  # 1 download
-        (x, t), test = datasets.load(recipe.dataset)
+        (x, t), test = recipe.data(model)
+        if recipe.backbone_epochs and not args.resume:
+            if root:
+                print(f"training the backbone: DeepConvNet on MNIST's digits, "
+                      f"{recipe.backbone_epochs} epochs of the book recipe", flush=True)
+            recipe.start(model, settings["seed"])
         if settings["subset"] is not None:
             x, t = x[:settings["subset"]], t[:settings["subset"]]
         epochs, target = settings["epochs"], settings["target_accuracy"]
@@ -101,8 +114,8 @@ def _train_in(args, comm):
         ranks = "" if comm is None else (f", {comm.Get_size()} ranks x {trainer.threads} "
                                          f"thread{'s' * (trainer.threads > 1)}")
         print(f"{'resuming' if args.resume else 'training'} {name} "
-              f"({model.num_parameters():,} parameters) on {len(x)} "
-              f"{datasets.describe(recipe.dataset)[0]} images, recipe {settings['recipe']}: "
+              f"({model.num_parameters():,} parameters) on {len(x)} {_what(recipe)}, "
+              f"recipe {settings['recipe']}: "
               f"{type(trainer.optimizer).__name__} lr {settings['lr']:g}"
               f"{' one-cycle' if trainer.scheduler else ''}, batch {settings['batch_size']}, "
               f"{epochs} epoch{'s' if epochs > 1 else ''}"
@@ -125,6 +138,12 @@ def _train_in(args, comm):
             print(f"reached {target:.2%} after epoch {last['epoch']}, {last['elapsed']:.1f} s of "
                   "training and testing")
         print(f"test accuracy {100 * last['test_acc']:.2f}%; model, config and metrics in {out}")
+
+
+def _what(recipe):
+    """What a recipe trains on, in prose: "MNIST images", "MNIST scenes", ..."""
+    return {"classify": f"{datasets.describe(recipe.dataset)[0]} images",
+            "regions": "regions of MNIST scenes"}.get(recipe.task, "MNIST scenes")
 
 
 def _settings(args):
@@ -277,6 +296,72 @@ def _predict(args):
             print(f"{r['path']}: {r['label']} ({100 * r['probability']:.1f}%)")
 
 
+def _scene_model(run_dir, task):
+    """The network of a run trained to `task` ("detect", "segment" or "caption"); for "detect"
+    a grid detector's or, from a run of the regions recipe, an R-CNN around its classifier."""
+    model, (name, recipe) = load(run_dir), _recipe_of(run_dir)
+    if task == "detect" and recipe.task == "regions":
+        return detection.RCNN(model)
+    if models.task(model.config["model"]) != task:
+        raise ShenduError(f"{run_dir} holds a {model.config['model']} network, which does not "
+                          f"{task}: train one with `shendu train --recipe {task}`")
+    return model
+
+
+def _scenes(paths):
+    """The image files as the scene networks take them; every file read before any work."""
+    scenes = [load_scene(path) for path in paths]
+    return scenes, np.stack([scene.image for scene in scenes])
+
+
+def _detect(args):
+    detector = _scene_model(args.run_dir, "detect")
+    scenes, x = _scenes(args.images)
+    results = []
+    for path, scene, f in zip(args.images, scenes, applications.detect(detector, x)):
+        kept = f.scores >= args.min_score
+        boxes = np.clip(f.boxes[kept] / scene.scale, 0,
+                        [scene.width, scene.height, scene.width, scene.height])
+        results.append({"path": str(path), "detections": [
+            {"box": [round(float(v), 1) for v in box], "class": int(c), "score": float(p)}
+            for box, c, p in zip(boxes, f.classes[kept], f.scores[kept])]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results * (not args.json):
+        found = ", ".join(f"{datasets.WORDS[d['class']]} ({100 * d['score']:.0f}%) at "
+                          f"{d['box']}" for d in r["detections"])
+        print(f"{r['path']}: {found or 'no digits'}")
+
+
+def _segment(args):
+    model = _scene_model(args.run_dir, "segment")
+    (scene,), x = _scenes([args.image])
+    classes = applications.segment(model, x)[0]
+    h, w = max(1, round(scene.height * scene.scale)), max(1, round(scene.width * scene.scale))
+    mask = Image.fromarray(classes[:h, :w]).resize((scene.width, scene.height),
+                                                   Image.Resampling.NEAREST)
+    data = BytesIO()
+    mask.save(data, format="PNG")
+    try:
+        write_atomic({args.out: data.getvalue()})
+    except OSError as e:
+        raise ShenduError(f"cannot write {args.out}: {e}") from None
+    found = sorted(set(np.unique(np.asarray(mask)).tolist()) - {0})
+    print(f"wrote {args.out}: {scene.width}×{scene.height}, 0 background, d + 1 digit d; "
+          f"found {', '.join(datasets.WORDS[c - 1] for c in found) or 'no digits'}")
+
+
+def _caption(args):
+    model = _scene_model(args.run_dir, "caption")
+    _, x = _scenes(args.images)
+    results = [{"path": str(path), "caption": text}
+               for path, text in zip(args.images, applications.caption(model, x, args.beam))]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results * (not args.json):
+        print(f"{r['path']}: {r['caption'] or '(nothing)'}")
+
+
 def _export(args):
     from .export import OPSET, onnx
     onnx(load(args.run_dir), args.out)
@@ -402,6 +487,29 @@ def _parser():
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(command=_predict)
+
+    p = commands.add_parser("detect", help="find digits in image files: boxes, classes, scores")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--min-score", type=_fraction, default=0.5, metavar="X",
+                   help="report detections scoring at least X (default 0.5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(command=_detect)
+
+    p = commands.add_parser("segment", help="label each pixel of an image file: a PNG of "
+                                            "classes (0 background, d + 1 digit d)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--out", type=Path, required=True, metavar="MASK.png")
+    p.set_defaults(command=_segment)
+
+    p = commands.add_parser("caption", help="write the digits of image files, left to right")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--beam", type=_number(int), default=3, metavar="N",
+                   help="beam search over N partial captions (default 3; 1: greedy)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(command=_caption)
 
     p = commands.add_parser("export", help="write a trained model as an ONNX file")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")

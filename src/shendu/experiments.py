@@ -756,3 +756,92 @@ def update_readme(record, readme=None):
         return False
     readme.write_text(pattern.sub(lambda m: m.group(1) + readme_block(record) + m.group(2), text))
     return True
+
+
+# -- "Applications I": detection, segmentation, captioning -------------------------------------
+APPLICATIONS = ("segment", "caption", "detect", "regions")  # recipes, each a run
+EXAMPLES = 8  # test scenes whose predictions the results keep, for the chapter's figures
+
+
+@experiment
+def applications(only=None, seed=0, root=None):
+    """Chapter 7's networks, each trained by its recipe (`shendu train --recipe NAME`: segment,
+    caption, detect, regions) on MNIST scenes, its DeepConvNet backbone included, then measured
+    on the 1,000 test scenes: FCN's mean IoU over the 11 classes and per class; the
+    captioner's exact captions and BLEU-4, greedy and with a beam of 3, and its first failures;
+    the grid detector's and R-CNN's mean average precision (VOC, IoU 0.5) and per class, and
+    R-CNN's proposal recall; each with its training time (backbone, data and epochs) and time
+    per scene. The first EXAMPLES scenes' predictions are kept for the figures. Each run's
+    model is saved in `root`/NAME (default runs/applications/NAME)."""
+    from . import applications as apply
+    from . import datasets, detection, metrics, recipes
+    from .io import save
+    _check_only(only, APPLICATIONS, "applications has no run")
+    root = Path("runs") / "applications" if root is None else Path(root)
+    test = datasets.mnist_scenes("test", 1000)
+    truths = list(zip(test.boxes, test.classes))
+    runs = {}
+    for name in only or APPLICATIONS:
+        recipe = recipes.get(name)
+        began = time.perf_counter()
+        model, history = recipe.fit(*recipe.data(), seed=seed)
+        trained = time.perf_counter() - began
+        save(model, root / name)
+        began = time.perf_counter()
+        if name == "segment":
+            predicted = apply.segment(model, test.images)
+            per_scene = (time.perf_counter() - began) / len(test.images)
+            miou, per_class = metrics.segmentation_iou(predicted, test.masks, 11)
+            figures = {"miou": miou, "per_class_iou": per_class,
+                       "pixel_accuracy": float(np.mean(predicted == test.masks)),
+                       "examples": [_mask_text(m) for m in predicted[:EXAMPLES]]}
+        elif name == "caption":
+            greedy = apply.caption(model, test.images)
+            per_scene = (time.perf_counter() - began) / len(test.images)
+            beam = apply.caption(model, test.images, beam=3)
+            figures = {"exact_greedy": _exact(greedy, test.captions),
+                       "bleu4_greedy": metrics.bleu(greedy, test.captions),
+                       "exact_beam3": _exact(beam, test.captions),
+                       "bleu4_beam3": metrics.bleu(beam, test.captions),
+                       "examples": beam[:EXAMPLES],
+                       "failures": [{"scene": i, "truth": t, "caption": c}
+                                    for i, (c, t) in enumerate(zip(beam, test.captions))
+                                    if c != t][:EXAMPLES]}
+        else:
+            detector = model if name == "detect" else detection.RCNN(model)
+            found = apply.detect(detector, test.images)
+            per_scene = (time.perf_counter() - began) / len(test.images)
+            mean_ap, per_class = metrics.mean_average_precision(found, truths, 10)
+            figures = {"map": mean_ap, "per_class_ap": per_class,
+                       "examples": [_detections_json(f) for f in found[:EXAMPLES]]}
+            if name == "regions":
+                boxes = [detection.proposals(image[0]) for image in test.images]
+                figures["proposals"] = {
+                    "per_scene": float(np.mean([len(b) for b in boxes])),
+                    "recall_iou_0.5": detection.recall(boxes, test.boxes),
+                    "recall_iou_0.7": detection.recall(boxes, test.boxes, 0.7)}
+        runs[name] = {**figures, "recipe": recipe.about, "model": model.config["model"],
+                      "parameters": model.num_parameters(), "seed": seed,
+                      "train_time_s": round(trained, 1),
+                      "epoch_time_s": [round(h["epoch_time"], 1) for h in history],
+                      "test_acc": [h["test_acc"] for h in history],
+                      "time_per_scene_ms": round(1000 * per_scene, 2)}
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if isinstance(v, float))
+        print(f"{name}: {scores}, trained in {trained:.0f} s", file=sys.stderr, flush=True)
+    return {"test_scenes": len(test.images), "examples": EXAMPLES, "runs": runs}
+
+
+def _exact(captions, truths):
+    return float(np.mean([c == t for c, t in zip(captions, truths)]))
+
+
+def _mask_text(mask):
+    """A label map as rows of characters, 0-9 and a for 10: compact in JSON."""
+    return ["".join("0123456789a"[v] for v in row) for row in mask]
+
+
+def _detections_json(found, min_score=0.5):
+    kept = found.scores >= min_score
+    return [{"box": [round(float(v), 1) for v in box], "class": int(c),
+             "score": round(float(s), 4)}
+            for box, c, s in zip(found.boxes[kept], found.classes[kept], found.scores[kept])]

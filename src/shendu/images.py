@@ -9,16 +9,20 @@ centre of mass at the centre. `load_image` does the same to a photo or a drawing
    stretch the levels so the background (the border's median) is 0 and the brightest ink 1;
 3. crop to the ink's bounding box (pixels above 0.2), scale the longer side to 20
    pixels keeping the aspect ratio, and paste it into 28×28 with its centre of mass at the centre.
+
+`load_scene` does steps 1 and 2 to an image with several digits, and fits it into the 64×64
+canvas of the scene networks (detection, segmentation, captioning) instead.
 """
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ShenduError
 
-__all__ = ["load_image", "MAX_PIXELS", "FORMATS"]
+__all__ = ["load_image", "load_scene", "Scene", "MAX_PIXELS", "FORMATS"]
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is plenty; a bigger claim is likely a bomb
 # Pixels a file may claim per byte it holds, beyond the first million: deflate packs at most about
@@ -34,19 +38,48 @@ _INK = 0.2  # a pixel is ink above this level (the brightest ink is 1)
 def load_image(path):
     """A float32 array (1, 28, 28) in [0, 1], white digit on black, centred like MNIST.
     Raises ShenduError for anything that is not a readable image of a sensible size."""
-    grey = _read_grey(Path(path))
+    grey, _ = _read_grey(Path(path))
+    return _mnist_box(_levels(grey))[None]
+
+
+class Scene(NamedTuple):
+    """An image file as the scene networks take it (see load_scene)."""
+    image: np.ndarray  # float32 (1, size, size) in [0, 1], light ink on black
+    scale: float  # canvas pixels per pixel of the file
+    height: int  # the file's own size, in pixels
+    width: int
+
+
+def load_scene(path, size=64):
+    """An image of any size with digits in it, as the scene networks were trained: the ink
+    light on black (inverted and stretched as in `load_image`), scaled down, when it is larger
+    than size × size, so that its longer side is `size` (a larger image is scaled, not tiled:
+    its digits are assumed to fill it as a scene's fill the canvas), and placed at the top left
+    of a black size × size canvas. Raises ShenduError for an unreadable image."""
+    grey, (width, height) = _read_grey(Path(path))
+    scale = min(1.0, size / max(width, height))
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    a = _levels(grey.resize((w, h), Image.Resampling.LANCZOS))
+    canvas = np.zeros((1, size, size), np.float32)
+    canvas[0, :h, :w] = np.clip(a, 0, 1)
+    return Scene(canvas, scale, height, width)
+
+
+def _levels(grey):
+    """A grey image as float32 in [0, 1] with light ink on black: inverted when the border is
+    light, then stretched so the background (the border's median) is 0 and the brightest ink 1."""
     a = np.asarray(grey, dtype=np.float32) / 255
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     if border.mean() > 127 / 255:
         a, border = 1 - a, 1 - border
     background, brightest = np.median(border), a.max()
-    a = (np.clip((a - background) / (brightest - background), 0, 1) if brightest > background
-         else np.zeros_like(a))
-    return _mnist_box(a)[None]
+    return (np.clip((a - background) / (brightest - background), 0, 1) if brightest > background
+            else np.zeros_like(a))
 
 
 def _read_grey(path):
-    """Decode `path` into a mode 'L' image no larger than _WORK_SIZE, or raise ShenduError."""
+    """Decode `path` into a mode 'L' image no larger than _WORK_SIZE, and the file's own (width,
+    height); or raise ShenduError."""
     if not path.is_file():
         raise ShenduError(f"{path}: no such image file")
     size = path.stat().st_size
@@ -66,8 +99,9 @@ def _read_grey(path):
                                       f"{size} bytes (a decompression bomb?)")
                 im = ImageOps.exif_transpose(im)  # also decodes the pixels (truncation shows here)
                 im = _to_grey(im)
+                original = im.size
                 im.thumbnail((_WORK_SIZE, _WORK_SIZE), Image.Resampling.LANCZOS)
-                return im
+                return im, original
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise ShenduError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:

@@ -14,7 +14,8 @@ from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
-           "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling"]
+           "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling",
+           "underflow", "scenes"]
 
 
 def training_curves(history):
@@ -326,3 +327,31 @@ def underflow(panels):
     for ax in (hist, bars):
         ax.grid(alpha=0.3)
     return fig
+
+
+def scenes(images, titles=(), masks=None, detections=None, cols=4, size=2.0):
+    """MNIST scenes (N, 1, H, W) in rows of `cols`: with `masks` (N, H, W) the label maps
+    instead, one colour per class (background black); with `detections` (per scene, a list of
+    {"box": [x0, y0, x1, y1], "class": d, "score": p}, or (boxes, classes) of the truth) their
+    boxes drawn and named."""
+    import matplotlib.patches as patches
+    shown = np.asarray(images)[:, 0] if masks is None else np.asarray(masks)
+    fig = _grid(shown, cols, titles, size=size, cmap="gray" if masks is None else _CLASSES)
+    if masks is not None:
+        for ax in fig.axes:
+            for image in ax.get_images():
+                image.set_clim(-0.5, 10.5)
+    for ax, found in zip(fig.axes, detections or []):
+        if isinstance(found, tuple):  # the truth: (boxes, classes)
+            found = [{"box": b, "class": c} for b, c in zip(*found)]
+        for d in found:
+            x0, y0, x1, y1 = d["box"]
+            ax.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                           edgecolor="tab:orange", linewidth=1.2))
+            label = str(d["class"]) + (f" {d['score']:.2f}" if "score" in d else "")
+            ax.text(x0 - 0.5, y0 - 1.5, label, color="tab:orange", fontsize=7)
+    return fig
+
+
+# Background black, then a colour per digit (matplotlib's tab10).
+_CLASSES = plt.matplotlib.colors.ListedColormap(["black", *plt.get_cmap("tab10").colors])

@@ -12,7 +12,9 @@ files, never claimed here.
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import augment, models, nn, optim
+import numpy as np
+
+from . import augment, datasets, detection, models, nn, optim
 from .errors import ShenduError
 from .rng import manual_seed
 
@@ -33,9 +35,63 @@ class Recipe:
     one_cycle: bool = False  # warm up to lr over 30% of the steps, then anneal to almost 0
     label_smoothing: float = 0.0  # the loss's target: (1 − ε) one-hot + ε / classes
     transforms: tuple = ()  # what each training batch goes through (shendu.augment)
+    # "classify" the dataset's images, or learn from MNIST scenes (datasets.mnist_scenes) to
+    # "segment" them, "caption" them, "detect" digits (a grid detector) or classify the regions
+    # an R-CNN proposes ("regions"); `scenes`: how many training and test scenes
+    task: str = "classify"
+    scenes: tuple = (0, 0)
+    # > 0: the model starts from the chapter's DeepConvNet trained for this many epochs of the
+    # book recipe on MNIST's digits (its convolutions, or more: see `start`), as R-CNN, FCN and
+    # NIC start from a network trained on ImageNet
+    backbone_epochs: int = 0
 
     def build_model(self):
         return models.get(self.model, **dict(self.model_options))
+
+    def start(self, model, seed=0):
+        """Give a new model its starting weights: with backbone_epochs, those of the same network
+        built from the trained DeepConvNet (for regions, the classifier itself with a background
+        class: `models.with_background`); else it keeps its own. Returns the model."""
+        if not self.backbone_epochs:
+            return model
+        train, test = datasets.load("mnist")
+        classifier, _ = RECIPES["book"].fit(train, test, seed=seed, epochs=self.backbone_epochs)
+        options = {k: v for k, v in model.config.items() if k != "model"}
+        started = (models.with_background(classifier, options["num_classes"])
+                   if self.task == "regions" else
+                   models.get(model.config["model"], classifier=classifier, **options))
+        model.load_state_dict(started.state_dict())
+        return model
+
+    def data(self, model=None):
+        """((x_train, t_train), (x_test, t_test)) to train on: the dataset's images and labels,
+        or for the applications the scenes' images with the labels of the task: the label maps
+        (segment), the captions coded by `model.targets` (caption), the grid detector's labels
+        (detect, `detection.encode`), or R-CNN's regions (`detection.region_set`)."""
+        from .train import QUICK_TEST, QUICK_TRAIN, profile
+        if self.task == "classify":
+            return datasets.load(self.dataset)
+        sizes = (zip(self.scenes, (QUICK_TRAIN, QUICK_TEST)) if profile() == "quick"
+                 else zip(self.scenes, self.scenes))  # the quick profile draws fewer scenes
+        scenes = [datasets.mnist_scenes(split, min(n, cap))
+                  for split, (n, cap) in zip(("train", "test"), sizes)]
+        if self.task == "regions":
+            return tuple(detection.region_set(s, seed=i) for i, s in enumerate(scenes))
+        model = model or self.build_model()
+        return tuple((s.images, self._labels(s, model)) for s in scenes)
+
+    def _labels(self, scenes, model):
+        if self.task == "segment":
+            return scenes.masks.astype(np.int64)
+        if self.task == "caption":
+            return model.targets(scenes.captions)
+        return detection.encode(scenes.boxes, scenes.classes, scenes.images.shape[-1])
+
+    def loss(self):
+        """The loss the task trains with (see Trainer: it also counts right answers)."""
+        if self.task == "detect":
+            return detection.GridLoss()
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
 
     def augmentation(self):
         return augment.Compose(list(self.transforms)) if self.transforms else None
@@ -57,9 +113,8 @@ class Recipe:
                                      total_steps=planned_steps(train_size, batch_size, epochs))
                     if self.one_cycle else None)
         return (trainer_class or Trainer)(
-            model, opt, nn.CrossEntropyLoss(label_smoothing=self.label_smoothing),
-            batch_size=batch_size, scheduler=schedule, seed=seed, augment=self.augmentation(),
-            **options)
+            model, opt, self.loss(), batch_size=batch_size, scheduler=schedule, seed=seed,
+            augment=self.augmentation(), **options)
 
     def fit(self, train, test, seed=0, epochs=None, run_dir=None, settings=None, device="cpu",
             precision=None, **fit_options):
@@ -74,9 +129,11 @@ class Recipe:
         from .io import CHECKPOINT
         manual_seed(seed)
         model = self.build_model().to(device)
+        resume = run_dir if run_dir is not None and (Path(run_dir) / CHECKPOINT).exists() else None
+        if resume is None:
+            self.start(model, seed)
         trainer = self.trainer(model, len(train[0]), epochs=epochs, seed=seed, progress=False,
                                run_dir=run_dir, settings=settings, precision=precision)
-        resume = run_dir if run_dir is not None and (Path(run_dir) / CHECKPOINT).exists() else None
         history = trainer.fit(train, test, epochs=epochs or self.epochs, resume=resume,
                               **fit_options)
         if trainer.stopped is not None:  # the trainer that could continue is not returned
@@ -112,6 +169,28 @@ RECIPES = {
         model="resnet20", dataset="fashion-mnist", optimizer="sgd", lr=0.1, batch_size=128,
         epochs=30, weight_decay=5e-4, one_cycle=True,
         transforms=(augment.RandomCrop(28, padding=2), augment.RandomHorizontalFlip())),
+    # The applications (chapter 7), on MNIST scenes (datasets.mnist_scenes), each network
+    # starting from DeepConvNet trained on MNIST's digits for two epochs.
+    "segment": Recipe(
+        "FCN-8s on DeepConvNet (fcn): a class per pixel of 64×64 MNIST scenes, 10,000 of them; "
+        "Adam lr 0.001, batch 50, 6 epochs",
+        model="fcn", task="segment", scenes=(10000, 1000), batch_size=50, epochs=6,
+        backbone_epochs=2),
+    "caption": Recipe(
+        "NIC (captioner): DeepConvNet's features start an LSTM that writes the digits of "
+        "20,000 MNIST scenes left to right; Adam lr 0.001, batch 50, 6 epochs",
+        model="captioner", task="caption", scenes=(20000, 1000), batch_size=50, epochs=6,
+        backbone_epochs=2),
+    "detect": Recipe(
+        "a one-stage grid detector on DeepConvNet (griddetector): boxes and digits of 10,000 "
+        "MNIST scenes per 8×8 cell; Adam lr 0.001, batch 50, 6 epochs",
+        model="griddetector", task="detect", scenes=(10000, 1000), batch_size=50, epochs=6,
+        backbone_epochs=2),
+    "regions": Recipe(
+        "R-CNN's region classifier: DeepConvNet with a background class, on the regions "
+        "proposed in 5,000 MNIST scenes warped to 28×28; Adam lr 0.001, batch 100, 3 epochs",
+        model="deepconvnet", model_options=(("num_classes", 11),), task="regions",
+        scenes=(5000, 1000), epochs=3, backbone_epochs=2),
 }
 
 

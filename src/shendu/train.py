@@ -498,6 +498,9 @@ def _scaler(model, precision):
     if device_of(model) is not kernels.cpu:
         raise ShenduError("mixed precision trains on the CPU (its float16 kernels have no CUDA "
                           "version yet): keep the model there")
+    if not isinstance(model, nn.Sequential):
+        raise ShenduError(f"mixed precision trains the classifiers (a Sequential of layers), not "
+                          f"a {type(model).__name__}")
     return mixed.LossScaler()
 
 
