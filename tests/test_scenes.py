@@ -54,6 +54,7 @@ def test_digits_overlap_little(scenes):
                          * max(0, min(a[3], b[3]) - max(a[1], b[1])))
                 area = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
                 assert inter <= 0.15 * area
+                assert abs((a[0] + a[2]) - (b[0] + b[2])) / 2 >= 4  # left to right is plain
 
 
 def test_captions_read_the_digits_left_to_right(scenes):

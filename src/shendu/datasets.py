@@ -549,9 +549,11 @@ def load(name: str, root: str | os.PathLike | None = None, download: bool = True
 
 # -- MNIST scenes: several digits on one canvas, for detection, segmentation and captioning -----
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-_SCENES_VERSION = 1  # part of the cache's file names: a change to the drawing renames them
+_SCENES_VERSION = 2  # part of the cache's file names: a change to the drawing renames them
 _INK = 64  # a digit's pixels from this value on are ink: its box and its label map
 _MAX_OVERLAP = 0.15  # of the smaller box's area, for any two digits of a scene
+_MIN_GAP = 4  # pixels between any two digits' box centres, from left to right: the caption's
+# order is never a matter of a pixel
 
 
 @dataclass(frozen=True)
@@ -561,7 +563,8 @@ class Scenes:
     boxes[i]: int64 (k, 4) rows [x0, y0, x1, y1], the ink's bounding box in pixel edges (columns
     x0 to x1 − 1, rows y0 to y1 − 1); classes[i]: int64 (k,), the digits; sources[i]: int64 (k,),
     the indices of the MNIST images they are drawn from; captions[i]: the digits as words, left
-    to right by their boxes' centres ("three seven one")."""
+    to right by their boxes' centres ("three seven one"), which are at least _MIN_GAP (4) pixels
+    apart from left to right, so that the order is plain to see."""
     images: np.ndarray
     masks: np.ndarray
     boxes: list
@@ -579,7 +582,8 @@ def mnist_scenes(split: str, n: int, size: int = 64, digits=(1, 4), seed: int = 
     the test split only. Each scene has between digits[0] and digits[1] digits, each drawn from
     the split at random, its ink cropped, scaled to a height of a quarter to 0.45 of the canvas
     and placed at random where it overlaps no other digit's box by more than 15% of the smaller
-    box; where digits overlap, the brighter pixel wins. Scene i depends on (seed, split, size,
+    box and its box's centre is 4 pixels or more left or right of every other's; where digits
+    overlap, the brighter pixel wins. Scene i depends on (seed, split, size,
     digits, i) only, so fewer scenes are a prefix of more. Kept in the cache
     (``<cache>/scenes/``, no pickle), so a second call reads them back."""
     if split not in ("train", "test"):
@@ -646,7 +650,9 @@ def _draw_scene(x, rng, k, canvas, mask, t):
             x0 = int(rng.integers(size - ink.shape[1] + 1))
             if len(xs):
                 box = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1)
-                if all(_overlap(box, other) <= _MAX_OVERLAP for other, _ in placed):
+                if all(_overlap(box, other) <= _MAX_OVERLAP and
+                       abs(box[0] + box[2] - other[0] - other[2]) >= 2 * _MIN_GAP
+                       for other, _ in placed):
                     break
             h *= 0.97
         else:
