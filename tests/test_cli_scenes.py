@@ -109,6 +109,18 @@ def test_a_short_training_run_of_each_recipe_then_its_command(tmp_path, images):
     result = shendu_cli("detect", tmp_path / "regions", paths[0], "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["path"] == str(paths[0])
+    reports = {}
+    for run, key in (("segment", "miou"), ("regions", "map")):
+        result = shendu_cli("evaluate", tmp_path / run, "--json")
+        assert result.returncode == 0, result.stderr
+        reports[run] = json.loads(result.stdout)
+        assert reports[run]["task"] == run and reports[run]["n"] == 1000
+        assert 0 <= reports[run][key] <= 1
+    # a class for each of the 11, and the background (most pixels) already learnt
+    assert len(reports["segment"]["per_class_iou"]) == 11
+    assert reports["segment"]["per_class_iou"][0] > 0.8
+    result = shendu_cli("evaluate", tmp_path / "segment", "--precision", "int8")
+    assert result.returncode == 2 and "evaluated alone" in result.stderr
 
 
 def test_user_errors_are_one_line_and_exit_2(runs, images, tmp_path):

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from . import (__version__, applications, bench, datasets, detection, distributed, experiments,
-               models, recipes)
+               metrics, models, recipes)
 from .errors import ShenduError
 from .images import load_image, load_scene
 from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_run_dir,
@@ -242,6 +242,8 @@ def _recipe_of(run_dir):
 def _evaluate(args):
     members = [load(run_dir) for run_dir in args.run_dirs]  # an ensemble when more than one
     (name, recipe), *others = [_recipe_of(run_dir) for run_dir in args.run_dirs]
+    if recipe.task != "classify":
+        return _evaluate_scenes(args, members, recipe)
     for run_dir, (other, r) in zip(args.run_dirs[1:], others):
         if r.dataset != recipe.dataset or (args.tta and repr(r.augmentation())
                                            != repr(recipe.augmentation())):
@@ -267,6 +269,36 @@ def _evaluate(args):
         print(f"accuracy {100 * accuracy:.2f}% on the {len(x)} "
               f"{datasets.describe(recipe.dataset)[0]} test images"
               + (f" ({' and '.join(how)})" if how else ""))
+
+
+def _evaluate_scenes(args, members, recipe):
+    """`evaluate` of a scene network, on the 1,000 test scenes: as its task is measured."""
+    if len(members) > 1 or args.tta or args.precision != "float32":
+        raise ShenduError(f"a {recipe.task} run is evaluated alone, in float32 (no ensembles, "
+                          "--tta or --precision)")
+    test = datasets.mnist_scenes("test", recipe.scenes[1])
+    model = members[0]
+    if recipe.task == "segment":
+        miou, per_class = metrics.segmentation_iou(applications.segment(model, test.images),
+                                                   test.masks, 11)
+        report = {"miou": miou, "per_class_iou": per_class}
+        text = f"mean IoU {miou:.3f} over the 11 classes"
+    elif recipe.task == "caption":
+        captions = applications.caption(model, test.images, beam=3)
+        exact = sum(c == t for c, t in zip(captions, test.captions)) / len(captions)
+        report = {"exact": exact, "bleu4": metrics.bleu(captions, test.captions), "beam": 3}
+        text = f"exact captions {100 * exact:.2f}%, BLEU-4 {report['bleu4']:.3f} (beam of 3)"
+    else:
+        detector = detection.RCNN(model) if recipe.task == "regions" else model
+        mean_ap, per_class = metrics.mean_average_precision(
+            applications.detect(detector, test.images), list(zip(test.boxes, test.classes)), 10)
+        report = {"map": mean_ap, "per_class_ap": per_class}
+        text = f"mAP {mean_ap:.3f} (VOC, IoU 0.5)"
+    if args.json:
+        print(json.dumps({**report, "task": recipe.task, "n": len(test.images),
+                          "dataset": "mnist-scenes", "split": "test"}))
+    else:
+        print(f"{text} on the {len(test.images)} test scenes")
 
 
 CALIBRATION = 500  # training images that calibrate int8 activations

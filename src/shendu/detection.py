@@ -138,18 +138,19 @@ def warp(image, boxes, size=28):
 
 def region_set(scenes, positives=3, background=3, seed=0):
     """R-CNN's training regions from scenes, drawn at random from `seed`: every true box, up to
-    `positives` per digit of the proposals that overlap a digit with an IoU of at least 0.5
-    (each labelled with that digit's class + 1), and up to `background` per digit of those
-    that overlap none by 0.3 or more (class 0), each warped to 28 × 28 (see warp). Returns
-    (uint8 images (M, 1, 28, 28), labels (M,))."""
+    `positives` per digit of the proposals that overlap a digit with an IoU of at least 0.7
+    (each labelled with that digit's class + 1), and up to `background` per digit of those that
+    overlap none by 0.4 or more (class 0: among them the parts of digits and the pairs of
+    them, which must not score as a digit), each warped to 28 × 28 (see warp). Proposals in
+    between are left out. Returns (uint8 images (M, 1, 28, 28), labels (M,))."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for image, true, classes in zip(scenes.images, scenes.boxes, scenes.classes):
         boxes = proposals(image[0])
         overlaps = box_iou(boxes, true)
         best, most = overlaps.argmax(axis=1), overlaps.max(axis=1)
-        positive = rng.permutation(np.flatnonzero(most >= 0.5))[:positives * len(true)]
-        negative = rng.permutation(np.flatnonzero(most < 0.3))[:background * len(true)]
+        positive = rng.permutation(np.flatnonzero(most >= 0.7))[:positives * len(true)]
+        negative = rng.permutation(np.flatnonzero(most < 0.4))[:background * len(true)]
         chosen = np.concatenate([true, boxes[positive], boxes[negative]])
         labels.append(np.concatenate([classes + 1, classes[best[positive]] + 1,
                                       np.zeros(len(negative), np.int64)]))

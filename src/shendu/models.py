@@ -564,7 +564,9 @@ class Captioner(Module):
         hᵢ = LSTM(xᵢ, hᵢ₋₁)       p(wordᵢ₊₁) = softmax(readout(hᵢ))
 
     The encoder is DeepConvNet's convolutions and a Linear layer from the flattened map (which
-    keeps where each digit is: the caption reads them left to right). Words are tokens: START
+    keeps where each digit is: the caption reads them left to right). The LSTM's forget gate
+    starts with a bias of 1 (Gers et al. 2000), so that its state keeps the image from the
+    first steps on. Words are tokens: START
     (0), END (1), then the digits' names (d + 2, `datasets.WORDS`). `targets(captions)` codes
     captions as the labels of training: each caption's tokens, END, then -100 (padding, which
     the loss ignores) up to max_words + 1.
@@ -578,7 +580,7 @@ class Captioner(Module):
     teacher_forced = True
     START, END = 0, 1
 
-    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=128, hidden=256,
+    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=256, hidden=256,
                  classifier=None):
         super().__init__()
         vocabulary = len(WORDS) + 2
@@ -589,6 +591,7 @@ class Captioner(Module):
         self.encoder = Sequential(*convs, Flatten(), Linear(features, embedding))
         self.embed = Embedding(vocabulary, embedding)
         self.lstm = LSTM(embedding, hidden, batch_first=True)
+        self.lstm.bias_ih_l0.data[hidden:2 * hidden] = 1  # the forget gate's: keep the image
         self.readout = Linear(hidden, vocabulary)
         self.max_words, self.steps = max_words, None
         self.config = {"model": "captioner", "input_shape": list(input_shape),
@@ -699,7 +702,7 @@ class Captioner(Module):
 
 
 @register("captioner", task="caption")
-def captioner(num_classes=None, input_shape=(1, 64, 64), max_words=4, embedding=128,
+def captioner(num_classes=None, input_shape=(1, 64, 64), max_words=4, embedding=256,
               hidden=256, classifier=None):
     """The NIC captioner (see Captioner), its convolutions those of `classifier` (default: an
     untrained DeepConvNet); num_classes is unused (its words are fixed)."""

@@ -178,19 +178,19 @@ RECIPES = {
         backbone_epochs=2),
     "caption": Recipe(
         "NIC (captioner): DeepConvNet's features start an LSTM that writes the digits of "
-        "20,000 MNIST scenes left to right; Adam lr 0.001, batch 50, 6 epochs",
-        model="captioner", task="caption", scenes=(20000, 1000), batch_size=50, epochs=6,
+        "80,000 MNIST scenes left to right; Adam lr 0.001, batch 50, 3 epochs",
+        model="captioner", task="caption", scenes=(80000, 1000), batch_size=50, epochs=3,
         backbone_epochs=2),
     "detect": Recipe(
-        "a one-stage grid detector on DeepConvNet (griddetector): boxes and digits of 10,000 "
-        "MNIST scenes per 8×8 cell; Adam lr 0.001, batch 50, 6 epochs",
-        model="griddetector", task="detect", scenes=(10000, 1000), batch_size=50, epochs=6,
+        "a one-stage grid detector on DeepConvNet (griddetector): boxes and digits of 20,000 "
+        "MNIST scenes per 8×8 cell; Adam lr 0.001, batch 50, 10 epochs",
+        model="griddetector", task="detect", scenes=(20000, 1000), batch_size=50, epochs=10,
         backbone_epochs=2),
     "regions": Recipe(
         "R-CNN's region classifier: DeepConvNet with a background class, on the regions "
-        "proposed in 5,000 MNIST scenes warped to 28×28; Adam lr 0.001, batch 100, 3 epochs",
+        "proposed in 8,000 MNIST scenes warped to 28×28; Adam lr 0.001, batch 100, 5 epochs",
         model="deepconvnet", model_options=(("num_classes", 11),), task="regions",
-        scenes=(5000, 1000), epochs=3, backbone_epochs=2),
+        scenes=(8000, 1000), epochs=5, backbone_epochs=2),
 }
 
 
