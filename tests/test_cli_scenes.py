@@ -146,3 +146,22 @@ def test_user_errors_are_one_line_and_exit_2(runs, images, tmp_path):
         assert "Traceback" not in result.stderr and result.stdout == "", name
     assert (tmp_path / "taken.png").read_bytes() == b"keep me"
     assert not (tmp_path / "m.png").exists()
+
+
+def test_load_scene_scales_a_larger_image_down_and_keeps_a_smaller_one(tmp_path):
+    wide = np.full((64, 128), 255, np.uint8)  # dark ink on white, twice as wide as the canvas
+    wide[:32, 64:96] = 0
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    scene = shendu.images.load_scene(tmp_path / "wide.png")
+    assert scene.image.shape == (1, 64, 64) and scene.image.dtype == np.float32
+    assert (scene.scale, scene.width, scene.height) == (0.5, 128, 64)
+    ink = scene.image[0] > 0.5  # inverted: the square is light, at half size, top left
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (0, 15, 32, 47)
+    assert not scene.image[0, 32:].any()  # below the scaled image: background
+    small = np.zeros((30, 40), np.uint8)
+    small[10:20, 5:15] = 200
+    Image.fromarray(small).save(tmp_path / "small.png")
+    scene = shendu.images.load_scene(tmp_path / "small.png")
+    assert scene.scale == 1 and scene.image[0, 10:20, 5:15].min() == 1
+    assert scene.image[0].sum() == 100  # the rest is background, the canvas too

@@ -19,7 +19,8 @@ from .errors import ShenduError
 from .kernels.regions import components
 from .kernels.sample import bilinear
 from .metrics import box_iou, nms
-from .nn import log_softmax, no_grad, softmax
+from .nn import log_softmax, softmax
+from .train import device_of, inference
 
 CELL = 8  # the grid detector's cell: DeepConvNet's three 2 × 2 poolings
 ANCHOR = 24.0  # the grid detector's prior box side, in pixels (scene digits are 16-29 high)
@@ -175,8 +176,9 @@ class RCNN:
             if not len(boxes):
                 found.append(_none())
                 continue
-            with no_grad():
-                p = softmax(kernels.to_host(self.classifier.eval()(warp(image, boxes))))
+            regions = device_of(self.classifier).array(warp(image, boxes))
+            with inference(self.classifier):
+                p = softmax(kernels.to_host(self.classifier(regions)))
             found.append(_per_class(boxes.astype(np.float32), p[:, 1:], self.min_score,
                                     self.overlap))
         return found
