@@ -282,7 +282,8 @@ def test_unknown_names_list_the_valid_ones(capsys, tmp_path):
     for args in (["summary", "lenet-9000"], ["train", "--model", "lenet-9000", "--out",
                                              tmp_path / "x"]):
         assert "choose one of: bncnn, captioner, deepconvnet" in cli_error(capsys, *args)
-    assert "invalid choice: 'magic' (choose from augment, best, book, fashion, fast)" in usage_error(
+    assert ("invalid choice: 'magic' (choose from augment, best, book, caption, detect, "
+            "fashion, fast, regions, segment)") in usage_error(
         capsys, "train", "--recipe", "magic").replace("'", "").replace("magic", "'magic'")
     with pytest.raises(datasets.DatasetError, match="unknown dataset 'cifar'; choose one of: "
                                                     "fashion-mnist, mnist"):
