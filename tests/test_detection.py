@@ -5,7 +5,7 @@ import pytest
 
 import shendu
 from gradcheck import numerical_grad, rand, rel_error
-from shendu import datasets, detection, metrics, models, nn
+from shendu import datasets, detection, metrics, models
 from shendu.kernels.regions import components, components_reference
 
 

@@ -62,6 +62,14 @@ def test_segmentation_iou():
     assert mean == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
+def test_exact():
+    assert metrics.exact(["one two", "three", "four five"],
+                         ["one two", "three four", "five four"]) == pytest.approx(1 / 3)
+    assert metrics.exact(["one  two"], ["one two"]) == 1.0  # words, not spacing
+    with pytest.raises(shendu.ShenduError, match="1 candidates but 0"):
+        metrics.exact(["one"], [])
+
+
 def test_bleu():
     assert metrics.bleu(["one two three four"], ["one two three four"]) == 1.0
     # a b c d e against a b c d f: 4/5, 3/4, 2/3, 1/2 of the 1- to 4-grams; equal lengths

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from . import (__version__, applications, bench, datasets, detection, distributed, experiments,
-               metrics, models, recipes)
+               models, recipes)
 from .errors import ShenduError
 from .images import load_image, load_scene
 from .io import (CHECKPOINT, WEIGHTS, CheckpointError, check_json, load, lock_run_dir,
@@ -277,23 +277,14 @@ def _evaluate_scenes(args, members, recipe):
         raise ShenduError(f"a {recipe.task} run is evaluated alone, in float32 (no ensembles, "
                           "--tta or --precision)")
     test = datasets.mnist_scenes("test", recipe.scenes[1])
-    model = members[0]
+    report, _ = applications.measure(recipe.task, members[0], test)
     if recipe.task == "segment":
-        miou, per_class = metrics.segmentation_iou(applications.segment(model, test.images),
-                                                   test.masks, 11)
-        report = {"miou": miou, "per_class_iou": per_class}
-        text = f"mean IoU {miou:.3f} over the 11 classes"
+        text = f"mean IoU {report['miou']:.3f} over the 11 classes"
     elif recipe.task == "caption":
-        captions = applications.caption(model, test.images, beam=3)
-        exact = sum(c == t for c, t in zip(captions, test.captions)) / len(captions)
-        report = {"exact": exact, "bleu4": metrics.bleu(captions, test.captions), "beam": 3}
-        text = f"exact captions {100 * exact:.2f}%, BLEU-4 {report['bleu4']:.3f} (beam of 3)"
+        text = (f"exact captions {report['exact_greedy']:.2%} greedy, "
+                f"{report['exact_beam3']:.2%} with a beam of 3")
     else:
-        detector = detection.RCNN(model) if recipe.task == "regions" else model
-        mean_ap, per_class = metrics.mean_average_precision(
-            applications.detect(detector, test.images), list(zip(test.boxes, test.classes)), 10)
-        report = {"map": mean_ap, "per_class_ap": per_class}
-        text = f"mAP {mean_ap:.3f} (VOC, IoU 0.5)"
+        text = f"mAP {report['map']:.3f} (VOC, IoU 0.5)"
     if args.json:
         print(json.dumps({**report, "task": recipe.task, "n": len(test.images),
                           "dataset": "mnist-scenes", "split": "test"}))
@@ -331,7 +322,7 @@ def _predict(args):
 def _scene_model(run_dir, task):
     """The network of a run trained to `task` ("detect", "segment" or "caption"); for "detect"
     a grid detector's or, from a run of the regions recipe, an R-CNN around its classifier."""
-    model, (name, recipe) = load(run_dir), _recipe_of(run_dir)
+    model, (_, recipe) = load(run_dir), _recipe_of(run_dir)
     if task == "detect" and recipe.task == "regions":
         return detection.RCNN(model)
     if models.task(model.config["model"]) != task:

@@ -477,7 +477,7 @@ def _fetch(ds: _Dataset, root, download: bool) -> dict[str, bytearray]:
         raise DatasetError(
             f"could not load {ds.name}{skipped}: no verified copy of {', '.join(missing)}.\n"
             "Sources tried:\n" + "\n".join(report) + "\n"
-            f"Fix: put the files (raw or .gz) in a folder and set SHENDU_DATA to it."
+            "Fix: put the files (raw or .gz) in a folder and set SHENDU_DATA to it."
         )
     return done
 

@@ -20,7 +20,7 @@ from .kernels.regions import components
 from .kernels.sample import bilinear
 from .metrics import box_iou, nms
 from .nn import log_softmax, softmax
-from .train import device_of, inference
+from .train import _as_input, device_of, inference
 
 CELL = 8  # the grid detector's cell: DeepConvNet's three 2 × 2 poolings
 ANCHOR = 24.0  # the grid detector's prior box side, in pixels (scene digits are 16-29 high)
@@ -122,7 +122,7 @@ def warp(image, boxes, size=28):
     in [0, 1], as MNIST frames its digits: a square about the box's centre, its side the box's
     longer side times 28 / 20 (an MNIST digit fits a 20 × 20 box in its 28 × 28 frame), read by
     bilinear interpolation; outside the image is background."""
-    image = _as_float(image)
+    image = _as_input(np.asarray(image)).astype(np.float32, copy=False)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * 28 / 20
@@ -202,11 +202,6 @@ def _per_class(boxes, p, min_score, overlap):
 
 def _none():
     return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
-
-
-def _as_float(image):
-    image = np.asarray(image)
-    return image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
 
 
 def _as_uint8(image):

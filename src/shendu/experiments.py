@@ -774,12 +774,11 @@ def applications(only=None, seed=0, root=None):
     per scene. The first EXAMPLES scenes' predictions are kept for the figures. Each run's
     model is saved in `root`/NAME (default runs/applications/NAME)."""
     from . import applications as apply
-    from . import datasets, detection, metrics, recipes
+    from . import datasets, detection, recipes
     from .io import save
     _check_only(only, APPLICATIONS, "applications has no run")
     root = Path("runs") / "applications" if root is None else Path(root)
     test = datasets.mnist_scenes("test", 1000)
-    truths = list(zip(test.boxes, test.classes))
     runs = {}
     for name in only or APPLICATIONS:
         recipe = recipes.get(name)
@@ -787,52 +786,30 @@ def applications(only=None, seed=0, root=None):
         model, history = recipe.fit(*recipe.data(), seed=seed)
         trained = time.perf_counter() - began
         save(model, root / name)
-        began = time.perf_counter()
+        figures, predicted = apply.measure(recipe.task, model, test)
         if name == "segment":
-            predicted = apply.segment(model, test.images)
-            per_scene = (time.perf_counter() - began) / len(test.images)
-            miou, per_class = metrics.segmentation_iou(predicted, test.masks, 11)
-            figures = {"miou": miou, "per_class_iou": per_class,
-                       "pixel_accuracy": float(np.mean(predicted == test.masks)),
-                       "examples": [_mask_text(m) for m in predicted[:EXAMPLES]]}
+            figures["examples"] = [_mask_text(m) for m in predicted[:EXAMPLES]]
         elif name == "caption":
-            greedy = apply.caption(model, test.images)
-            per_scene = (time.perf_counter() - began) / len(test.images)
-            beam = apply.caption(model, test.images, beam=3)
-            figures = {"exact_greedy": _exact(greedy, test.captions),
-                       "bleu4_greedy": metrics.bleu(greedy, test.captions),
-                       "exact_beam3": _exact(beam, test.captions),
-                       "bleu4_beam3": metrics.bleu(beam, test.captions),
-                       "examples": beam[:EXAMPLES],
-                       "failures": [{"scene": i, "truth": t, "caption": c}
-                                    for i, (c, t) in enumerate(zip(beam, test.captions))
-                                    if c != t][:EXAMPLES]}
+            figures["examples"] = predicted[:EXAMPLES]
+            figures["failures"] = [{"scene": i, "truth": t, "caption": c}
+                                   for i, (c, t) in enumerate(zip(predicted, test.captions))
+                                   if c != t][:EXAMPLES]
         else:
-            detector = model if name == "detect" else detection.RCNN(model)
-            found = apply.detect(detector, test.images)
-            per_scene = (time.perf_counter() - began) / len(test.images)
-            mean_ap, per_class = metrics.mean_average_precision(found, truths, 10)
-            figures = {"map": mean_ap, "per_class_ap": per_class,
-                       "examples": [_detections_json(f) for f in found[:EXAMPLES]]}
-            if name == "regions":
-                boxes = [detection.proposals(image[0]) for image in test.images]
-                figures["proposals"] = {
-                    "per_scene": float(np.mean([len(b) for b in boxes])),
-                    "recall_iou_0.5": detection.recall(boxes, test.boxes),
-                    "recall_iou_0.7": detection.recall(boxes, test.boxes, 0.7)}
+            figures["examples"] = [_detections_json(f) for f in predicted[:EXAMPLES]]
+        if name == "regions":
+            boxes = [detection.proposals(image[0]) for image in test.images]
+            figures["proposals"] = {
+                "per_scene": float(np.mean([len(b) for b in boxes])),
+                "recall_iou_0.5": detection.recall(boxes, test.boxes),
+                "recall_iou_0.7": detection.recall(boxes, test.boxes, 0.7)}
         runs[name] = {**figures, "recipe": recipe.about, "model": model.config["model"],
                       "parameters": model.num_parameters(), "seed": seed,
                       "train_time_s": round(trained, 1),
                       "epoch_time_s": [round(h["epoch_time"], 1) for h in history],
-                      "test_acc": [h["test_acc"] for h in history],
-                      "time_per_scene_ms": round(1000 * per_scene, 2)}
+                      "test_acc": [h["test_acc"] for h in history]}
         scores = ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if isinstance(v, float))
         print(f"{name}: {scores}, trained in {trained:.0f} s", file=sys.stderr, flush=True)
     return {"test_scenes": len(test.images), "examples": EXAMPLES, "runs": runs}
-
-
-def _exact(captions, truths):
-    return float(np.mean([c == t for c, t in zip(captions, truths)]))
 
 
 def _mask_text(mask):

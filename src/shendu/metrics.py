@@ -102,6 +102,13 @@ def segmentation_iou(predicted, truth, classes):
     return float(np.nanmean(per_class)), per_class.tolist()
 
 
+def exact(candidates, references):
+    """The fraction of candidate sentences equal to their reference, word for word."""
+    if len(candidates) != len(references):
+        raise ShenduError(f"{len(candidates)} candidates but {len(references)} references")
+    return float(np.mean([c.split() == r.split() for c, r in zip(candidates, references)]))
+
+
 def bleu(candidates, references, n=4):
     """Corpus BLEU (Papineni et al. 2002) of candidate sentences against one reference each,
     both lists of strings split at spaces: the geometric mean of the clipped 1- to n-gram

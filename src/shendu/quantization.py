@@ -34,7 +34,7 @@ from .kernels import int8
 from .nn.layers import (BatchNorm2d, BatchNormReLU2d, Conv2d, ConvReLU2d, Identity, Linear,
                         ReLU, _check_input, _folded, _nchw, _nhwc, binary_scale)
 from .nn.module import Module, Parameter, Sequential
-from .train import _as_input, predict_proba
+from .train import _as_input, input_batches, predict_proba
 
 __all__ = ["quantize", "binarize", "train_binary", "model_bytes", "QuantizedConv2d", "QuantizedLinear",
            "BinaryConv2d", "BinaryLinear"]
@@ -107,8 +107,8 @@ def _calibrate(model, images, batch_size):
         ranges[id(layer)] = max(ranges.get(id(layer), 0.0), float(np.abs(x).max()))
 
     with _watching(layers, record), nn.no_grad():
-        for start in range(0, len(images), batch_size):
-            model(_as_input(np.asarray(images[start:start + batch_size])))
+        for _, batch in input_batches(images, batch_size):
+            model(batch)
     return ranges
 
 

@@ -102,6 +102,13 @@ def _as_input(x):
     raise ShenduError(f"images must be uint8 (0-255) or floating point in [0, 1], got {x.dtype}")
 
 
+def input_batches(x, batch_size):
+    """(start, batch) over images x, each batch as a model's input (`_as_input`)."""
+    batch_size = _positive_int("batch_size", batch_size)
+    for start in range(0, len(x), batch_size):
+        yield start, _as_input(np.asarray(x[start:start + batch_size]))
+
+
 def _check_data(x, t=None):
     x = np.asarray(x)
     if x.ndim < 2 or len(x) == 0:
@@ -156,9 +163,8 @@ def score(model, x, t, loss_fn, batch_size=500):
     right on images x (`loss_fn.correct`)."""
     K, right = device_of(model), 0
     with inference(model):
-        for i in range(0, len(x), _positive_int("batch_size", batch_size)):
-            right += loss_fn.correct(_outputs(model, _as_input(x[i:i + batch_size]), K),
-                                     t[i:i + batch_size])
+        for i, images in input_batches(x, batch_size):
+            right += loss_fn.correct(_outputs(model, images, K), t[i:i + batch_size])
     return right / max(loss_fn.counted(t), 1)
 
 
@@ -173,11 +179,9 @@ def predict_proba(model, x, batch_size=500, tta=None, copies=4, seed=0):
     if not members:
         raise ShenduError("an ensemble needs at least one model")
     x, _ = _check_data(x)
-    batch_size = _positive_int("batch_size", batch_size)
     copies = _positive_int("copies", copies) if tta is not None else 0
     batches = []
-    for start in range(0, len(x), batch_size):
-        images = _as_input(x[start:start + batch_size])
+    for start, images in input_batches(x, batch_size):
         views = [images] + [tta(images, np.random.default_rng([seed, k, start]))
                             for k in range(copies)]
         total = None
