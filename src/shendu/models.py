@@ -566,7 +566,7 @@ class Captioner(Module):
     The encoder is DeepConvNet's convolutions and a Linear layer from the flattened map (which
     keeps where each digit is: the caption reads them left to right). The LSTM's forget gate
     starts with a bias of 1 (Gers et al. 2000), so that its state keeps the image from the
-    first steps on. Words are tokens: START
+    first steps on. Embedding and state are 512 wide, as NIC's. Words are tokens: START
     (0), END (1), then the digits' names (d + 2, `datasets.WORDS`). `targets(captions)` codes
     captions as the labels of training: each caption's tokens, END, then -100 (padding, which
     the loss ignores) up to max_words + 1.
@@ -580,7 +580,7 @@ class Captioner(Module):
     teacher_forced = True
     START, END = 0, 1
 
-    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=256, hidden=256,
+    def __init__(self, input_shape=(1, 64, 64), max_words=4, embedding=512, hidden=512,
                  classifier=None):
         super().__init__()
         vocabulary = len(WORDS) + 2
@@ -702,8 +702,8 @@ class Captioner(Module):
 
 
 @register("captioner", task="caption")
-def captioner(num_classes=None, input_shape=(1, 64, 64), max_words=4, embedding=256,
-              hidden=256, classifier=None):
+def captioner(num_classes=None, input_shape=(1, 64, 64), max_words=4, embedding=512,
+              hidden=512, classifier=None):
     """The NIC captioner (see Captioner), its convolutions those of `classifier` (default: an
     untrained DeepConvNet); num_classes is unused (its words are fixed)."""
     return Captioner(input_shape, max_words, embedding, hidden, classifier)

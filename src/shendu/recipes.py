@@ -178,9 +178,10 @@ RECIPES = {
         backbone_epochs=2),
     "caption": Recipe(
         "NIC (captioner): DeepConvNet's features start an LSTM that writes the digits of "
-        "80,000 MNIST scenes left to right; Adam lr 0.001, batch 50, 3 epochs",
+        "80,000 MNIST scenes left to right; Adam with a one-cycle schedule up to lr 0.002, "
+        "batch 50, 3 epochs",
         model="captioner", task="caption", scenes=(80000, 1000), batch_size=50, epochs=3,
-        backbone_epochs=2),
+        lr=2e-3, one_cycle=True, backbone_epochs=2),
     "detect": Recipe(
         "a one-stage grid detector on DeepConvNet (griddetector): boxes and digits of 20,000 "
         "MNIST scenes per 8×8 cell; Adam lr 0.001, batch 50, 10 epochs",
