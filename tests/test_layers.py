@@ -90,6 +90,28 @@ def test_cross_entropy_per_pixel_gradient_ignores_padding():
     assert not analytic[0, :, 1, :].any()
 
 
+@pytest.mark.parametrize("loss", [nn.BCEWithLogitsLoss(), nn.HuberLoss(),
+                                  nn.HuberLoss(delta=0.3)], ids=repr)
+def test_elementwise_loss_gradients(loss):
+    z, y = 2 * rand(4, 6), rand(4, 6, seed=1) ** 2  # targets in [0, 1]; errors on both sides
+    loss(z, y)
+    analytic = loss.backward()
+    assert rel_error(analytic, numerical_grad(lambda: loss(z, y), z)) < 1e-6
+
+
+def test_huber_is_half_the_squared_error_near_and_linear_far():
+    loss = nn.HuberLoss(delta=1.0)
+    assert loss(np.array([0.5, -3.0]), np.zeros(2)) == pytest.approx((0.125 + 2.5) / 2)
+    np.testing.assert_allclose(loss.backward(), [0.25, -0.5])  # clip(d, -1, 1) / N
+
+
+def test_bce_is_stable_for_huge_logits():
+    loss = nn.BCEWithLogitsLoss()
+    value = loss(np.array([1e4, -1e4], np.float32), np.array([0.0, 0.0]))
+    assert np.isclose(value, 1e4 / 2)
+    np.testing.assert_allclose(loss.backward(), [0.5, 0.0])
+
+
 def test_cross_entropy_is_stable_for_huge_logits():
     loss = nn.CrossEntropyLoss()
     value = loss(np.array([[1e4, 0.0, -1e4]], np.float32), np.array([1]))

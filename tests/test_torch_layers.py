@@ -85,6 +85,19 @@ def test_cross_entropy_matches_pytorch(smoothing, shape, ignored):
     assert loss.correct(z, t) == right  # an ignored label (-100) is never an argmax
 
 
+@pytest.mark.parametrize("ours, theirs", [(nn.BCEWithLogitsLoss(), F.BCEWithLogitsLoss()),
+                                          (nn.HuberLoss(0.5), F.HuberLoss(delta=0.5))])
+def test_elementwise_losses_match_pytorch(ours, theirs):
+    z = 3 * rand(5, 1, 4, 4, seed=5).astype(np.float32)
+    y = np.random.default_rng(6).random((5, 1, 4, 4)).astype(np.float32)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = theirs(zt, torch.tensor(y))
+    lt.backward()
+    assert np.isclose(ours(z, y), lt.item(), rtol=1e-5)
+    assert ours.backward().dtype == np.float32
+    assert_close(ours.backward(), zt.grad.numpy())
+
+
 def _torch_deep_conv_net():
     layers = []
     for c_in, c_out, pad in ((1, 16, 1), (16, 16, 1), (16, 32, 1), (32, 32, 2), (32, 64, 1), (64, 64, 1)):

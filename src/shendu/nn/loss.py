@@ -1,4 +1,5 @@
-"""Softmax and cross-entropy fused: stable, and with the simple gradient (softmax − target) / N."""
+"""The losses: softmax and cross-entropy fused (stable, with the simple gradient
+(softmax − target) / N); sigmoid and binary cross-entropy fused, the same way; Huber's."""
 import numpy as np
 
 from .. import kernels
@@ -63,3 +64,54 @@ class CrossEntropyLoss:
         if self.dlogits is None:
             raise ShenduError("CrossEntropyLoss.backward needs a forward pass first")
         return self.dlogits
+
+
+class _Elementwise:
+    """A loss that is the mean over the elements of a function of prediction and target (same
+    shape), computed on the host in float64; its gradient goes back where the prediction is."""
+
+    def __init__(self):
+        self.grad = None
+
+    def __call__(self, prediction, target):
+        return self.forward(prediction, target)
+
+    def forward(self, prediction, target):
+        z, y = kernels.to_host(prediction), np.asarray(kernels.to_host(target))
+        if z.shape != y.shape:
+            raise ShenduError(f"{type(self).__name__} takes a prediction and a target of one "
+                              f"shape, got {tuple(z.shape)} and {y.shape}")
+        loss, grad = self._loss(z.astype(np.float64), y.astype(np.float64))
+        self.grad = kernels.of(prediction).array((grad / z.size).astype(prediction.dtype))
+        return float(loss.mean())
+
+    def backward(self):
+        if self.grad is None:
+            raise ShenduError(f"{type(self).__name__}.backward needs a forward pass first")
+        return self.grad
+
+
+class BCEWithLogitsLoss(_Elementwise):
+    """L = mean(−y log σ(z) − (1 − y) log(1 − σ(z))) for logits z and targets y in [0, 1],
+    computed stably as log(1 + e^z) − y z; dL/dz = (σ(z) − y) / N, as PyTorch's."""
+
+    def _loss(self, z, y):
+        return np.logaddexp(0, z) - y * z, (1 + np.tanh(z / 2)) / 2 - y  # σ(z), stably
+
+
+class HuberLoss(_Elementwise):
+    """L = mean(½ d² where |d| ≤ δ, else δ (|d| − ½ δ)) for d = prediction − target: squared
+    error near the target, absolute error far from it, so a large error's gradient is at most δ
+    (DQN's choice, Mnih et al. 2015). As PyTorch's HuberLoss(delta)."""
+
+    def __init__(self, delta=1.0):
+        if not delta > 0:
+            raise ShenduError(f"HuberLoss needs delta > 0, got {delta}")
+        super().__init__()
+        self.delta = delta
+
+    def _loss(self, z, y):
+        d = z - y
+        near = np.abs(d) <= self.delta
+        loss = np.where(near, d * d / 2, self.delta * (np.abs(d) - self.delta / 2))
+        return loss, np.clip(d, -self.delta, self.delta)
