@@ -81,3 +81,27 @@ def test_bleu():
     assert metrics.bleu(["the the the the"], ["the cat"], n=1) == pytest.approx(1 / 4)
     # corpus-level: n-gram counts are summed over sentences before dividing
     assert metrics.bleu(["a b", "c d"], ["a b", "c e"], n=1) == pytest.approx(3 / 4)
+
+
+def test_frechet_distance_of_gaussians_worked_out_by_hand():
+    # same eigenvectors R: Tr (Σa Σb)^½ = Σ √(sa sb), so the distance is
+    # ‖μa − μb‖² + Σ (√sa − √sb)²
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    sa, sb = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])
+    cov_a, cov_b = rotation @ np.diag(sa) @ rotation.T, rotation @ np.diag(sb) @ rotation.T
+    mean_a, mean_b = np.array([1.0, 0, 0]), np.array([0, 2.0, 0])
+    expected = 1 + 4 + (1 - 2) ** 2 + 0 + (3 - 1) ** 2
+    assert metrics.frechet_gaussians(mean_a, cov_a, mean_b, cov_b) == pytest.approx(expected)
+    assert metrics.frechet_gaussians(mean_a, cov_a, mean_a, cov_a) == pytest.approx(0, abs=1e-9)
+    # one dimension: (μa − μb)² + (σa − σb)²
+    assert metrics.frechet_gaussians([0.0], [[4.0]], [3.0], [[1.0]]) == pytest.approx(9 + 1)
+
+
+def test_frechet_distance_of_samples_approaches_the_gaussians():
+    rng = np.random.default_rng(1)
+    a = rng.normal([0, 0], [1, 2], size=(200000, 2))
+    b = rng.normal([1, 0], [2, 2], size=(200000, 2))
+    assert metrics.frechet_distance(a, b) == pytest.approx(1 + 1, abs=0.05)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+    with pytest.raises(shendu.ShenduError, match="feature vectors"):
+        metrics.frechet_distance(a, b[:, :1])

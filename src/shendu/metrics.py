@@ -130,3 +130,30 @@ def bleu(candidates, references, n=4):
         return 0.0
     penalty = 1.0 if c > r else math.exp(1 - r / c)
     return float(penalty * math.exp(np.mean(np.log(found / total))))
+
+
+def frechet_gaussians(mean_a, cov_a, mean_b, cov_b):
+    """The Fréchet (2-Wasserstein) distance, squared, between Gaussians N(mean_a, cov_a) and
+    N(mean_b, cov_b): ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½). Tr (Σa Σb)^½ is the sum of the
+    square roots of the eigenvalues of Σa^½ Σb Σa^½, which is symmetric (NumPy's eigh, no
+    SciPy); rounding's tiny negative eigenvalues count as 0."""
+    def root(m):
+        w, v = np.linalg.eigh(m)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cov_a, cov_b = np.atleast_2d(cov_a), np.atleast_2d(cov_b)
+    root_a = root(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    gap = np.asarray(mean_a, np.float64) - np.asarray(mean_b, np.float64)
+    return float(gap @ gap + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+def frechet_distance(a, b):
+    """The Fréchet distance between Gaussians fitted to two sets of features, a (N, D) and
+    b (M, D): their means and covariances (see frechet_gaussians). With the features of
+    Inception v3 it is the FID of Heusel et al. (2017); chapter 8 uses a trained DeepConvNet's."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ShenduError(f"two sets of at least 2 feature vectors of one length, got "
+                          f"{a.shape} and {b.shape}")
+    return frechet_gaussians(a.mean(axis=0), np.cov(a, rowvar=False),
+                             b.mean(axis=0), np.cov(b, rowvar=False))
