@@ -367,3 +367,39 @@ def test_scaling_times_one_process_against_two_ranks(monkeypatch):
     assert 0 < ranks["allreduce_s"]["median"] < ranks["step_s"]["median"]
     assert list(ranks["allreduce_by_bytes"]) == [str(2 ** k) for k in range(10, 25, 2)]
     assert figures["gradient_bytes"] == 4 * 123552  # DeepConvNet's parameters, float32
+
+
+def test_generative(monkeypatch):
+    """Chapter 8's runs in small: a GAN epoch on 600 digits, DQN for a few hundred steps."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from shendu import datasets
+    (x, t), (x_test, t_test) = datasets.load("mnist")
+    monkeypatch.setattr(datasets, "load", lambda name: ((x[:600], t[:600]),
+                                                        (x_test[:300], t_test[:300])))
+    monkeypatch.setattr(experiments, "GENERATED", 300)
+    monkeypatch.setitem(experiments.DQN_RUNS, "catch", ({"steps": 300, "warmup": 50},
+                                                        experiments.DQN_RUNS["catch"][1]))
+    monkeypatch.setitem(experiments.DQN_RUNS, "cartpole", ({"steps": 300, "warmup": 50},
+                                                           experiments.DQN_RUNS["cartpole"][1]))
+    runs = experiments.generative(gan_epochs=2, classifier_epochs=1)["runs"]
+    gan = runs["dcgan"]
+    assert len(gan["history"]) == 2 and len(gan["grids"]) == 2
+    with Image.open(io.BytesIO(base64.b64decode(gan["grids"][0]))) as grid:
+        assert grid.size == (8 * 28, 8 * 28)
+    with Image.open(io.BytesIO(base64.b64decode(gan["walks"]))) as walks:
+        assert walks.size == (10 * 28, 4 * 28)
+    for seen in (gan["classifier_on_generated"], gan["classifier_on_test"]):
+        assert sum(seen["classes"]) == 300 and 0.1 <= seen["mean_confidence"] <= 1
+    distance = gan["frechet"]
+    # digits against digits are nearer than independent pixels against digits
+    assert 0 <= distance["training_digits"] < distance["pixel_baseline"]
+    for game in ("catch", "cartpole"):
+        run = runs[game]
+        assert len(run["evaluation_returns"]) == 100 and run["returns"]
+        assert run["evaluation_mean"] == pytest.approx(np.mean(run["evaluation_returns"]))
+    assert set(runs["catch"]["returns"]) <= {-1.0, 1.0}
+    assert "evaluation_won" not in runs["cartpole"]

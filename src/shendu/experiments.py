@@ -822,3 +822,121 @@ def _detections_json(found, min_score=0.5):
     return [{"box": [round(float(v), 1) for v in box], "class": int(c),
              "score": round(float(s), 4)}
             for box, c, s in zip(found.boxes[kept], found.classes[kept], found.scores[kept])]
+
+
+GENERATIVE = ("dcgan", "catch", "cartpole")
+GENERATED = 10000  # digits drawn from the generator to measure it
+DQN_RUNS = {  # each game's DQN settings (rl.DQN) and Q-network (models "qnet")
+    "catch": ({"steps": 5000, "warmup": 200, "target_every": 200},
+              {"num_classes": 3, "input_shape": (1, 10, 5)}),
+    "cartpole": ({"steps": 50000, "batch_size": 64, "lr": 5e-4, "buffer": 50000,
+                  "warmup": 1000, "target_every": 500, "explore": 0.2, "epsilon_end": 0.02},
+                 {"num_classes": 2, "input_shape": (4,)}),
+}
+GAMES = {"catch": "shendu/Catch-v0", "cartpole": "CartPole-v1"}
+
+
+@experiment
+def generative(only=None, seed=0, gan_epochs=4, classifier_epochs=5):
+    """Chapter 8's runs. dcgan: DCGAN trained on MNIST's training digits for `gan_epochs`
+    (generative.GAN), a grid of the same 64 latent vectors' digits after each epoch and four
+    walks through the latent space (PNG, base64), then measured on GENERATED digits by a
+    DeepConvNet trained by the book recipe for `classifier_epochs`: the Fréchet distance in its
+    penultimate features to the 10,000 test digits, beside the floor (10,000 training digits)
+    and a weak baseline (pixels drawn independently from the training digits' per-pixel mean
+    and spread), and the classes it sees and how sure it is. catch and cartpole: DQN (rl.DQN,
+    settings DQN_RUNS) on Catch and CartPole-v1, each episode's return while learning, then 100
+    greedy evaluation episodes."""
+    _check_only(only, GENERATIVE, "generative has no run")
+    runs = {}
+    for name in only or GENERATIVE:
+        began = time.perf_counter()
+        runs[name] = _dcgan(seed, gan_epochs, classifier_epochs) if name == "dcgan" else \
+            _dqn(name, seed)
+        runs[name]["wall_time_s"] = round(time.perf_counter() - began, 1)
+        print(f"{name}: done in {runs[name]['wall_time_s']:.0f} s", file=sys.stderr, flush=True)
+    return {"runs": runs}
+
+
+def _png(images, cols):
+    """Images (N, 1, H, W) in [0, 1] as one PNG grid, base64 text (see plot.png)."""
+    import base64
+    import io
+
+    from PIL import Image
+    n, _, h, w = images.shape
+    rows = -(-n // cols)
+    grid = np.zeros((rows * h, cols * w), np.uint8)
+    for k, image in enumerate(images):
+        r, c = divmod(k, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = np.round(image[0] * 255)
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _dcgan(seed, epochs, classifier_epochs):
+    from . import datasets, generative as gen, metrics, models, recipes
+    from .rng import manual_seed
+    from .train import predict_proba
+    train, test = datasets.load("mnist")
+    manual_seed(seed)
+    g, d = models.get("generator"), models.get("discriminator")
+    latent, fixed = g[0].in_channels, gen.noise(64, g[0].in_channels, seed=1000)
+    grids = []
+    began = time.perf_counter()
+    history = gen.GAN(epochs=epochs).fit(
+        g, d, train[0], seed=seed,
+        on_epoch=lambda epoch, entry: grids.append(_png(gen.generate(g, fixed), 8)))
+    trained = time.perf_counter() - began
+    ends = gen.noise(8, latent, seed=1001)
+    walks = np.concatenate([gen.generate(g, gen.walk(a, b, 10)) for a, b in zip(ends[::2],
+                                                                                ends[1::2])])
+    classifier, _ = recipes.RECIPES["book"].fit(train, test, seed=seed, epochs=classifier_epochs)
+    generated = gen.generate(g, gen.noise(GENERATED, latent, seed=2000))
+    rng = np.random.default_rng(seed)
+    pixels = train[0].astype(np.float64) / 255
+    baseline = np.clip(rng.normal(pixels.mean(0), pixels.std(0), (GENERATED, *pixels.shape[1:])),
+                       0, 1).astype(np.float32)
+    test_images = test[0]
+    test_features = gen.features(classifier, test_images)
+
+    def distance(images):
+        return metrics.frechet_distance(gen.features(classifier, images), test_features)
+
+    def seen(images):
+        p = predict_proba(classifier, images)
+        return {"classes": np.bincount(p.argmax(axis=1), minlength=10).tolist(),
+                "mean_confidence": float(p.max(axis=1).mean()),
+                "confident_0.9": float((p.max(axis=1) > 0.9).mean())}
+    picked = rng.choice(len(train[0]), GENERATED, replace=False)
+    return {"epochs": epochs, "history": history, "train_time_s": round(trained, 1),
+            "parameters": {"generator": g.num_parameters(), "discriminator": d.num_parameters()},
+            "grids": grids, "walks": _png(walks, 10),
+            "classifier_test_acc": float(np.mean(predict_proba(classifier, test_images)
+                                                 .argmax(axis=1) == test[1])),
+            "frechet": {"generated": distance(generated),
+                        "training_digits": distance(train[0][picked]),
+                        "pixel_baseline": distance(baseline)},
+            "classifier_on_generated": seen(generated), "classifier_on_test": seen(test_images)}
+
+
+def _dqn(name, seed):
+    import gymnasium
+
+    from . import models, rl
+    from .rng import manual_seed
+    settings, network = DQN_RUNS[name]
+    env = gymnasium.make(GAMES[name])
+    manual_seed(seed)
+    q = models.get("qnet", **network)
+    began = time.perf_counter()
+    returns = rl.DQN(**settings).fit(env, q, seed=seed)
+    trained = time.perf_counter() - began
+    evaluation = rl.play(env, q, 100, seed=10000)
+    figures = {"game": GAMES[name], "settings": settings, "parameters": q.num_parameters(),
+               "train_time_s": round(trained, 1), "returns": returns,
+               "evaluation_returns": evaluation, "evaluation_mean": float(np.mean(evaluation))}
+    if name == "catch":  # a return of +1 is a ball caught
+        figures["evaluation_won"] = float(np.mean(np.array(evaluation) > 0))
+    return figures

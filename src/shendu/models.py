@@ -15,8 +15,8 @@ from .errors import ShenduError
 from .kernels.conv import out_size
 from .datasets import WORDS
 from .nn import (LSTM, BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, Embedding, Flatten,
-                 GlobalAvgPool2d, Identity, Linear, MaxPool2d, Module, ReLU, Residual, Sequential,
-                 fuse, init, log_softmax, no_grad)
+                 GlobalAvgPool2d, Identity, LeakyReLU, Linear, MaxPool2d, Module, ReLU, Residual,
+                 Sequential, Tanh, fuse, init, log_softmax, no_grad)
 
 _REGISTRY = {}
 
@@ -41,7 +41,9 @@ def names(task="classify"):
 
 
 def task(name):
-    """What the registered network `name` does: "classify", "segment", "caption" or "detect"."""
+    """What the registered network `name` does: "classify", "segment", "caption", "detect",
+    "generate" or "discriminate" (DCGAN's pair), "play" (a Q-network) or "features" (style
+    transfer's random features)."""
     return getattr(_REGISTRY[name.lower()], "task", "classify")
 
 
@@ -723,3 +725,63 @@ def grid_detector(num_classes=10, input_shape=(1, 64, 64), classifier=None):
     convs = convolutions(classifier or DeepConvNet(num_classes, (input_shape[0], 28, 28)))
     return Sequential(*convs, Conv2d(64, 64, 3, padding=1), ReLU(),
                       Conv2d(64, 5 + num_classes, 1))
+
+
+# -- generating, restyling, playing (chapter 8) ------------------------------------------
+@register("generator", task="generate")
+def generator(num_classes=None, input_shape=(1, 28, 28), latent=64, width=32):
+    """DCGAN's generator for 28 × 28 images: noise (N, latent, 1, 1) → 7 × 7 × 4·width →
+    14 × 14 × 2·width → 28 × 28 × channels, by transposed convolutions (7 × 7, then 4 × 4 of
+    stride 2), BatchNorm and ReLU between, tanh at the end. num_classes is unused."""
+    c, h, w = input_shape
+    if (h, w) != (28, 28):
+        raise ShenduError(f"the generator makes 28 × 28 images, not {h} × {w}")
+    return Sequential(
+        ConvTranspose2d(latent, 4 * width, 7, bias=False), BatchNorm2d(4 * width), ReLU(),
+        ConvTranspose2d(4 * width, 2 * width, 4, stride=2, padding=1, bias=False),
+        BatchNorm2d(2 * width), ReLU(),
+        ConvTranspose2d(2 * width, c, 4, stride=2, padding=1), Tanh())
+
+
+@register("discriminator", task="discriminate")
+def discriminator(num_classes=None, input_shape=(1, 28, 28), width=32):
+    """DCGAN's discriminator for 28 × 28 images in [−1, 1]: 4 × 4 convolutions of stride 2 to
+    14 × 14 × 2·width and 7 × 7 × 4·width (LeakyReLU 0.2, BatchNorm on the second), then a 7 × 7
+    convolution to one logit per image, (N, 1). num_classes is unused."""
+    c, h, w = input_shape
+    if (h, w) != (28, 28):
+        raise ShenduError(f"the discriminator reads 28 × 28 images, not {h} × {w}")
+    return Sequential(
+        Conv2d(c, 2 * width, 4, stride=2, padding=1), LeakyReLU(0.2),
+        Conv2d(2 * width, 4 * width, 4, stride=2, padding=1, bias=False),
+        BatchNorm2d(4 * width), LeakyReLU(0.2),
+        Conv2d(4 * width, 1, 7), Flatten())
+
+
+@register("qnet", task="play")
+def q_network(num_classes=3, input_shape=(1, 10, 5), hidden=128):
+    """A Q-network with an output per action (num_classes): for image states (C, H, W) two 3×3
+    convolutions (16 and 32 channels, ReLU) then a hidden layer, as DQN's Atari network in
+    small; for vector states (features,) two hidden layers (ReLU)."""
+    if len(input_shape) == 3:
+        c, h, w = input_shape
+        return Sequential(Conv2d(c, 16, 3, padding=1), ReLU(),
+                             Conv2d(16, 32, 3, padding=1), ReLU(), Flatten(),
+                             Linear(32 * h * w, hidden), ReLU(),
+                             Linear(hidden, num_classes))
+    if len(input_shape) != 1:
+        raise ShenduError(f"qnet takes images (C, H, W) or vectors (features,), got "
+                          f"{input_shape}")
+    return Sequential(Linear(input_shape[0], hidden), ReLU(),
+                         Linear(hidden, hidden), ReLU(), Linear(hidden, num_classes))
+
+
+@register("randomscales", task="features")
+def random_scales(num_classes=None, input_shape=(3, 64, 64), sizes=(3, 5, 7, 11, 15),
+                  width=32):
+    """One layer of random (He-initialised, never trained) convolutions of several sizes, each
+    `width` filters with ReLU, their maps concatenated: features at many scales at once.
+    num_classes is unused."""
+    c = input_shape[0]
+    return Sequential(Concat(*(Sequential(Conv2d(c, width, k, padding=k // 2),
+                                                   ReLU()) for k in sizes)))

@@ -15,7 +15,7 @@ from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
            "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling",
-           "underflow", "scenes"]
+           "underflow", "scenes", "png", "pictures", "returns"]
 
 
 def training_curves(history):
@@ -355,3 +355,52 @@ def scenes(images, titles=(), masks=None, detections=None, cols=4, size=2.0):
 
 # Background black, then a colour per digit (matplotlib's tab10).
 _CLASSES = plt.matplotlib.colors.ListedColormap(["black", *plt.get_cmap("tab10").colors])
+
+
+def png(texts, titles=(), width=6.0):
+    """Pictures an experiment keeps as base64 PNG text (grids of images), side by side."""
+    import base64
+    import io
+
+    from PIL import Image
+    pictures = []
+    for text in texts:
+        with Image.open(io.BytesIO(base64.b64decode(text))) as image:
+            pictures.append(np.asarray(image))
+    high = max(p.shape[0] / p.shape[1] for p in pictures) * width / len(pictures)
+    fig, axes = plt.subplots(1, len(pictures), figsize=(width, high + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax, picture, title in zip(axes.flat, pictures, [*titles] + [None] * len(pictures)):
+        ax.imshow(picture, cmap="gray", vmin=0, vmax=255)
+        ax.axis("off")
+        if title:
+            ax.set_title(title, fontsize=9)
+    return fig
+
+
+def pictures(images, titles=(), cols=4, size=2.0):
+    """Images (N, C, H, W) in [0, 1], gray (C = 1) or colour (C = 3), in rows of `cols`."""
+    images = np.clip(np.asarray(images, np.float32), 0, 1)
+    shown = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+    fig = _grid(shown, cols, titles, size=size)
+    for ax in fig.axes:
+        for image in ax.get_images():
+            image.set_clim(0, 1)
+    return fig
+
+
+def returns(values, window=100, goal=None, title=None):
+    """Each episode's return while an agent learns (dots) and their mean over the last `window`
+    episodes (line), with the `goal` as a dashed line."""
+    values = np.asarray(values, np.float64)
+    sums = np.cumsum(np.insert(values, 0, 0))
+    starts = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+    mean = (sums[1:] - sums[starts]) / (np.arange(1, len(values) + 1) - starts)
+    fig, ax = plt.subplots(figsize=(6.5, 3), layout="constrained")
+    ax.plot(values, ".", ms=2, alpha=0.3, label="each episode")
+    ax.plot(mean, label=f"mean of the last {window}")
+    if goal is not None:
+        ax.axhline(goal, ls="--", c="gray", label=f"goal {goal:g}")
+    ax.set(xlabel="episode", ylabel="return", title=title)
+    ax.legend(fontsize=8)
+    return fig
