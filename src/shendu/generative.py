@@ -1,7 +1,7 @@
 """Generating digits (chapter 8): DCGAN (Radford et al. 2016), a generator that turns noise
 into images and a discriminator that tells them from real ones, trained against each other
-(Goodfellow et al. 2014); and their measure, the Fréchet distance between generated and real
-digits in the features of the course's own trained DeepConvNet.
+(Goodfellow et al. 2014); and the features of the course's own trained DeepConvNet, in which
+generated and real digits are compared (metrics.frechet_distance).
 
 The discriminator D learns to output a large logit for real images and a small one for the
 generator's; the generator G learns to make D's logit for its images large: the "non-saturating"
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels, metrics, nn, optim
+from . import kernels, nn, optim
 from .train import device_of, inference, input_batches
 
 
@@ -97,8 +97,8 @@ class GAN:
             loss = bce(logits, K.array(np.full((len(batch), 1), label, np.float32)))
             d.backward(bce.backward(), input_grad=False)
             grads.append([kernels.to_host(p.grad).copy() for p in d.parameters()])
-            p = 1 / (1 + np.exp(-kernels.to_host(logits).astype(np.float64)))
-            seen.append((loss, float(p.mean())))
+            z = kernels.to_host(logits).astype(np.float64)
+            seen.append((loss, float(np.mean((1 + np.tanh(z / 2)) / 2))))  # σ(z), stably
         for p, a, b in zip(d.parameters(), *grads):
             p.grad = K.array(a + b)
         opt_d.step()
@@ -120,7 +120,3 @@ def features(classifier, images, batch_size=500):
             out.append(kernels.to_host(h).astype(np.float64))
     return np.concatenate(out)
 
-
-def frechet(classifier, a, b):
-    """The Fréchet distance between image sets a and b in the classifier's features."""
-    return metrics.frechet_distance(features(classifier, a), features(classifier, b))

@@ -116,10 +116,9 @@ class DQN:
         return max(self.epsilon_end, 1 - (1 - self.epsilon_end) * step / (self.explore
                                                                             * self.steps))
 
-    def fit(self, env, network, seed=0, on_episode=None):
+    def fit(self, env, network, seed=0):
         """Train `network` (a Q-network for env's observations and actions) by playing env.
-        Returns the return of each episode played (a list); `on_episode(episode, returned,
-        step)` is called after each."""
+        Returns the return of each episode played (a list)."""
         rng = np.random.default_rng(seed)
         target = copy.deepcopy(network)
         opt = optim.Adam(network.parameters(), lr=self.lr)
@@ -136,8 +135,6 @@ class DQN:
             state = next_state
             if ended or truncated:
                 returns.append(returned)
-                if on_episode is not None:
-                    on_episode(len(returns), returned, step)
                 state, _ = env.reset()
                 returned = 0.0
             if replay.size >= self.warmup and step % self.learn_every == 0:
@@ -159,7 +156,7 @@ class DQN:
         wanted[rows, actions] = rewards + self.gamma * (1 - ended) * best_next
         loss(q, K.array(wanted))
         network.zero_grad()
-        network.backward(loss.backward())
+        network.backward(loss.backward(), input_grad=False)
         opt.step()
 
 

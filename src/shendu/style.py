@@ -115,7 +115,7 @@ class Transfer:
         image and the losses of every step, [(content, style), ...]; on_step(step, image) is
         called after each."""
         image = nn.Parameter(np.array(start, np.float32))
-        opt, history = optim.Adam([image], lr=lr, weight_decay=0.0), []
+        opt, history = optim.Adam([image], lr=lr), []
         for step in range(1, steps + 1):
             content, style, image.grad = self(image.data)
             history.append((content, style))
