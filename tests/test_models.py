@@ -151,3 +151,15 @@ def test_an_option_the_model_does_not_take_is_named():
         models.get("deepconvnet", width=2)
     with pytest.raises(shendu.ShenduError, match="model 'vgg16' has no option 'depth'"):
         models.get("vgg16", depth=11)  # the depth is the name's
+
+
+def test_zero_init_residual_starts_every_block_as_its_shortcut():
+    shendu.manual_seed(0)
+    model = models.get("resnet20", zero_init_residual=True)
+    blocks = [m for m in model.modules() if isinstance(m, nn.Residual)]
+    assert len(blocks) == 9 and all(not b.body[-1].weight.data.any() for b in blocks)
+    x = np.random.default_rng(0).standard_normal((2, 16, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(blocks[0](x), np.maximum(x, 0))  # identity shortcut, then ReLU
+    plain = models.get("resnet20")
+    assert all(b.body[-1].weight.data.all() for b in plain.modules()
+               if isinstance(b, nn.Residual))

@@ -355,11 +355,15 @@ for _depth in _RESNET:
     register(f"resnet{_depth}")(functools.partial(ResNet, _depth))
 
 
-def CifarResNet(depth=20, num_classes=10, input_shape=(3, 32, 32), shortcuts=True, width=1.0):
+def CifarResNet(depth=20, num_classes=10, input_shape=(3, 32, 32), shortcuts=True, width=1.0,
+                zero_init_residual=False):
     """The ResNet paper's networks for small images (section 4.2): a 3×3 convolution, then three
     stages of n basic blocks at 16, 32 and 64 channels (depth = 6n + 2 weight layers), global
     average pooling, one fully connected layer. Shortcuts are option A
-    (parameter-free), so the plain twin (shortcuts=False) has exactly the same weights."""
+    (parameter-free), so the plain twin (shortcuts=False) has exactly the same weights.
+    zero_init_residual (as torchvision's): each block's last BatchNorm starts with weight 0, so
+    each block starts as its shortcut (Goyal et al. 2017); otherwise the sum of body and
+    shortcut grows the signal's variance block after block."""
     if depth < 8 or (depth - 2) % 6:
         raise ShenduError(f"a CIFAR-style ResNet has 6n + 2 layers (20, 32, 44, 56, 110, ...), "
                           f"got depth {depth}")
@@ -372,7 +376,12 @@ def CifarResNet(depth=20, num_classes=10, input_shape=(3, 32, 32), shortcuts=Tru
             layers.append(basic_block(c, c_out, stride, shortcut="pad" if shortcuts else None))
             c = c_out
     layers += [GlobalAvgPool2d(), Linear(c, num_classes)]
-    return Sequential(*layers)
+    model = Sequential(*layers)
+    if zero_init_residual:
+        for block in model.modules():
+            if isinstance(block, Residual):
+                block.body[-1].weight.data[:] = 0
+    return model
 
 
 for _depth in (20, 32, 44, 56, 110):
