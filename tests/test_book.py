@@ -305,6 +305,52 @@ def test_glossary_defines_the_course_terms():
         assert term in terms, f"the glossary lacks {term!r}"
 
 
+def glossary_terms():
+    text = (ROOT / "book" / "glossary.md").read_text("utf8")
+    block = text.split("```{glossary}", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines()
+            if line.strip() and not line.startswith((" ", ":"))]
+
+
+def prose(text):
+    """The prose lines of a MyST page: not its front matter, fenced blocks (code cells,
+    directives), display math or headings."""
+    lines, fence, math = text.split("\n"), None, False
+    start = lines.index("---", 1) + 1 if lines[0] == "---" else 0
+    for line in lines[start:]:
+        stripped = line.strip()
+        if fence:
+            fence = None if stripped.startswith(fence) and not stripped.strip("`~") else fence
+        elif re.match(r"(`{3,}|~{3,})", stripped):
+            fence = re.match(r"(`{3,}|~{3,})", stripped).group(1)
+        elif stripped.startswith("$$"):
+            math = math if stripped.endswith("$$") and len(stripped) > 2 else not math
+        elif not math and not stripped.startswith("#"):
+            yield line
+
+
+@pytest.mark.parametrize("entry", toc_notebooks())
+def test_each_chapter_links_a_glossary_term_the_first_time_it_uses_it(entry):
+    """As the glossary says: the first use in the prose (a plural counts; code, math, links
+    and other roles do not) is a {term} role."""
+    role = re.compile(r"\{term\}`([^`<]*?)(?:\s*<([^>]+)>)?`")
+    other = re.compile(r"\{\w+\}`[^`]*`|`[^`]*`|\$[^$]*\$|\[[^\]]*\]\([^)]*\)")
+    lines = list(prose((ROOT / f"{entry}.md").read_text("utf8")))
+    unlinked = []
+    for term in glossary_terms():
+        word = re.compile(r"(?<![\w-])" + re.escape(term) + r"(?:s|es)?(?![\w-])",
+                          0 if term[0].isupper() else re.I)
+        for line in lines:
+            linked = [m.start() for m in role.finditer(line)
+                      if (m.group(2) or m.group(1)).strip().lower() == term.lower()]
+            plain = [m.start() for m in word.finditer(other.sub(lambda m: " " * len(m[0]), line))]
+            if linked or plain:
+                if not linked or (plain and min(plain) < min(linked)):
+                    unlinked.append(f"{term!r} in: {line.strip()}")
+                break
+    assert not unlinked, "first uses without {term}:\n" + "\n".join(unlinked)
+
+
 def test_execution_times_recorded_for_every_notebook():
     data = record_exec_times.load()
     assert "quick" in data, "run `python book/_ext/record_exec_times.py --profile quick`"
