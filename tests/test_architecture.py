@@ -14,7 +14,7 @@ TOOLING = {"experiments", "bench", "bench_worker", "widgets", "plot", "receptive
 CORE = {"nn", "kernels", "optim", "models", "io", "datasets", "augment", "train", "recipes",
         "checkpointing", "interrupts", "rollback", "tuning", "rng", "errors", "images",
         "distributed", "export", "quantization", "mixed", "metrics", "detection",
-        "applications"}
+        "applications", "generative", "style", "rl"}
 
 
 def modules():
