@@ -535,6 +535,16 @@ def test_book_builds_quick(built_book):
     )
     intro = (html_dir / "book" / "intro.html").read_text("utf8")
     assert "<table" in intro and 'id="references"' in intro
+    # the chapter map: every section of the book's chapter, every chapter with its two times
+    chapters = next(t for t in intro.split("<table")[1:] if "you will learn" in t)
+    chapters = chapters.split("</table>", 1)[0]
+    for section in ("8.1", "8.2", "8.3", "8.4", "8.5"):
+        assert re.search(rf">\s*{section} ", chapters), section
+    for entry in toc_notebooks():
+        title = next(line[2:] for line in (ROOT / f"{entry}.md").read_text("utf8").splitlines()
+                     if line.startswith("# "))
+        row = chapters.split(title, 1)[1].split("</tr>", 1)[0]
+        assert len(re.findall(r">\s*\d+ s\s*<", row)) == 2, f"{entry}: its times in both profiles"
     for entry in COLAB_PAGES:  # the Colab cell is in the .ipynb only, not on the page
         assert "google.colab" not in (html_dir / f"{entry}.html").read_text("utf8"), entry
 
