@@ -882,7 +882,8 @@ def _dcgan(seed, epochs, classifier_epochs):
     train, test = datasets.load("mnist")
     manual_seed(seed)
     g, d = models.get("generator"), models.get("discriminator")
-    latent, fixed = g[0].in_channels, gen.noise(64, g[0].in_channels, seed=1000)
+    latent = g[0].in_channels
+    fixed = gen.noise(64, latent, seed=1000)
     grids = []
     began = time.perf_counter()
     history = gen.GAN(epochs=epochs).fit(
@@ -898,27 +899,26 @@ def _dcgan(seed, epochs, classifier_epochs):
     pixels = train[0].astype(np.float64) / 255
     baseline = np.clip(rng.normal(pixels.mean(0), pixels.std(0), (GENERATED, *pixels.shape[1:])),
                        0, 1).astype(np.float32)
-    test_images = test[0]
-    test_features = gen.features(classifier, test_images)
+    test_features = gen.features(classifier, test[0])
 
     def distance(images):
         return metrics.frechet_distance(gen.features(classifier, images), test_features)
 
-    def seen(images):
-        p = predict_proba(classifier, images)
+    def seen(p):  # what the classifier's probabilities p say of a set of images
         return {"classes": np.bincount(p.argmax(axis=1), minlength=10).tolist(),
                 "mean_confidence": float(p.max(axis=1).mean()),
                 "confident_0.9": float((p.max(axis=1) > 0.9).mean())}
+    on_test = predict_proba(classifier, test[0])
     picked = rng.choice(len(train[0]), GENERATED, replace=False)
     return {"epochs": epochs, "history": history, "train_time_s": round(trained, 1),
             "parameters": {"generator": g.num_parameters(), "discriminator": d.num_parameters()},
             "grids": grids, "walks": _png(walks, 10),
-            "classifier_test_acc": float(np.mean(predict_proba(classifier, test_images)
-                                                 .argmax(axis=1) == test[1])),
+            "classifier_test_acc": float(np.mean(on_test.argmax(axis=1) == test[1])),
             "frechet": {"generated": distance(generated),
                         "training_digits": distance(train[0][picked]),
                         "pixel_baseline": distance(baseline)},
-            "classifier_on_generated": seen(generated), "classifier_on_test": seen(test_images)}
+            "classifier_on_generated": seen(predict_proba(classifier, generated)),
+            "classifier_on_test": seen(on_test)}
 
 
 def _dqn(name, seed):

@@ -775,14 +775,14 @@ def q_network(num_classes=3, input_shape=(1, 10, 5), hidden=128):
     if len(input_shape) == 3:
         c, h, w = input_shape
         return Sequential(Conv2d(c, 16, 3, padding=1), ReLU(),
-                             Conv2d(16, 32, 3, padding=1), ReLU(), Flatten(),
-                             Linear(32 * h * w, hidden), ReLU(),
-                             Linear(hidden, num_classes))
+                          Conv2d(16, 32, 3, padding=1), ReLU(), Flatten(),
+                          Linear(32 * h * w, hidden), ReLU(),
+                          Linear(hidden, num_classes))
     if len(input_shape) != 1:
         raise ShenduError(f"qnet takes images (C, H, W) or vectors (features,), got "
                           f"{input_shape}")
     return Sequential(Linear(input_shape[0], hidden), ReLU(),
-                         Linear(hidden, hidden), ReLU(), Linear(hidden, num_classes))
+                      Linear(hidden, hidden), ReLU(), Linear(hidden, num_classes))
 
 
 @register("randomscales", task="features")
@@ -792,5 +792,5 @@ def random_scales(num_classes=None, input_shape=(3, 64, 64), sizes=(3, 5, 7, 11,
     `width` filters with ReLU, their maps concatenated: features at many scales at once.
     num_classes is unused."""
     c = input_shape[0]
-    return Sequential(Concat(*(Sequential(Conv2d(c, width, k, padding=k // 2),
-                                                   ReLU()) for k in sizes)))
+    return Sequential(Concat(*(Sequential(Conv2d(c, width, k, padding=k // 2), ReLU())
+                               for k in sizes)))
