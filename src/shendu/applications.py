@@ -9,27 +9,20 @@ import numpy as np
 
 from . import kernels, metrics
 from .detection import RCNN, decode
-from .train import _as_input, device_of, inference, input_batches
-
-
-def _batches(model, images, batch_size):
-    """The model's inputs, batch by batch: float32 on its device."""
-    K = device_of(model)
-    for _, x in input_batches(images, batch_size):
-        yield K.array(x)
+from .train import _as_input, device_batches, inference
 
 
 def segment(model, images, batch_size=100):
     """Each pixel's likeliest class (0 background, d + 1 digit d): uint8 (N, H, W)."""
     with inference(model):
         return np.concatenate([kernels.to_host(model(x)).argmax(axis=1).astype(np.uint8)
-                               for x in _batches(model, images, batch_size)])
+                               for x in device_batches(model, images, batch_size)])
 
 
 def caption(model, images, beam=1, batch_size=100):
     """Each image's caption (see Captioner.caption: greedy, or a beam search of width beam)."""
     with inference(model):
-        return [text for x in _batches(model, images, batch_size)
+        return [text for x in device_batches(model, images, batch_size)
                 for text in model.caption(x, beam=beam)]
 
 
@@ -40,7 +33,7 @@ def detect(detector, images, batch_size=100):
     if isinstance(detector, RCNN):
         return detector.detect(_as_input(np.asarray(images))[:, 0])
     with inference(detector):
-        return [found for x in _batches(detector, images, batch_size)
+        return [found for x in device_batches(detector, images, batch_size)
                 for found in decode(detector(x))]
 
 

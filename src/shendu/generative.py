@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels, nn, optim
-from .train import device_of, inference, input_batches
+from .train import device_batches, device_of, inference, input_batches
 
 
 def noise(n, latent, seed):
@@ -111,10 +111,9 @@ def features(classifier, images, batch_size=500):
     the first fully connected layer's ReLU), in eval mode. (N, D) float64."""
     layers = list(classifier)
     last = max(i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear))
-    K, out = device_of(classifier), []
+    out = []
     with inference(classifier):
-        for _, x in input_batches(images, batch_size):
-            h = K.array(x)
+        for h in device_batches(classifier, images, batch_size):
             for layer in layers[:last]:
                 h = layer(h)
             out.append(kernels.to_host(h).astype(np.float64))

@@ -109,6 +109,13 @@ def input_batches(x, batch_size):
         yield start, _as_input(np.asarray(x[start:start + batch_size]))
 
 
+def device_batches(model, x, batch_size):
+    """The model's inputs batch by batch (`input_batches`), on its device."""
+    K = device_of(model)
+    for _, batch in input_batches(x, batch_size):
+        yield K.array(batch)
+
+
 def _check_data(x, t=None):
     x = np.asarray(x)
     if x.ndim < 2 or len(x) == 0:
