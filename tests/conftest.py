@@ -31,6 +31,7 @@ import shendu  # noqa: E402,F401  (before any test module imports NumPy: its Ope
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "book" / "_ext"))
 from record_exec_times import toc_entries, toc_notebooks  # noqa: E402  (one _toc.yml reader)
+from browsing import browser, site  # noqa: E402,F401  (the session's Chromium and served site)
 ROOT = REPO_ROOT
 BOOK_FILES = ("_config.yml", "_toc.yml", "book", "notebooks")
 IGNORE_NAMES = ("_build", ".ipynb_checkpoints", "__pycache__", "runs")

@@ -36,6 +36,7 @@ from packaging.requirements import Requirement
 
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import record_exec_times  # noqa: E402
+import shendu_book  # noqa: E402
 import shendu_vendor  # noqa: E402
 
 REBUILD_SECONDS = 30  # DESIGN.md: an unchanged rebuild takes at most 30 s
@@ -91,12 +92,14 @@ def test_config_book_features():
 
 
 def test_config_uses_vendored_scripts():
-    """MathJax, require.js and the widget manager come from _static/vendor, never a CDN."""
+    """MathJax, require.js, the widget manager and anywidget's module come from _static/vendor,
+    never a CDN."""
     sphinx = config()["sphinx"]["config"]
     assert sphinx["mathjax_path"] == shendu_vendor.MATHJAX_PATH
     # first our shim (book/_ext/static: MathJax 2's Hub for the widget manager), then vendored
     assert list(sphinx["nb_ipywidgets_js"]) == ["widgets-mathjax.js", shendu_vendor.REQUIREJS_PATH,
                                                shendu_vendor.WIDGETS_CONFIG_PATH,
+                                               shendu_book.ANYWIDGET_CONFIG_PATH,
                                                shendu_vendor.WIDGETS_PATH]
     assert (ROOT / "book" / "_ext" / "static" / "widgets-mathjax.js").exists()
     for asset in shendu_vendor.ASSETS:

@@ -3,7 +3,8 @@
 The book is built once per session (quick profile, strict; ``conftest.built_book``) and served
 from 127.0.0.1 on a free port. Every page is opened once (``visit``), which collects what the
 checks below need and saves screenshots (desktop and phone width) under ``_build/screenshots/``
-(or ``$SHENDU_SCREENSHOTS``). Any request that would leave 127.0.0.1 is aborted and reported.
+(or ``$SHENDU_SCREENSHOTS``). Any request that would leave 127.0.0.1 (or the disk, for a page
+opened from a file) is aborted and reported.
 
 The checker functions (``*_problems``) are also run against a copy of the site with planted
 faults (a broken image, broken links, a removed output, an unrendered widget, a remote script),
@@ -14,23 +15,20 @@ never downloads a browser here: it drives /usr/bin/chromium (or $SHENDU_CHROMIUM
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
 import pytest
+from browsing import PHONE, Browser, serve
 from conftest import (
     ROOT,
     executed_entries,
@@ -41,40 +39,10 @@ from conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("SHENDU_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-proxy-server",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 812}
 SCREENSHOTS = Path(os.environ.get("SHENDU_SCREENSHOTS", ROOT / "_build" / "screenshots"))
 PAGES = [*(f"{entry}.html" for entry in toc_entries()), "genindex.html", "search.html"]
-LOCAL_HOSTS = {"127.0.0.1"}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-
-
-# --------------------------------------------------------------------------- serving
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def serve(directory: Path):
-    """Serve a folder on 127.0.0.1 (a free port); yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 class _Ids(HTMLParser):
@@ -112,7 +80,7 @@ class LinkFetcher:
         return self.cache[url]
 
 
-# --------------------------------------------------------------------------- the browser
+# --------------------------------------------------------------------------- visiting a page
 @dataclass
 class Visit:
     """What one page showed: everything the checks need, collected in one visit."""
@@ -132,58 +100,6 @@ class Visit:
     copy: dict = field(default_factory=dict)
     phone: dict = field(default_factory=dict)
     screenshots: list[Path] = field(default_factory=list)
-
-
-class Browser:
-    def __init__(self, context):
-        self.context = context
-        self.blocked: list[str] = []
-        context.route("**/*", self._route)
-
-    def _route(self, route, request):
-        if urlsplit(request.url).hostname in LOCAL_HOSTS:
-            route.continue_()
-        else:  # nothing leaves the machine: record it, and abort it
-            self.blocked.append(request.url)
-            route.abort()
-
-
-def _require_browser():
-    missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("playwright (pip install -e '.[dev]')")
-    if not Path(CHROMIUM).exists():
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if missing:
-        message = "the browser tests need " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI installs both: never skip there
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def browser(tmp_path_factory):
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh --user-data-dir
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, viewport=DESKTOP,
-            service_workers="block",
-        )
-        try:
-            yield Browser(context)
-        finally:
-            context.close()
-
-
-@pytest.fixture(scope="session")
-def site(site_dir):
-    with serve(site_dir) as base:
-        yield base
 
 
 _SETTLE_JS = """async () => {
@@ -375,7 +291,7 @@ def widget_problems(v: Visit, executed: dict) -> list[str]:
     if v.widgets:
         origin = "{0.scheme}://{0.netloc}/".format(urlsplit(v.final_url or v.url))
         for needed in ("vendor/requirejs/require.js", "vendor/html-manager/require-paths.js",
-                       "vendor/html-manager/embed-amd.js"):
+                       "vendor/anywidget/require-paths.js", "vendor/html-manager/embed-amd.js"):
             if not any(s.startswith(origin) and urlsplit(s).path.endswith(needed)
                        for s in v.scripts):
                 problems.append(f"widget manager script {needed} not loaded from this site")

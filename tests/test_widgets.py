@@ -1,6 +1,10 @@
-"""The chapter's widgets: drawn at construction, redrawn by their controls, invalid stacks
-explained in place, and a static figure identical to what the widget shows."""
+"""The chapter's widgets in Python: the explorers' state (what their page module draws from)
+and what they compute with shendu.receptive and shendu.augment; the effective-field viewer's
+picture. What the explorers' pages do with it is tested in a browser: tests/test_explorers.py."""
+import base64
 import io
+import json
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -32,89 +36,72 @@ def windows(fig):
             for p in fig.axes[0].patches if isinstance(p, Rectangle)]
 
 
-def test_explorer_shows_two_3x3_at_construction():
+def test_explorer_starts_with_two_3x3_and_the_centre_unit():
     w = widgets.receptive_field_explorer(DIGIT)
-    assert [r.size for r in w.rows] == [3, 5] and w.message.value == ""
-    assert (w.u.max, w.u.value, w.v.value) == (23, 12, 12)  # 24×24 output, the centre unit
-    assert "<td" in w.table.value and ">18<" in w.table.value  # 9 + 9 kernel weights
-    assert shown_png(w) == figure_png(w)  # the widget's picture is the static figure
-    # unit (12, 12) sees rows and columns 12…16: dashed (unclipped) and filled (clipped) boxes
-    assert windows(w.figure()) == [(11.5, 11.5, 5, 5)] * 2
-    assert "is not in shendu" not in w.table.value
+    assert w.explorer == "receptive" and w.preset == "two 3×3" and w.problem == ""
+    assert [r.size for r in w.rows] == [3, 5] and w.selected == 1
+    assert w.unit == [12, 12]  # 24×24 output, the centre unit
+    assert sum(r.kernel_weights for r in w.rows) == 18  # 9 + 9
+    assert w.image == {"size": 28, "pixels": DIGIT.ravel().tolist()}
 
 
-def test_explorer_controls_redraw():
+def test_explorer_page_module_and_state():
+    """The page gets its module and everything it draws from in the widget's state (the web
+    book has no kernel to ask): every preset, the image, JSON all through."""
     w = widgets.receptive_field_explorer(DIGIT)
-    before = shown_png(w)
-    w.kernel.value = 5  # the selected (last) layer becomes 5×5: field 7, output 22×22
-    assert w.specs[-1]["kernel_size"] == 5 and [r.size for r in w.rows] == [3, 7]
-    assert (w.u.max, w.u.value) == (21, 12)
-    assert ">7<" in w.table.value and shown_png(w) != before
-    w.u.value, w.v.value = 0, 21
-    assert windows(w.figure()) == [(20.5, -0.5, 7, 7)] * 2  # rows 0…6, columns 21…27
-    assert shown_png(w) == figure_png(w)
-    w.stride.value = 2  # (26 − 5) % 2: the stride does not fit, a note but still a stack
-    assert w.rows[-1].out_size == 11 and "never seen" in w.table.value
-    assert w.u.max == 10 and w.v.value == 10  # the unit stays inside the smaller map
+    state = w.get_state()
+    assert state["_esm"] == (Path(widgets.__file__).parent / "explorers.js").read_text()
+    assert state["_model_module"] == "anywidget"
+    assert set(state["presets"]) == {"one 5×5", "two 3×3", "one 7×7", "three 3×3",
+                                     "DeepConvNet", "VGG16", "ResNet-50"}
+    assert json.loads(json.dumps(state["presets"])) == state["presets"]
+    vgg = state["presets"]["VGG16"]
+    assert (vgg["input_size"], vgg["in_channels"], len(vgg["layers"])) == (224, 3, 18)
+    assert vgg["layers"][0] == {"kind": "conv", "kernel_size": 3, "stride": 1, "padding": 1,
+                                "dilation": 1, "out_channels": 64, "bias": True}
 
 
-def test_explorer_adds_and_removes_layers():
-    w = widgets.receptive_field_explorer(DIGIT, preset="one 7×7")
-    assert w.remove.disabled  # the last layer cannot go
-    w.kernel.value = 3
-    w.add.click()
-    w.add.click()
-    assert len(w.specs) == 3 and w.layer.value == 2 and not w.remove.disabled
-    assert [r.size for r in w.rows] == [3, 5, 7]
-    assert sum(r.kernel_weights for r in w.rows) == 27
-    w.layer.value = 0  # select the first layer and pool with it
-    w.kind.value = "maxpool"
-    w.stride.value = 2
-    assert w.out_channels.disabled and w.specs[0]["out_channels"] is None
-    assert [(r.size, r.stride) for r in w.rows] == [(3, 2), (7, 2), (11, 2)]
-    w.remove.click()
-    assert [r.layer.kind for r in w.rows] == ["conv", "conv"] and w.layer.value == 0
-    assert [label for label, _ in w.layer.options] == ["1: conv 3×3 → 1", "2: conv 3×3 → 1"]
-
-
-def test_explorer_presets():
+def test_explorer_loads_presets():
     w = widgets.receptive_field_explorer(DIGIT)
-    w.preset.value = "DeepConvNet"
-    assert len(w.specs) == 9 and (w.size.value, w.channels.value) == (28, 1)
-    assert (w.rows[-1].size, w.rows[-1].stride, w.u.max, w.u.value) == (36, 8, 3, 2)
-    assert ">71,792<" in w.table.value  # the six convolutions: 123,552 − 51,250 − 510 (affine)
-    assert shown_png(w) == figure_png(w)
+    w.load("DeepConvNet")
+    assert len(w.layers) == 9 and (w.input_size, w.in_channels) == (28, 1)
+    assert (w.rows[-1].size, w.rows[-1].stride, w.rows[-1].out_size, w.unit) == (36, 8, 4, [2, 2])
+    # the six convolutions: 123,552 weights in all − 51,250 − 510 (the two affine layers)
+    assert sum(r.weights for r in w.rows) == 71_792
+    with pytest.raises(shendu.ShenduError, match="unknown preset 'VGG19'"):
+        w.load("VGG19")
 
 
 def test_explorer_explains_invalid_stacks():
     w = widgets.receptive_field_explorer(DIGIT, preset="three 3×3")
-    w.padding.value = 3
-    assert "padding 3 is not smaller than the 3×3 window" in w.message.value
-    assert w.table.value == "" and w.rows == []
-    assert "(invalid)" in w.layer.options[-1][0]
-    fig = w.figure()
-    assert "padding 3" in fig.axes[1].texts[0].get_text() and windows(fig) == []
-    w.padding.value = 0
-    w.size.value = 6  # three 3×3 on 6×6: 4, 2, then nothing
-    assert "layer 3 (conv 3×3 → 1) gets a 2×2 input" in w.message.value
-    w.size.value = 7
-    assert w.message.value == "" and w.rows[-1].out_size == 1 and w.u.max == 0
-    assert shown_png(w) == figure_png(w)
+    w.layers = [*w.layers[:2], {**w.layers[2], "padding": 3}]
+    assert "padding 3 is not smaller than the 3×3 window" in w.problem and w.rows == []
+    w.layers = [{**spec, "padding": 0} for spec in w.layers]
+    w.input_size = 6  # three 3×3 on 6×6: 4, 2, then nothing
+    assert w.problem.startswith("layer 3 (conv 3×3 → 1) gets a 2×2 input")
+    w.input_size = 7
+    assert w.problem == "" and w.rows[-1].out_size == 1
+
+
+def test_explorer_image_forms():
+    gray = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) / 15  # floats in [0, 1]
+    w = widgets.receptive_field_explorer(np.repeat(gray, 3, axis=1))  # channels averaged
+    assert w.image == {"size": 4, "pixels": [round(v * 17) for v in range(16)]}
+    assert widgets.receptive_field_explorer().image["pixels"] == [0] * 784
+    with pytest.raises(shendu.ShenduError, match="one square image"):
+        widgets.receptive_field_explorer(np.zeros((28, 20)))
 
 
 def test_parameter_explorer():
     w = widgets.parameter_explorer()
+    big, stack = w.rows
     # one 7×7: 49·64² + 64 weights; three 3×3: 3·(9·64² + 64)
-    assert ">200,768<" in w.table.value and ">110,784<" in w.table.value
-    assert "55% of the weights" in w.table.value  # 27 / 49
-    w.kernel.value = 5
-    assert ">102,464<" in w.table.value and ">73,856<" in w.table.value  # 25·64² + 64, 2·(…)
-    weights_axes = w.figure().axes[0]
-    one, stacked = (line.get_ydata() for line in weights_axes.get_lines()[:2])
-    assert list(one) == [9 * 4096 + 64, 25 * 4096 + 64, 49 * 4096 + 64, 81 * 4096 + 64,
-                         121 * 4096 + 64]
-    assert list(stacked) == [n * (9 * 4096 + 64) for n in range(1, 6)]
-    assert shown_png(w) == figure_png(w)
+    assert (big["weights"], stack["weights"]) == (200_768, 110_784)
+    assert (big["macs"], stack["macs"]) == (49 * 64 * 64 * 784, 27 * 64 * 64 * 784)
+    w.kernel_size = 5
+    assert [r["weights"] for r in w.rows] == [102_464, 73_856]  # 25·64² + 64, 2·(9·64² + 64)
+    with pytest.raises(shendu.ShenduError, match="must be odd"):
+        widgets.parameter_explorer(kernel_size=6)
 
 
 def test_effective_field_viewer():
@@ -157,53 +144,37 @@ def test_import_shendu_does_not_import_widgets():
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("make", [widgets.receptive_field_explorer, widgets.parameter_explorer])
-def test_only_the_ipywidgets_7_api(make):
-    # Colab ships ipywidgets 7.7: the widgets are built from controls that exist there
-    def kinds(widget):
-        yield type(widget).__name__
-        for child in getattr(widget, "children", ()):
-            yield from kinds(child)
-    first, *rest = kinds(make())
-    assert set(rest) <= {"IntSlider", "Dropdown", "Button", "HBox", "VBox", "HTML", "Image"}
-
-
 DIGITS = np.zeros((30, 1, 12, 12), np.uint8)
 DIGITS[:, 0, 3:9, 5:7] = 255  # a bar: every transform visibly moves it
 
 
-def test_augmentation_explorer_starts_as_the_identity_and_draws_at_construction():
+def test_augmentation_explorer_starts_as_the_identity():
     w = widgets.augmentation_explorer(DIGITS)
     x = DIGITS.astype(np.float32) / 255
     np.testing.assert_array_equal(w.transform()(x, np.random.default_rng(0)), x)
-    assert shown_png(w) == figure_png(w)
-    fig = w.figure()
-    shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
-    assert len(shown) == 18  # six originals over two rows of copies
-    for copy in shown[6:]:
-        np.testing.assert_array_equal(copy, x[0, 0])
+    assert w.explorer == "augmentation" and set(w.strengths.values()) == {0}
+    shipped = np.frombuffer(base64.b64decode(w.images["pixels"]), np.uint8)
+    np.testing.assert_array_equal(shipped.reshape(30, 12, 12), DIGITS[:, 0])
+    assert (w.images["n"], w.images["h"], w.images["w"]) == (30, 12, 12)
 
 
-def test_augmentation_sliders_build_the_transform_and_redraw():
+def test_augmentation_explorer_ships_gray_levels_of_at_most_256_images():
+    floats = np.random.default_rng(0).random((300, 1, 5, 5)).astype(np.float32)
+    w = widgets.augmentation_explorer(floats)
+    shipped = np.frombuffer(base64.b64decode(w.images["pixels"]), np.uint8)
+    np.testing.assert_array_equal(shipped, np.round(floats[:256] * 255).ravel())
+
+
+def test_augmentation_strengths_build_the_transform():
     w = widgets.augmentation_explorer(DIGITS, rotation=30)
-    assert "Compose([RandomAffine(degrees=(-30.0, 30.0))])" in w.described.value
-    before = shown_png(w)
-    w.sliders["erasing"].value = 50
-    w.sliders["elastic"].value = 10
-    names = [type(t).__name__ for t in w.transform().transforms]
-    assert names == ["RandomAffine", "ElasticDistortion", "RandomErasing"]
-    assert "RandomErasing(p=0.5" in w.described.value and shown_png(w) != before
-    copies = [ax.images[0].get_array() for ax in w.figure().axes if ax.images][6:]
-    assert all(not np.array_equal(c, DIGITS[0, 0] / 255) for c in copies)
-
-
-def test_augmentation_new_draw_and_batch_mode():
-    w = widgets.augmentation_explorer(DIGITS, shift=3)
-    first = shown_png(w)
-    w.again.click()
-    assert w.draw == 1 and shown_png(w) != first
-    w.mode.value = "what the model sees"
-    assert len([ax for ax in w.figure().axes if ax.images]) == 24
+    assert repr(w.transform()) == "Compose([RandomAffine(degrees=(-30.0, 30.0))])"
+    w.strengths = {**w.strengths, "erasing": 50, "elastic": 10, "shift": 3}
+    steps = w.transform().transforms
+    assert [type(t).__name__ for t in steps] == ["RandomAffine", "ElasticDistortion",
+                                                 "RandomErasing"]
+    assert steps[0].translate == (3 / 12, 3 / 12) and steps[2].p == 0.5
+    x = DIGITS.astype(np.float32) / 255
+    assert not np.array_equal(w.transform()(x, np.random.default_rng(0)), x)
 
 
 @pytest.mark.parametrize("images, strengths", [(DIGITS[:, 0], {}), (DIGITS, {"blur": 3})])

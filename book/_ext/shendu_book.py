@@ -1,8 +1,10 @@
 """shendu's Sphinx extension for the book (``_config.yml``: ``sphinx.local_extensions``).
 
 1. **Offline site.** MathJax, require.js and the Jupyter widget manager are vendored into
-   ``_static/vendor/`` (see ``shendu_vendor``); ``_config.yml`` points ``mathjax_path`` and
-   ``nb_ipywidgets_js`` at them, so no page loads anything from the network.
+   ``_static/vendor/`` (see ``shendu_vendor``), and so is anywidget's module for the widget
+   manager (the explorers are anywidgets), copied from the installed ``anywidget`` package with
+   a require.js path to it; ``_config.yml`` points ``mathjax_path`` and ``nb_ipywidgets_js`` at
+   them, so no page loads anything from the network.
 2. **One execution cache per profile.** Jupyter-cache keys a notebook on its code only, so a
    ``quick`` build would otherwise hand its outputs to the next ``full`` build (and the reverse).
    The cache lives in ``_build/.jupyter_cache/<profile>``, and the profile is a Sphinx config
@@ -22,7 +24,9 @@
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,7 +63,30 @@ def _vendor_assets(app: Sphinx) -> None:
     except shendu_vendor.VendorError as exc:
         raise ExtensionError(f"shendu_book: cannot vendor the site's scripts: {exc}") from exc
     app.config.html_static_path.append(str(site))
+    app.config.html_static_path.append(str(_anywidget_module(Path(app.outdir).parent)))
     app.config.html_static_path.append(str(Path(__file__).parent / "static"))  # our own scripts
+
+
+# The widget manager loads a widget's module through require.js, by its name; unknown names it
+# fetches from a CDN. anywidget's classic-notebook bundle is such an AMD module, and it matches
+# the anywidget that wrote the widget state because it comes from the same installed package.
+ANYWIDGET_PATH = "vendor/anywidget/index.js"
+ANYWIDGET_CONFIG_PATH = "vendor/anywidget/require-paths.js"
+
+
+def _anywidget_module(build: Path) -> Path:
+    """A folder for ``html_static_path`` holding anywidget's module and its require.js path."""
+    folder = build / ".anywidget"
+    target = folder / ANYWIDGET_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with importlib.resources.as_file(importlib.resources.files("anywidget") / "nbextension"
+                                     / "index.js") as source:
+        shutil.copyfile(source, target)
+    (folder / ANYWIDGET_CONFIG_PATH).write_text(
+        "// written by book/_ext/shendu_book.py: anywidget's module lives beside this file\n"
+        "require.config({paths: {anywidget:\n"
+        "  new URL(\"index\", document.currentScript.src).href}});\n", "utf8")
+    return folder
 
 
 def _note_page_dependencies(app: Sphinx, docname: str, source: list[str]) -> None:
