@@ -116,15 +116,17 @@ def test_resume_identity(tmp_path):
 
 
 def test_augmentation(tmp_path):
-    figures = experiments.augmentation(sizes=(100, 200), seeds=(0, 1), monitor=50,
-                                       root=tmp_path / "first")
+    figures = experiments.augmentation(sizes=(100, 200), steps=2, lr=0.02, seeds=(0, 1),
+                                       monitor=50, root=tmp_path / "first")
     assert list(figures["runs"]) == ["100", "200"]
     for n, entry in figures["runs"].items():
         runs = entry["runs"]
-        assert entry["train_images"] == int(n)
+        assert entry["train_images"] == int(n) and entry["max_lr"] == 0.02
+        # equal steps: one batch of 100 a step, so 2 epochs of 100 images, 1 of 200
+        assert (entry["epochs"], entry["steps"]) == ({"100": 2, "200": 1}[n], 2)
         assert [(r["recipe"], r["seed"]) for r in runs] == [
             (name, seed) for name in ("plain", "augment") for seed in (0, 1)]
-        assert all(len(r["monitor_acc"]) == 2 for r in runs)  # the quick profile's 2 epochs
+        assert all(len(r["monitor_acc"]) == entry["epochs"] for r in runs)
         for name, median in entry["median_test_acc"].items():
             accs = [r["test_acc"] for r in runs if r["recipe"] == name]
             assert len(accs) == 2 and median == pytest.approx(np.median(accs))
@@ -132,8 +134,8 @@ def test_augmentation(tmp_path):
             runs[0]["monitor_acc"] != runs[2]["monitor_acc"]  # augmentation changed the run
     assert sorted(p.name for p in (tmp_path / "first").iterdir()) == [
         f"{n}-{name}-{seed}" for n in (100, 200) for name in ("augment", "plain") for seed in (0, 1)]
-    part = experiments.augmentation(only=["200"], sizes=(100, 200), seeds={100: (0, 1), 200: (0,)},
-                                    monitor=50, root=tmp_path / "again")  # seeds by size
+    part = experiments.augmentation(only=["200"], sizes=(100, 200), steps=2, lr=0.02,
+                                    seeds=(0,), monitor=50, root=tmp_path / "again")
     assert list(part["runs"]) == ["200"]
     assert [(r["recipe"], r["seed"]) for r in part["runs"]["200"]["runs"]] == [
         ("plain", 0), ("augment", 0)]
@@ -146,8 +148,8 @@ def test_augmentation(tmp_path):
         return [p.stat().st_mtime_ns for p in sorted((tmp_path / "first").glob("100-*/*"))
                 if p.name in ("model.safetensors", "metrics.csv")]
     before = written()
-    read = experiments.augmentation(only=["100"], sizes=(100, 200), seeds=(0, 1), monitor=50,
-                                    root=tmp_path / "first")
+    read = experiments.augmentation(only=["100"], sizes=(100, 200), steps=2, lr=0.02,
+                                    seeds=(0, 1), monitor=50, root=tmp_path / "first")
     assert read["runs"]["100"] == figures["runs"]["100"]
     assert len(before) == 8 and written() == before
     with pytest.raises(ShenduError, match="no size 300"):
