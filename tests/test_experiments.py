@@ -405,3 +405,74 @@ def test_generative(monkeypatch):
         assert run["evaluation_mean"] == pytest.approx(np.mean(run["evaluation_returns"]))
     assert set(runs["catch"]["returns"]) <= {-1.0, 1.0}
     assert "evaluation_won" not in runs["cartpole"]
+
+
+def test_transfer(monkeypatch):
+    from shendu import datasets
+    mnist, fashion = datasets.load_mnist(), datasets.load_fashion_mnist()
+
+    def tiny(data):  # 400 training and 200 test images
+        (x, t), (x_test, t_test) = data
+        return lambda: ((x[:400], t[:400]), (x_test[:200], t_test[:200]))
+    monkeypatch.setattr(datasets, "load_mnist", tiny(mnist))
+    monkeypatch.setattr(datasets, "load_fashion_mnist", tiny(fashion))
+    figures = experiments.transfer(sizes=(20, 40), seeds=(0, 1), steps=8, batch_size=10,
+                                   pretrain_epochs=1)
+    ways = list(experiments.TRANSFER_LR)
+    assert figures["pretrain"]["dataset"] == "fashion-mnist" and figures["test_images"] == 200
+    assert 0 < figures["pretrain"]["test_acc"] <= 1 and len(figures["pretrain"]["history"]) == 1
+    assert list(figures["runs"]) == ["20", "40"]
+    for n, entry in figures["runs"].items():
+        runs = entry["runs"]
+        assert [(r["way"], r["seed"]) for r in runs] == [(w, s) for s in (0, 1) for w in ways]
+        steps = {r["steps"] for r in runs}
+        assert len(steps) == 1  # the same number of steps for every way
+        assert all(0 <= r["test_acc"] <= 1 and 0 <= r["train_acc"] <= 1 for r in runs)
+        for way, median in entry["median_test_acc"].items():
+            assert median == pytest.approx(np.median([r["test_acc"] for r in runs
+                                                      if r["way"] == way]))
+    with pytest.raises(ShenduError, match="whole epochs"):
+        experiments.transfer(sizes=(30,), seeds=(0,), steps=8, batch_size=20, pretrain_epochs=1)
+
+
+def test_transfer_probe_freezes_the_pretrained_layers_and_finetuning_moves_them():
+    """The linear probe trains only the new last layer: every other weight stays bit for bit
+    the pretrained one; fine-tuning changes them all; both start from the same new layer."""
+    from shendu import datasets, models, optim
+    from shendu.train import Trainer
+    pretrained = models.get("deepconvnet").state_dict()
+    (x, t), _ = datasets.load_mnist()
+    data = (x[:40], t[:40])
+    heads, after = {}, {}
+    for way in ("probe", "finetune"):
+        model, trained = experiments.adapt(way, pretrained, seed=3)
+        head = model[-2]
+        assert [id(p) for p in trained] == ([id(head.weight), id(head.bias)] if way == "probe"
+                                            else [id(p) for p in model.parameters()])
+        heads[way] = head.weight.data.copy()
+        Trainer(model, optim.Adam(trained, lr=1e-3), batch_size=10, progress=False).fit(
+            data, data, epochs=1)
+        after[way] = model.state_dict()
+    np.testing.assert_array_equal(heads["probe"], heads["finetune"])
+    body = [name for name in pretrained if not name.startswith("19.")]
+    assert len(body) == len(pretrained) - 2
+    for name in body:
+        np.testing.assert_array_equal(after["probe"][name], pretrained[name])
+        assert not np.array_equal(after["finetune"][name], pretrained[name]), name
+    assert not np.array_equal(after["probe"]["19.weight"], heads["probe"])
+
+
+def test_ilsvrc_table_is_in_year_order_and_every_figure_is_cited():
+    """The cited ImageNet figures: years in order, each row's paper in the book's references."""
+    import re
+    from shendu import models
+    keys = set(re.findall(r"^@\w+\{([^,]+),", (Path(__file__).parents[1] / "book" /
+                                               "references.bib").read_text(), re.M))
+    rows = models.ILSVRC_TOP5
+    years = [r["year"] for r in rows]
+    assert years == sorted(years) and years[0] == 2010 and years[-1] == 2015
+    winners = [r for r in rows if r["place"] == 1]
+    assert [r["year"] for r in winners] == list(range(2010, 2016))  # one winner a year
+    for row in (*rows, models.ILSVRC_HUMAN_TOP5):
+        assert row["cite"] in keys, row
+        assert 0 < row["top5_error"] < 100

@@ -94,3 +94,29 @@ def test_underflow_draws_a_histogram_bar_per_bin_and_two_bars_per_layer():
     widths = sorted(p.get_width() for p in bars.patches)
     np.testing.assert_allclose(widths, sorted([50, 25, 0, 12.5] * 2))
     assert [t.get_text() for t in bars.get_yticklabels()] == ["Conv2d 0", "Linear 3"]
+
+
+def test_ilsvrc_draws_a_bar_per_row_and_the_human_line():
+    rows = models.ILSVRC_TOP5
+    fig = plot.ilsvrc(rows, models.ILSVRC_HUMAN_TOP5)
+    (ax,) = fig.axes
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(heights, [r["top5_error"] for r in rows])
+    xs = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+    assert all(abs(x - r["year"]) < 0.4 for x, r in zip(xs, rows))
+    assert xs == sorted(xs) and len(set(xs)) == len(rows)  # same-year rows side by side
+    (line,) = ax.lines
+    assert line.get_linestyle() == "--" and line.get_ydata()[0] == 5.1
+    assert "VGG\n7.3%" in labels(fig)
+
+
+def test_transfer_draws_a_dot_per_run_and_a_bar_per_way():
+    runs = {"100": {"runs": [{"way": w, "seed": s, "test_acc": a + s / 100}
+                             for w, a in (("probe", 0.5), ("scratch", 0.7)) for s in (0, 1, 2)]},
+            "1000": {"runs": [{"way": "probe", "seed": 0, "test_acc": 0.9}]}}
+    fig = plot.transfer(runs, labels={"probe": "linear probe"})
+    first, second = fig.axes
+    np.testing.assert_allclose([p.get_height() for p in first.patches], [51, 71])
+    assert [len(line.get_ydata()) for line in first.lines] == [3, 3]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["linear probe", "scratch"]
+    assert len(second.patches) == 1 and second.get_title() == "1,000 labelled digits"

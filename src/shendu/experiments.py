@@ -946,3 +946,107 @@ def _dqn(name, seed):
     if name == "catch":  # a return of +1 is a ball caught
         figures["evaluation_won"] = float(np.mean(np.array(evaluation) > 0))
     return figures
+
+
+# -- "Representative networks": transfer learning ------------------------------------------------
+# The knobs of `transfer`, chosen before any run (none was tuned on the test digits): the book's
+# recipe (Adam 0.001, batch 100) pretrains for PRETRAIN_EPOCHS on all of Fashion-MNIST; then every
+# way of learning the digits takes TRANSFER_STEPS steps of TRANSFER_BATCH digits (each labelled
+# digit seen 250 times with 100 of them, 25 times with 1,000), with its own learning rate.
+PRETRAIN_EPOCHS = 4
+TRANSFER_STEPS = 500
+TRANSFER_BATCH = 50
+TRANSFER_SIZES = (100, 1000)
+TRANSFER_SEEDS = (0, 1, 2)
+TRANSFER_LR = {
+    "probe": 1e-3,     # the new last layer only, on the frozen pretrained network
+    "finetune": 1e-4,  # a tenth of the book's rate: adjust the pretrained weights, not replace
+    "scratch": 1e-3,   # the book's rate, from He initialisation
+    "random_probe": 1e-3,  # a control: the probe on a network that was never trained
+}
+
+
+def new_head(model):
+    """Replace the model's last Linear layer by a new one of the same shape (drawn from shendu's
+    generator) in place; returns the new layer."""
+    from . import nn
+    name = [key for key, layer in model._modules.items() if isinstance(layer, nn.Linear)][-1]
+    old = model._modules[name]
+    setattr(model, name, nn.Linear(old.in_features, old.out_features))
+    return model._modules[name]
+
+
+def adapt(way, pretrained, seed, model_name="deepconvnet"):
+    """The network and the parameters its optimizer trains, for one way of learning the digits:
+    "probe" (the pretrained network with a new last layer, only that layer trained), "finetune"
+    (the same network, every layer trained), "scratch" (a new network, every layer trained) or
+    "random_probe" (a new network, only its last layer trained). `pretrained` is a state dict;
+    shendu.manual_seed(seed) is drawn from first, so "probe" and "finetune" get the same new
+    layer."""
+    from . import models
+    from .rng import manual_seed
+    manual_seed(seed)
+    if way in ("scratch", "random_probe"):
+        model = models.get(model_name)
+        head = new_head(model) if way == "random_probe" else None
+    else:
+        model = models.get(model_name).load_state_dict(pretrained)
+        manual_seed(seed)
+        head = new_head(model)
+    trained = head.parameters() if way in ("probe", "random_probe") else model.parameters()
+    return model, trained
+
+
+@experiment
+def transfer(sizes=TRANSFER_SIZES, seeds=TRANSFER_SEEDS, steps=TRANSFER_STEPS,
+             batch_size=TRANSFER_BATCH, pretrain_epochs=PRETRAIN_EPOCHS, lrs=TRANSFER_LR):
+    """Transfer learning on data we have: DeepConvNet pretrained by the book's recipe on all of
+    Fashion-MNIST (seed 0), then taught MNIST from a few labelled digits in each way of `lrs`
+    (see `adapt`): with each seed, the first n digits of a random order of the training set
+    (the same digits for every way), `steps` steps of Adam at the way's learning rate, batches
+    of `batch_size`. Test accuracy on all 10,000 test digits, and accuracy on the labelled
+    digits themselves (did the way fit them?)."""
+    from . import datasets, optim, recipes
+    from .train import Trainer, evaluate
+    began = time.perf_counter()
+    fashion_train, fashion_test = datasets.load_fashion_mnist()
+    pretrained, history = recipes.get("book").fit(fashion_train, fashion_test, seed=0,
+                                                  epochs=pretrain_epochs)
+    state = pretrained.state_dict()
+    pretrain_s = time.perf_counter() - began
+    print(f"pretrained on Fashion-MNIST: {history[-1]['test_acc']:.2%} in {pretrain_s:.0f} s",
+          file=sys.stderr, flush=True)
+    (x, t), (x_test, t_test) = datasets.load_mnist()
+    results = {}
+    for n in sizes:
+        if steps * batch_size % n or n % batch_size:
+            raise ShenduError(f"{steps} steps of {batch_size} must be whole epochs of {n} digits")
+        runs = []
+        for seed in seeds:
+            chosen = np.random.default_rng(seed).permutation(len(x))[:n]
+            labelled = (x[chosen], t[chosen])
+            for way, lr in lrs.items():
+                model, trained = adapt(way, state, seed)
+                trainer = Trainer(model, optim.Adam(trained, lr=lr), batch_size=batch_size,
+                                  seed=seed, progress=False)
+                started = time.perf_counter()
+                fitted = trainer.fit(labelled, (labelled[0][:batch_size],
+                                                labelled[1][:batch_size]),
+                                     epochs=steps * batch_size // n)
+                runs.append({"way": way, "seed": seed, "lr": lr, "steps": trainer.global_step,
+                             "test_acc": evaluate(model, x_test, t_test),
+                             "train_acc": evaluate(model, *labelled),
+                             "final_train_loss": fitted[-1]["train_loss"],
+                             "train_time_s": round(time.perf_counter() - started, 1)})
+                print(f"{n} digits, {way}, seed {seed}: {runs[-1]['test_acc']:.2%}",
+                      file=sys.stderr, flush=True)
+        results[str(n)] = {
+            "labelled": n, "runs": runs,
+            "median_test_acc": {way: float(np.median([r["test_acc"] for r in runs
+                                                      if r["way"] == way])) for way in lrs}}
+    return {"model": "deepconvnet", "pretrain": {
+                "dataset": "fashion-mnist", "recipe": "book", "epochs": pretrain_epochs,
+                "seed": 0, "test_acc": history[-1]["test_acc"],
+                "train_time_s": round(pretrain_s, 1), "history": history},
+            "steps": steps, "batch_size": batch_size, "lr": dict(lrs), "seeds": list(seeds),
+            "test_images": len(x_test), "runs": results}

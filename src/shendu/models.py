@@ -139,6 +139,30 @@ def FastNet(num_classes=10, input_shape=(1, 28, 28), width=1.0):
                       Flatten(), Linear(c3 * h * w, num_classes))
 
 
+# -- ImageNet: the competition these networks came from ------------------------------------------
+# The ILSVRC classification task (1,000 classes, about 1.2 million training images): each year's
+# winning top-5 error on the test set, in percent, and the runner-up of 2014 (VGG), with the
+# book's key of the paper each figure is quoted from. Cited, not measured: nothing here was run.
+ILSVRC_TOP5 = (
+    {"year": 2010, "team": "NEC-UIUC", "place": 1, "top5_error": 28.2,
+     "cite": "russakovsky2015imagenet"},
+    {"year": 2011, "team": "XRCE", "place": 1, "top5_error": 25.8,
+     "cite": "russakovsky2015imagenet"},
+    {"year": 2012, "team": "SuperVision (AlexNet)", "place": 1, "top5_error": 15.3,
+     "cite": "krizhevsky2012alexnet"},
+    {"year": 2013, "team": "Clarifai", "place": 1, "top5_error": 11.7,
+     "cite": "russakovsky2015imagenet"},
+    {"year": 2014, "team": "GoogLeNet", "place": 1, "top5_error": 6.7,
+     "cite": "szegedy2015googlenet"},
+    {"year": 2014, "team": "VGG", "place": 2, "top5_error": 7.3, "cite": "simonyan2015vgg"},
+    {"year": 2015, "team": "ResNet (MSRA)", "place": 1, "top5_error": 3.57,
+     "cite": "he2016resnet"},
+)
+# One trained person's top-5 error on a sample of the test images, in the same study (cited,
+# not measured).
+ILSVRC_HUMAN_TOP5 = {"top5_error": 5.1, "cite": "russakovsky2015imagenet"}
+
+
 # -- the chapter's representative networks ------------------------------------------------------
 # Each builds at ImageNet size (3×224×224, with the published layers and parameter counts) and
 # for small images (below 64 pixels: MNIST's 28×28, CIFAR's 32×32), where a stride-2 stem would

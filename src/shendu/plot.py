@@ -15,7 +15,7 @@ from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
            "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling",
-           "underflow", "scenes", "png", "pictures", "returns"]
+           "underflow", "scenes", "png", "pictures", "returns", "ilsvrc", "transfer"]
 
 
 def training_curves(history):
@@ -403,4 +403,49 @@ def returns(values, window=100, goal=None, title=None):
         ax.axhline(goal, ls="--", c="gray", label=f"goal {goal:g}")
     ax.set(xlabel="episode", ylabel="return", title=title)
     ax.legend(fontsize=8)
+    return fig
+
+
+def ilsvrc(rows, human=None):
+    """The ImageNet challenge's top-5 error by year: a bar per row ({"year", "team", "place",
+    "top5_error"}, as models.ILSVRC_TOP5), rows of the same year side by side and a runner-up
+    hatched, each labelled with its team and error; `human` ({"top5_error"}) a dashed line."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+    years = sorted({r["year"] for r in rows})
+    for year in years:
+        same = [r for r in rows if r["year"] == year]
+        width = 0.8 / len(same)
+        for k, r in enumerate(same):
+            x = year - 0.4 + width * (k + 0.5)
+            bar = ax.bar(x, r["top5_error"], width * 0.92, color="C0",
+                         alpha=1.0 if r["place"] == 1 else 0.5,
+                         hatch=None if r["place"] == 1 else "//", edgecolor="white")
+            ax.bar_label(bar, [f"{r['team']}\n{r['top5_error']:g}%"], fontsize=7, padding=2)
+    if human is not None:
+        ax.axhline(human["top5_error"], ls="--", c="gray",
+                   label=f"human estimate {human['top5_error']:g}%")
+        ax.legend(loc="upper right", fontsize=8)
+    top = max(r["top5_error"] for r in rows)
+    ax.set(xticks=years, ylim=(0, top * 1.3), xlabel="year of the challenge",
+           ylabel="top-5 error (%)", title="ImageNet classification: the winners' top-5 error")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def transfer(runs, ways=None, labels=None):
+    """Test accuracy of each way of learning from a few labels, one panel per number of labels
+    ({n: {"runs": [{"way", "seed", "test_acc"}]}}, as the experiment transfer records): a dot
+    per seed and a bar at the median. `ways` orders them, `labels` names them ({way: text})."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), squeeze=False,
+                             layout="constrained", sharey=True)
+    for ax, (n, entry) in zip(axes.flat, runs.items()):
+        order = ways or list(dict.fromkeys(r["way"] for r in entry["runs"]))
+        for i, way in enumerate(order):
+            accs = [100 * r["test_acc"] for r in entry["runs"] if r["way"] == way]
+            ax.bar(i, np.median(accs), 0.6, color=f"C{i}", alpha=0.5)
+            ax.plot([i] * len(accs), accs, "o", color=f"C{i}", ms=4)
+        ax.set(xticks=range(len(order)), title=f"{int(n):,} labelled digits")
+        ax.set_xticklabels([(labels or {}).get(w, w) for w in order], fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("test accuracy (%)")
     return fig
