@@ -94,3 +94,28 @@ def test_underflow_draws_a_histogram_bar_per_bin_and_two_bars_per_layer():
     widths = sorted(p.get_width() for p in bars.patches)
     np.testing.assert_allclose(widths, sorted([50, 25, 0, 12.5] * 2))
     assert [t.get_text() for t in bars.get_yticklabels()] == ["Conv2d 0", "Linear 3"]
+
+
+def test_depth_and_data_draws_a_dot_per_run_and_a_line_of_medians():
+    import matplotlib.pyplot as plt
+    networks = {"deep": {"weight_layers": 6, "parameters": 100},
+                "shallow": {"weight_layers": 2, "parameters": 101}}
+    runs = {str(n): {"train_images": n,
+                     "runs": [{"network": name, "seed": s, "test_acc": acc + s / 100}
+                              for name, acc in (("deep", 0.9), ("shallow", 0.8))
+                              for s in range(3 if n < 1000 else 1)],
+                     "median_test_acc": {"deep": 0.91, "shallow": 0.81}}
+            for n in (500, 1000)}
+    fig = plot.depth_and_data({"networks": networks, "runs": runs})
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.lines}
+    medians = [line for label, line in lines.items() if "median" in label]
+    assert len(medians) == 2 and "6 weight layers, 100 weights" in medians[0].get_label()
+    np.testing.assert_allclose(medians[1].get_ydata(), [81, 81])
+    np.testing.assert_allclose(medians[0].get_xdata(), [500, 1000])
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [len(d.get_xdata()) for d in dots] == [4, 4]  # three seeds, then one
+    np.testing.assert_allclose(dots[1].get_ydata(), [80, 81, 82, 80])
+    assert dots[0].get_xdata()[0] < 500 < dots[1].get_xdata()[0]  # shifted apart
+    assert ax.get_xscale() == "log"
+    plt.close(fig)

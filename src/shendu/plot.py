@@ -14,8 +14,8 @@ from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
-           "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling",
-           "underflow", "scenes", "png", "pictures", "returns"]
+           "block_diagram", "run_curves", "augmentations", "depth_and_data", "time_shares",
+           "ladder", "scaling", "underflow", "scenes", "png", "pictures", "returns"]
 
 
 def training_curves(history):
@@ -212,6 +212,34 @@ def augmentations(images, transforms, copies=5, seed=0):
             ax.set(xticks=[], yticks=[])
         line[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     axes[0, 0].set_title("original", fontsize=9)
+    return fig
+
+
+def depth_and_data(figures, spread=0.06):
+    """Test accuracy against the number of training images (log scale) for each network of the
+    `depth_and_data` experiment's figures: every run a dot (the networks' dots shifted apart by
+    `spread`, in log10 units, so that they do not hide each other), the median over seeds a
+    line through the sizes."""
+    sizes = list(figures["runs"].values())
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    names = list(figures["networks"])
+    for i, name in enumerate(names):
+        about = figures["networks"][name]
+        shift = 10 ** (spread * (i - (len(names) - 1) / 2))
+        n = [entry["train_images"] for entry in sizes]
+        ax.plot(n, [100 * entry["median_test_acc"][name] for entry in sizes], "-", color=f"C{i}",
+                label=f"{name}: {about['weight_layers']} weight layers, "
+                      f"{about['parameters']:,} weights (median)")
+        dots = [(entry["train_images"] * shift, 100 * r["test_acc"])
+                for entry in sizes for r in entry["runs"] if r["network"] == name]
+        ax.plot(*zip(*dots), "o", color=f"C{i}", ms=4, alpha=0.6, ls="none")
+    ax.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy (%)",
+           title="Test accuracy on 10,000 digits by size of the training set")
+    ax.set_xticks([entry["train_images"] for entry in sizes],
+                  [f"{entry['train_images']:,}" for entry in sizes])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
