@@ -476,3 +476,58 @@ def test_ilsvrc_table_is_in_year_order_and_every_figure_is_cited():
     for row in (*rows, models.ILSVRC_HUMAN_TOP5):
         assert row["cite"] in keys, row
         assert 0 < row["top5_error"] < 100
+
+
+def deep_narrow_by_hand():
+    """deepnarrow's weights and multiply-adds per 28×28 image, layer by layer: five 3×3
+    convolutions with biases on maps of 28, 28, 14, 14 and 7 pixels, then 32·3·3 → 10."""
+    convs = [(1, 8, 28), (8, 16, 28), (16, 32, 14), (32, 32, 14), (32, 32, 7)]
+    weights = sum(c_in * c_out * 9 + c_out for c_in, c_out, _ in convs) + 288 * 10 + 10
+    macs = sum(size * size * c_out * c_in * 9 for c_in, c_out, size in convs) + 288 * 10
+    return weights, macs
+
+
+def shallow_wide_by_hand():
+    """shallowwide's: one 11×11 convolution of 45 channels on 28×28, then 45·7·7 → 10."""
+    return 45 * 121 + 45 + 45 * 49 * 10 + 10, 28 * 28 * 45 * 121 + 45 * 49 * 10
+
+
+def test_depth_and_data(monkeypatch):
+    from shendu import models
+    monkeypatch.setenv("SHENDU_PROFILE", "full")  # the quick profile would cap the epochs
+    options = {"sizes": (100, 400), "seeds": (0, 1), "steps": 8, "monitor": 50,
+               "recipe": {**experiments.DEPTH_RECIPE, "batch_size": 50}}
+    figures = experiments.depth_and_data(**options)
+    assert figures["steps"] == 8 and figures["recipe"]["batch_size"] == 50
+    for name, (weights, macs) in {"deepnarrow": deep_narrow_by_hand(),
+                                  "shallowwide": shallow_wide_by_hand()}.items():
+        about = figures["networks"][name]
+        assert (about["parameters"], about["macs"]) == (weights, macs), name
+    assert figures["networks"]["deepnarrow"]["weight_layers"] == 6
+    assert figures["networks"]["shallowwide"]["weight_layers"] == 2
+    (deep, deep_macs), (shallow, shallow_macs) = deep_narrow_by_hand(), shallow_wide_by_hand()
+    assert abs(shallow / deep - 1) <= experiments.DEPTH_MATCH  # matched in weights ...
+    assert abs(shallow_macs / deep_macs - 1) <= experiments.DEPTH_MATCH  # ... and in work
+    assert list(figures["runs"]) == ["100", "400"]
+    for n, entry in figures["runs"].items():
+        assert entry["train_images"] == int(n)
+        # Every size takes the same steps: 4 epochs of 2 batches, 1 epoch of 8.
+        assert entry["steps"] == 8 and entry["epochs"] == {"100": 4, "400": 1}[n]
+        runs = entry["runs"]
+        assert [(r["network"], r["seed"]) for r in runs] == [
+            (name, seed) for name in ("deepnarrow", "shallowwide") for seed in (0, 1)]
+        assert all(0 < r["test_acc"] < 1 and 0 <= r["train_acc"] <= 1 for r in runs)
+        assert len({r["test_acc"] for r in runs}) > 1  # seeds and networks train differently
+        for name, median in entry["median_test_acc"].items():
+            accs = [r["test_acc"] for r in runs if r["network"] == name]
+            assert len(accs) == 2 and median == pytest.approx(np.median(accs))
+    part = experiments.depth_and_data(only=["400"], **{**options, "seeds": {100: (0,), 400: (1,)}})
+    assert list(part["runs"]) == ["400"]
+    assert part["runs"]["400"]["runs"][0]["test_acc"] == figures["runs"]["400"]["runs"][1][
+        "test_acc"]  # seed 1 of deepnarrow again: repeatable
+    with pytest.raises(ShenduError, match="depth_and_data has no size 7"):
+        experiments.depth_and_data(only=["7"], **options)
+    # Networks that are not matched are refused before any training.
+    monkeypatch.setattr(models, "SHALLOW_WIDE", (90, 11, 4))
+    with pytest.raises(ShenduError, match="parameters differ by more than 5%"):
+        experiments.depth_and_data(**options)

@@ -96,6 +96,32 @@ def test_fastnet_counts_and_shapes():
     assert models.get("fastnet", width=2).num_parameters() == wide + 128 * 9 * 10 + 10 == 252_650
 
 
+def test_deep_narrow_and_shallow_wide_counts_and_shapes():
+    """The experiment depth_and_data's pair, counted by hand: six weight layers against two,
+    the same weights and multiply-adds within 5%."""
+    deep = models.get("deepnarrow")
+    convs = 1 * 8 * 9 + 8 + 8 * 16 * 9 + 16 + 16 * 32 * 9 + 32 + 2 * (32 * 32 * 9 + 32)
+    assert deep.num_parameters() == convs + 32 * 3 * 3 * 10 + 10 == 27_274
+    shallow = models.get("shallowwide")
+    assert shallow.num_parameters() == 45 * 121 + 45 + 45 * 7 * 7 * 10 + 10 == 27_550
+    assert shendu.summary(deep).total_macs == 4_123_584
+    assert shendu.summary(shallow).total_macs == 4_290_930
+    for model, expected in ((deep, [(8, 28, 28), (16, 28, 28), (16, 14, 14), (32, 14, 14),
+                                    (32, 14, 14), (32, 7, 7), (32, 7, 7), (32, 3, 3)]),
+                            (shallow, [(45, 28, 28), (45, 7, 7)])):
+        shapes, x = [], np.zeros((2, 1, 28, 28), np.float32)
+        for layer in model.eval():
+            x = layer(x)
+            if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+                shapes.append(x.shape[1:])
+        assert shapes == expected and x.shape == (2, 10)
+    assert weight_layers(deep) == 6 and weight_layers(shallow) == 2
+    with pytest.raises(shendu.ShenduError, match="8×8"):
+        models.get("deepnarrow", input_shape=(1, 7, 7))
+    with pytest.raises(shendu.ShenduError, match="4×4"):
+        models.get("shallowwide", input_shape=(1, 3, 3))
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["mnist", "cifar"])
 @pytest.mark.parametrize("name", SMALL)
 def test_small_images(name, shape):

@@ -120,3 +120,32 @@ def test_transfer_draws_a_dot_per_run_and_a_bar_per_way():
     assert [len(line.get_ydata()) for line in first.lines] == [3, 3]
     assert [t.get_text() for t in first.get_xticklabels()] == ["linear probe", "scratch"]
     assert len(second.patches) == 1 and second.get_title() == "1,000 labelled digits"
+
+
+def test_depth_and_data_draws_a_dot_per_run_and_a_line_of_medians():
+    import matplotlib.pyplot as plt
+    networks = {"deep": {"weight_layers": 6, "parameters": 100},
+                "shallow": {"weight_layers": 2, "parameters": 101}}
+    runs = {str(n): {"train_images": n,
+                     "runs": [{"network": name, "seed": s, "test_acc": acc + s / 100}
+                              for name, acc in (("deep", 0.9), ("shallow", 0.8))
+                              for s in range(3 if n < 1000 else 1)],
+                     "median_test_acc": {"deep": 0.91, "shallow": 0.81}}
+            for n in (500, 1000)}
+    fig = plot.depth_and_data({"networks": networks, "runs": runs})
+    accuracy, error = fig.axes
+    for ax, (deep, shallow) in ((accuracy, (91, 81)), (error, (9, 19))):
+        lines = {line.get_label(): line for line in ax.lines}
+        medians = [line for label, line in lines.items() if "median" in label]
+        assert len(medians) == 2 and "6 weight layers, 100 weights" in medians[0].get_label()
+        np.testing.assert_allclose(medians[0].get_ydata(), [deep, deep])
+        np.testing.assert_allclose(medians[1].get_ydata(), [shallow, shallow])
+        np.testing.assert_allclose(medians[0].get_xdata(), [500, 1000])
+        dots = [line for line in ax.lines if line.get_marker() == "o"]
+        assert [len(d.get_xdata()) for d in dots] == [4, 4]  # three seeds, then one
+        assert dots[0].get_xdata()[0] < 500 < dots[1].get_xdata()[0]  # shifted apart
+        assert ax.get_xscale() == "log"
+    np.testing.assert_allclose(accuracy.lines[3].get_ydata(), [80, 81, 82, 80])
+    np.testing.assert_allclose(error.lines[3].get_ydata(), [20, 19, 18, 20])
+    assert error.get_yscale() == "log"
+    plt.close(fig)

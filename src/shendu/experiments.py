@@ -479,6 +479,81 @@ def _check_only(only, names, problem):
                           f"choose from: {', '.join(names)}")
 
 
+# -- "Why deeper" ------------------------------------------------------------------------------
+# Does a deep network learn from less data? Two networks of about the same weights and
+# multiply-adds (models.DeepNarrow, models.ShallowWide), trained alike on more and more digits.
+DEPTH_NETWORKS = ("deepnarrow", "shallowwide")
+DEPTH_SIZES = (500, 1000, 5000, 60000)
+DEPTH_SEEDS = {500: (0, 1, 2), 1000: (0, 1, 2), 5000: (0, 1, 2), 60000: (0, 1, 2)}
+# Every run takes the same number of steps, whatever its data, so that a small set is trained as
+# long as the full one (many epochs of it) and no size loses for being under-trained: 1,800
+# steps of 100 are 3 epochs of 60,000 digits and 360 epochs of 500.
+DEPTH_STEPS = 1800
+DEPTH_RECIPE = {"optimizer": "adam", "lr": 0.002, "batch_size": 100, "one_cycle": True}
+DEPTH_MATCH = 0.05  # the networks' weights and multiply-adds agree within 5%
+
+
+@experiment
+def depth_and_data(only=None, sizes=DEPTH_SIZES, seeds=DEPTH_SEEDS, steps=DEPTH_STEPS,
+                   networks=DEPTH_NETWORKS, recipe=DEPTH_RECIPE, monitor=100):
+    """The chapter "Why deeper?"'s second claim, measured: a deep, narrow network and a shallow,
+    wide one with about the same weights and multiply-adds, trained by the same recipe (Adam
+    with a one-cycle schedule, `recipe`) for the same number of `steps`, on the first 500,
+    1,000, 5,000 and all 60,000 MNIST training digits, each with the seeds `seeds` gives for
+    its size (a dict) or with every one of `seeds` (a tuple). Accuracy on all 10,000 test
+    digits at the end (after each epoch only on the first `monitor`, which the trainer needs).
+    The runs are named by their number of images: `only=["500", "1000"]` trains those."""
+    from . import datasets, models
+    from .nn import Conv2d, Linear
+    from .recipes import Recipe
+    from .summarize import summary
+    from .train import evaluate, planned_steps
+    _check_only(only, [str(n) for n in sizes], "depth_and_data has no size")
+    (x, t), (x_test, t_test) = datasets.load_mnist()
+    about = {}
+    for name in networks:
+        model = models.get(name)
+        table = summary(model)
+        about[name] = {"parameters": table.total_parameters, "macs": table.total_macs,
+                       "weight_layers": sum(isinstance(m, (Conv2d, Linear))
+                                            for m in model.modules()),
+                       "about": " ".join(inspect.getdoc(models._REGISTRY[name]).split())}
+    for key in ("parameters", "macs"):  # refused before any training: the comparison is unfair
+        counts = [entry[key] for entry in about.values()]
+        if max(counts) > (1 + DEPTH_MATCH) * min(counts):
+            raise ShenduError(f"the networks' {key} differ by more than {DEPTH_MATCH:.0%}: "
+                              f"{counts}")
+    batch = recipe["batch_size"]
+    results = {}
+    for n in sizes:
+        if only and str(n) not in only:
+            continue
+        n_used = min(n, len(x))
+        epochs = max(1, round(steps * batch / n_used))
+        runs = []
+        for name in networks:
+            twin = Recipe(f"{name}: {recipe}", model=name, epochs=epochs, **recipe)
+            for seed in seeds[n] if isinstance(seeds, dict) else seeds:
+                began = time.perf_counter()
+                model, history = twin.fit((x[:n], t[:n]), (x_test[:monitor], t_test[:monitor]),
+                                          seed=seed)
+                runs.append({"network": name, "seed": seed,
+                             "test_acc": evaluate(model, x_test, t_test),
+                             "train_acc": history[-1]["train_acc"],
+                             "train_loss": round(history[-1]["train_loss"], 5),
+                             "wall_time_s": round(time.perf_counter() - began, 1)})
+                print(f"{n} images, {name}, seed {seed}: {runs[-1]['test_acc']:.2%} in "
+                      f"{runs[-1]['wall_time_s']:.0f} s", file=sys.stderr, flush=True)
+        results[str(n)] = {
+            "train_images": n_used, "epochs": epochs,
+            "steps": planned_steps(n_used, batch, epochs), "runs": runs,
+            "median_test_acc": {name: float(np.median([r["test_acc"] for r in runs
+                                                       if r["network"] == name]))
+                                for name in networks}}
+    return {"networks": about, "recipe": dict(recipe), "steps": steps,
+            "monitor_images": monitor, "runs": results}
+
+
 # -- "Representative networks" -----------------------------------------------------------------
 def _train(model, train, test, epochs, max_lr, batch_size=128, augment=None, probe=None,
            probe_every=25):

@@ -163,6 +163,48 @@ ILSVRC_TOP5 = (
 ILSVRC_HUMAN_TOP5 = {"top5_error": 5.1, "cite": "russakovsky2015imagenet"}
 
 
+# -- depth against width, at the same cost (the experiment depth_and_data) ---------------------
+# Two plain networks (no BatchNorm, no dropout) with about the same weights and multiply-adds:
+# the deep one spends them on five small convolutions, the shallow one on a single large one.
+DEEP_NARROW = (8, 16, 32, 32, 32)  # channels of the five 3×3 convolutions
+DEEP_POOLS = (1, 3, 4)  # the convolutions followed by 2×2 max pooling
+SHALLOW_WIDE = (45, 11, 4)  # channels and kernel size of the one convolution, then its pooling
+
+
+@register("deepnarrow")
+def DeepNarrow(num_classes=10, input_shape=(1, 28, 28), width=1.0):
+    """Deep and narrow: five 3×3 convolutions ("same" padding) of 8, 16, 32, 32 and 32 channels,
+    each with ReLU, 2×2 max pooling after the second, fourth and fifth, then one fully connected
+    layer: six weight layers. 27,274 parameters and 4.1 M multiply-adds per 1×28×28 image for
+    10 classes, as many as `shallowwide`'s."""
+    c, h, w = input_shape
+    layers = []
+    for i, channels in enumerate(_scale(n, width) for n in DEEP_NARROW):
+        layers += [Conv2d(c, channels, 3, padding=1), ReLU()]
+        c = channels
+        if i in DEEP_POOLS:
+            layers.append(MaxPool2d(2))
+            h, w = h // 2, w // 2
+    if h < 1 or w < 1:
+        raise ShenduError(f"deepnarrow needs inputs of at least 8×8 pixels, got {input_shape}")
+    return Sequential(*layers, Flatten(), Linear(c * h * w, num_classes))
+
+
+@register("shallowwide")
+def ShallowWide(num_classes=10, input_shape=(1, 28, 28), width=1.0):
+    """Shallow and wide: one 11×11 convolution ("same" padding) of 45 channels with ReLU, 4×4
+    max pooling, then one fully connected layer: two weight layers. 27,550 parameters and
+    4.3 M multiply-adds per 1×28×28 image for 10 classes, as many as `deepnarrow`'s."""
+    channels, k, pool = SHALLOW_WIDE
+    c, h, w = input_shape
+    channels, h, w = _scale(channels, width), h // pool, w // pool
+    if h < 1 or w < 1:
+        raise ShenduError(f"shallowwide needs inputs of at least {pool}×{pool} pixels, got "
+                          f"{input_shape}")
+    return Sequential(Conv2d(c, channels, k, padding=k // 2), ReLU(), MaxPool2d(pool), Flatten(),
+                      Linear(channels * h * w, num_classes))
+
+
 # -- the chapter's representative networks ------------------------------------------------------
 # Each builds at ImageNet size (3×224×224, with the published layers and parameter counts) and
 # for small images (below 64 pixels: MNIST's 28×28, CIFAR's 32×32), where a stride-2 stem would

@@ -14,8 +14,9 @@ from .datasets import MNIST_CLASSES
 from .train import predict_proba
 
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
-           "block_diagram", "run_curves", "augmentations", "time_shares", "ladder", "scaling",
-           "underflow", "scenes", "png", "pictures", "returns", "ilsvrc", "transfer"]
+           "block_diagram", "run_curves", "augmentations", "depth_and_data", "time_shares",
+           "ladder", "scaling", "underflow", "scenes", "png", "pictures", "returns", "ilsvrc",
+           "transfer"]
 
 
 def training_curves(history):
@@ -212,6 +213,42 @@ def augmentations(images, transforms, copies=5, seed=0):
             ax.set(xticks=[], yticks=[])
         line[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     axes[0, 0].set_title("original", fontsize=9)
+    return fig
+
+
+def depth_and_data(figures, spread=0.06):
+    """The `depth_and_data` experiment's figures, two panels against the number of training
+    images (log scale): test accuracy, and test error (log scale, where the same relative gap
+    looks the same at every size). Each network's runs are dots (the networks' dots shifted
+    apart by `spread`, in log10 units, so that they do not hide each other) and the median over
+    seeds a line through the sizes."""
+    sizes = list(figures["runs"].values())
+    n = [entry["train_images"] for entry in sizes]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    names = list(figures["networks"])
+    for i, name in enumerate(names):
+        about = figures["networks"][name]
+        shift = 10 ** (spread * (i - (len(names) - 1) / 2))
+        median = np.array([100 * entry["median_test_acc"][name] for entry in sizes])
+        runs = [(entry["train_images"] * shift, 100 * r["test_acc"])
+                for entry in sizes for r in entry["runs"] if r["network"] == name]
+        x, acc = zip(*runs)
+        for ax, line, dots in ((axes[0], median, acc), (axes[1], 100 - median,
+                                                          100 - np.array(acc))):
+            ax.plot(n, line, "-", color=f"C{i}", label=f"{name}: {about['weight_layers']} "
+                    f"weight layers, {about['parameters']:,} weights (median)")
+            ax.plot(x, dots, "o", color=f"C{i}", ms=4, alpha=0.6, ls="none")
+    axes[0].set(ylabel="test accuracy (%)", title="Test accuracy on 10,000 digits")
+    axes[1].set(yscale="log", ylabel="test error (%, log scale)", title="Test error")
+    for ax in axes:
+        ax.set(xscale="log", xlabel="training images (log scale)")
+        ax.set_xticks(n, [f"{k:,}" for k in n])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    ticker = plt.matplotlib.ticker
+    axes[1].yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))  # 0.5, 1, 2, 5, 10 ...
+    axes[1].yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes[0].legend(fontsize=8, loc="lower right")
     return fig
 
 
