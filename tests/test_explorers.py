@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,31 +22,30 @@ WHY_DEEPER = "notebooks/02_why_deeper.html"
 AUGMENTATION = "notebooks/04_data_augmentation.html"
 
 
-def open_page(browser, url, explorers):
+@contextmanager
+def opened(browser, url, explorers):
+    """A page open until its `explorers` are drawn; at the end, no uncaught error in it."""
     page = browser.context.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
     page.wait_for_function(f"document.querySelectorAll('.shendu-explorer').length >= {explorers}",
                            timeout=20_000)
-    page.errors = errors
-    return page
+    yield page
+    assert errors == []
+    page.close()
 
 
 @pytest.fixture(scope="module")
 def why_deeper(browser, site):
-    page = open_page(browser, f"{site}/{WHY_DEEPER}", 2)
-    yield page
-    assert page.errors == []
-    page.close()
+    with opened(browser, f"{site}/{WHY_DEEPER}", 2) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
 def augmentation(browser, site):
-    page = open_page(browser, f"{site}/{AUGMENTATION}", 1)
-    yield page
-    assert page.errors == []
-    page.close()
+    with opened(browser, f"{site}/{AUGMENTATION}", 1) as page:
+        yield page
 
 
 # --------------------------------------------------------------------------- the page's controls
@@ -315,11 +315,9 @@ def test_the_chapter_with_explorers_loads_within_3_s_from_a_local_file(browser, 
     seconds = []
     for _ in range(3):
         start = time.perf_counter()
-        page = open_page(browser, url, 2)
-        page.wait_for_load_state("load")
-        seconds.append(time.perf_counter() - start)
-        assert page.errors == []
-        page.close()
+        with opened(browser, url, 2) as page:
+            page.wait_for_load_state("load")
+            seconds.append(time.perf_counter() - start)
     TIMINGS["chapter 2 opened from a file until its explorers are drawn (median of 3)"] = \
         statistics.median(seconds)
     assert statistics.median(seconds) <= 3, seconds
