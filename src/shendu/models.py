@@ -152,7 +152,7 @@ ILSVRC_TOP5 = (
      "cite": "krizhevsky2012alexnet"},
     {"year": 2013, "team": "Clarifai", "place": 1, "top5_error": 11.7,
      "cite": "russakovsky2015imagenet"},
-    {"year": 2014, "team": "GoogLeNet", "place": 1, "top5_error": 6.7,
+    {"year": 2014, "team": "GoogLeNet", "place": 1, "top5_error": 6.67,
      "cite": "szegedy2015googlenet"},
     {"year": 2014, "team": "VGG", "place": 2, "top5_error": 7.3, "cite": "simonyan2015vgg"},
     {"year": 2015, "team": "ResNet (MSRA)", "place": 1, "top5_error": 3.57,
