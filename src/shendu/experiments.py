@@ -9,7 +9,6 @@ import datetime
 import importlib.resources
 import inspect
 import json
-import math
 import os
 import re
 import subprocess
@@ -479,6 +478,15 @@ def _check_only(only, names, problem):
                           f"choose from: {', '.join(names)}")
 
 
+def _equal_steps(n, batch_size, steps):
+    """The epochs of n images in batches of `batch_size` that take about `steps` steps (at least
+    one epoch), and the steps they take: how depth_and_data and augmentation train a small set
+    as long as a large one."""
+    from .train import _steps, planned_steps
+    epochs = max(1, round(steps / _steps(n, batch_size)))
+    return epochs, planned_steps(n, batch_size, epochs)
+
+
 # -- "Why deeper" ------------------------------------------------------------------------------
 # Does a deep network learn from less data? Two networks of about the same weights and
 # multiply-adds (models.DeepNarrow, models.ShallowWide), trained alike on more and more digits.
@@ -507,7 +515,7 @@ def depth_and_data(only=None, sizes=DEPTH_SIZES, seeds=DEPTH_SEEDS, steps=DEPTH_
     from .nn import Conv2d, Linear
     from .recipes import Recipe
     from .summarize import summary
-    from .train import evaluate, planned_steps
+    from .train import evaluate
     _check_only(only, [str(n) for n in sizes], "depth_and_data has no size")
     (x, t), (x_test, t_test) = datasets.load_mnist()
     about = {}
@@ -529,7 +537,7 @@ def depth_and_data(only=None, sizes=DEPTH_SIZES, seeds=DEPTH_SEEDS, steps=DEPTH_
         if only and str(n) not in only:
             continue
         n_used = min(n, len(x))
-        epochs = max(1, round(steps * batch / n_used))
+        epochs, taken = _equal_steps(n_used, batch, steps)
         runs = []
         for name in networks:
             twin = Recipe(f"{name}: {recipe}", model=name, epochs=epochs, **recipe)
@@ -546,7 +554,7 @@ def depth_and_data(only=None, sizes=DEPTH_SIZES, seeds=DEPTH_SEEDS, steps=DEPTH_
                       f"{runs[-1]['wall_time_s']:.0f} s", file=sys.stderr, flush=True)
         results[str(n)] = {
             "train_images": n_used, "epochs": epochs,
-            "steps": planned_steps(n_used, batch, epochs), "runs": runs,
+            "steps": taken, "runs": runs,
             "median_test_acc": {name: float(np.median([r["test_acc"] for r in runs
                                                        if r["network"] == name]))
                                 for name in networks}}
@@ -698,8 +706,7 @@ def augmentation(only=None, sizes=(1000, 5000), steps=AUGMENTATION_STEPS, lr=AUG
     for n in sizes:
         if only and str(n) not in only:
             continue
-        per_epoch = math.ceil(min(n, len(x)) / recipe.batch_size)
-        epochs = max(1, round(steps / per_epoch))
+        epochs, taken = _equal_steps(min(n, len(x)), recipe.batch_size, steps)
         runs = []
         for name, twin in twins.items():
             for seed in seeds:
@@ -714,7 +721,7 @@ def augmentation(only=None, sizes=(1000, 5000), steps=AUGMENTATION_STEPS, lr=AUG
                       file=sys.stderr, flush=True)
         results[str(n)] = {
             "train_images": min(n, len(x)), "epochs": epochs,
-            "steps": epochs * per_epoch, "max_lr": lr,
+            "steps": taken, "max_lr": lr,
             "runs": runs,
             "median_test_acc": {name: float(np.median([r["test_acc"] for r in runs
                                                        if r["recipe"] == name]))
