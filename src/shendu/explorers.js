@@ -90,7 +90,7 @@ function fields(specs, inputSize = 28, inChannels = 1) {
 }
 
 // [[top, bottom], [left, right]]: the input pixels unit (u, v) of a row's map sees, unclipped.
-function window_(row, u, v) {
+function unitWindow(row, u, v) {
   return [u, v].map(a => a * row.stride - row.padding).map(first => [first, first + row.size - 1]);
 }
 
@@ -550,7 +550,7 @@ function receptiveExplorer(model, el) {
     }
     u.set(unit[0], n - 1);
     v.set(unit[1], n - 1);
-    const [[top, bottom], [left, right]] = window_(last, ...unit);
+    const [[top, bottom], [left, right]] = unitWindow(last, ...unit);
     caption.textContent = `unit (${unit}) of layer ${last.index} sees rows ${top}…${bottom}, ` +
       `columns ${left}…${right}`;
     draw(picture, image, model.get("input_size"), [last, unit]);
@@ -581,12 +581,12 @@ function receptiveExplorer(model, el) {
 function draw(canvas, image, n, field) {  // field: [row, [u, v]] or null
   const g = canvas.getContext("2d"), S = canvas.width;
   let [lo, hi] = [-0.5, n - 0.5];
-  let window = null, clipped = null;
+  let seen = null, clipped = null;
   if (field) {
-    window = window_(field[0], ...field[1]);
-    clipped = window.map(([a, b]) => [Math.max(a, 0), Math.min(b, n - 1)]);
-    lo = Math.min(lo, window[0][0] - 1, window[1][0] - 1);
-    hi = Math.max(hi, window[0][1] + 1, window[1][1] + 1);
+    seen = unitWindow(field[0], ...field[1]);
+    clipped = seen.map(([a, b]) => [Math.max(a, 0), Math.min(b, n - 1)]);
+    lo = Math.min(lo, seen[0][0] - 1, seen[1][0] - 1);
+    hi = Math.max(hi, seen[0][1] + 1, seen[1][1] + 1);
   }
   const at = p => (p - lo) / (hi - lo) * S;  // input coordinate → canvas pixels
   g.fillStyle = "#eee";
@@ -605,13 +605,13 @@ function draw(canvas, image, n, field) {  // field: [row, [u, v]] or null
   g.strokeStyle = "#f28e2b";
   g.lineWidth = 1.5;
   g.setLineDash([5, 4]);
-  g.strokeRect(...box(window));
+  g.strokeRect(...box(seen));
   g.setLineDash([]);
   g.lineWidth = 2.5;
   g.fillStyle = "rgba(242, 142, 43, 0.35)";
   g.fillRect(...box(clipped));
   g.strokeRect(...box(clipped));
-  const [cy, cx] = window.map(([a, b]) => at((a + b) / 2));
+  const [cy, cx] = seen.map(([a, b]) => at((a + b) / 2));
   g.beginPath();
   g.moveTo(cx - 7, cy);
   g.lineTo(cx + 7, cy);
