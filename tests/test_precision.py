@@ -99,6 +99,37 @@ def test_half_bfloat16_float_double_and_to_set_the_storage():
         layer.to(dtype="int8")
 
 
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: shendu.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    lambda ps: shendu.optim.Adam(ps, lr=0.01)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("dtype", SIXTEEN)
+def test_a_16_bit_model_takes_optimizer_steps_as_float64_does(dtype, make_opt):
+    """The updates are computed in float32 and stored in 16 bits: weights, velocity, moments."""
+    x, t = rand(6, 5, seed=5), np.arange(6) % 3
+    steps = {}
+    for name in (dtype, "float64"):
+        shendu.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 3)).to(dtype=name)  # no unit whose gradient is 0
+        if name == dtype:  # the float64 model starts from the 16-bit values
+            start = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+        else:
+            model.load_state_dict(start)
+        opt, loss_fn = make_opt(model.parameters()), nn.CrossEntropyLoss()
+        for _ in range(3):
+            opt.zero_grad()
+            loss_fn(model(x.astype(model[0].weight.data.dtype)), t)
+            model.backward(loss_fn.backward())
+            opt.step()
+        steps[name] = {k: v.astype(np.float64) - start[k] for k, v in model.state_dict().items()}
+    for k, exact in steps["float64"].items():
+        assert np.abs(exact).max() > 0
+        found = steps[dtype][k]
+        eps = float(ml_dtypes.finfo(np.dtype(kernels.narrow.DTYPES[dtype])).eps)
+        # each weight moved as in float64, within a few roundings of the weights themselves
+        assert np.abs(found - exact).max() <= 8 * eps * np.abs(start[k]).max() + 0.02 * np.abs(
+            exact).max(), k
+
+
 def test_a_model_and_its_input_must_agree_on_the_type():
     layer = nn.Linear(3, 2).half()
     with pytest.raises(shendu.ShenduError, match="computes in float16 but its input is float32"):

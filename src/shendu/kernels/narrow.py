@@ -30,7 +30,8 @@ _STORAGE = {"view", "copy", "copy_into", "fill", "synchronize", "on_host", "gene
 # Arguments a kernel writes into (by position): rounded back into their 16-bit arrays.
 _WRITES = {"add_bias": (0,), "maxpool_forward": (4,), "avgpool_forward": (4,),
            "maxpool_backward": (2,), "avgpool_backward": (4,), "normalize": (6,),
-           "normalize_backward": (9,), "lstm_cell": (2, 3, 4), "lstm_cell_backward": (5, 6)}
+           "normalize_backward": (9,), "lstm_cell": (2, 3, 4), "lstm_cell_backward": (5, 6),
+           "sgd_step": (0,), "adam_step": (0, 2, 3)}
 
 
 @functools.cache
