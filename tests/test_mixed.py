@@ -48,7 +48,7 @@ def gradients(model, x, t, scaler=None):
         scaler.gradient(model, loss_fn, x, t)
         assert scaler.unscale(model.parameters())
     shendu.rng.set_state(state)
-    return [p.grad.astype(np.float64) for p in model.parameters()]
+    return [kernels.to_host(p.grad).astype(np.float64) for p in model.parameters()]
 
 
 def test_a_mixed_step_computes_in_float16_and_keeps_float32_weights():

@@ -53,7 +53,13 @@ def test_a_16_bit_layer_rounds_the_exact_result_once(name, dtype):
     with nn.no_grad():
         y = layer(x)
     assert y.dtype == np.dtype(kernels.narrow.DTYPES[dtype])
-    wide = layers()[name][0]  # the same layer in float64, with the 16-bit layer's values
+    assert_rounded_once(name, layer, x, y)
+
+
+def assert_rounded_once(name, layer, x, y):
+    """y, the output of the 16-bit `layer` (layers()[name]) on x, is the exact output of the same
+    layer in float64 with the same values rounded once per kernel (ROUNDINGS) to y's type."""
+    wide = layers()[name][0]
     wide.eval()
     wide.astype("float64")
     wide.load_state_dict({k: v.astype(np.float64) for k, v in layer.state_dict().items()})
@@ -62,7 +68,7 @@ def test_a_16_bit_layer_rounds_the_exact_result_once(name, dtype):
         # a body's output, rounded before the sum, may be larger than the sum
         size = np.maximum(np.abs(exact), np.abs(wide.body(x.astype(np.float64)))
                           if name == "residual" else 0)
-    bound = ROUNDINGS.get(name, 1) * ulp(size, dtype) + 1e-12
+    bound = ROUNDINGS.get(name, 1) * ulp(size, y.dtype) + 1e-12
     assert np.all(np.abs(y.astype(np.float64) - exact) <= bound), name
 
 

@@ -11,7 +11,8 @@ loss is computed in float32 from the float16 logits; its gradient times the loss
 rounded to float16 and sent back, so every gradient of the backward pass is S times the true
 one, lifted above float16's underflow (magnitudes below 2⁻²⁵ round to zero: `underflow` counts
 how many would without S). The weight gradients, float16, are widened to float32 and divided by
-S (`LossScaler.unscale`) before the optimizer's float32 step.
+S (`LossScaler.unscale`) before the optimizer's float32 step. All of it happens where the model
+is, on the CPU or on CUDA (float16 device arrays, kernels.narrow over kernels.cuda).
 
 The scale is dynamic, as PyTorch's GradScaler: a step whose scaled gradients overflowed (inf or
 NaN) is not taken and S is halved; after `interval` steps in a row without overflow S doubles.
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import nn
+from . import kernels, nn
 from .errors import ShenduError
 
 HALF = np.dtype(np.float16)
@@ -51,14 +52,17 @@ class LossScaler:
 
     def gradient(self, model, loss_fn, images, t):
         """Forward and backward in float16 (the loss and its gradient in float32, the gradient
-        sent back times S); returns (loss, logits). Afterwards every parameter's grad holds S
-        times its gradient, in float16 for layers with weights: `unscale` comes next."""
+        sent back times S) on the model's device; returns (loss, logits). Afterwards every
+        parameter's grad holds S times its gradient, in float16 for layers with weights:
+        `unscale` comes next."""
+        K = kernels.of(model.parameters()[0].data)  # the float32 weights' device
         with computing(model):
-            logits = model(np.asarray(images, HALF))
-            loss = loss_fn(logits.astype(np.float32), t)
+            logits = model(kernels.narrow.narrow(HALF, K.DEVICE).array(images))
+            loss = loss_fn(kernels.narrow.cast(logits, np.float32), t)
             if np.isfinite(loss):
                 with np.errstate(over="ignore", invalid="ignore"):  # `unscale` finds inf, NaN
-                    nn.data_backward(model, (loss_fn.backward() * self.scale).astype(HALF))
+                    scaled = K.scaled(loss_fn.backward(), self.scale)  # exact: S is 2^k
+                    nn.data_backward(model, kernels.narrow.cast(scaled, HALF))
         return loss, logits
 
     def unscale(self, params):
@@ -67,8 +71,10 @@ class LossScaler:
         `interval` clean steps."""
         finite = True
         for p in params:
-            p.grad = p.grad.astype(np.float32) / np.float32(self.scale)
-            finite = finite and bool(np.isfinite(p.grad).all())
+            K = kernels.of(p.data)
+            with np.errstate(over="ignore", invalid="ignore"):
+                p.grad = K.scaled(kernels.narrow.cast(p.grad, np.float32), 1 / self.scale)
+            finite = finite and K.all_finite(p.grad)
         self.clean = self.clean + 1 if finite else 0
         if not finite:
             self.scale /= 2

@@ -506,9 +506,6 @@ def _scaler(model, precision):
                           f"{params[0].data.dtype}: call .float() first, or precision=None")
     if precision == "float32":
         return None
-    if device_of(model) is not kernels.cpu:
-        raise ShenduError("mixed precision trains on the CPU (its float16 kernels have no CUDA "
-                          "version yet): keep the model there")
     if not isinstance(model, nn.Sequential):
         raise ShenduError(f"mixed precision trains the classifiers (a Sequential of layers), not "
                           f"a {type(model).__name__}")

@@ -16,14 +16,17 @@ from ..errors import ShenduError
 from . import cpu, narrow
 
 NARROW = set(narrow.DTYPES.values())  # the 16-bit storage types
+CUDA_DTYPES = {np.dtype(np.float32), narrow.DTYPES["float16"]}  # what arrays on CUDA store
 
 
 def of(a):
-    """The kernel module for the device where the array a lives (and, for 16-bit NumPy arrays,
-    the type it is stored in: kernels.narrow)."""
+    """The kernel module for the device where the array a lives (and, for 16-bit arrays, the
+    type it is stored in: kernels.narrow)."""
+    dtype = getattr(a, "dtype", None)
     if isinstance(a, np.ndarray) or not getattr(a, "__cuda_ndarray__", False):
-        dtype = getattr(a, "dtype", None)
         return narrow.narrow(dtype) if dtype in NARROW else cpu
+    if dtype in NARROW:
+        return narrow.narrow(dtype, "cuda")
     from . import cuda
     return cuda
 

@@ -128,6 +128,16 @@ def multiply(a, b):
     return a * b
 
 
+def scaled(a, factor):
+    """a · factor, a new array of a's type (mixed precision's loss scale)."""
+    return a * a.dtype.type(factor)
+
+
+def all_finite(a):
+    """Whether every value of a is finite (no inf, no NaN)."""
+    return bool(np.isfinite(a).all())
+
+
 def _memory_order(a):
     """a's elements as a 1-D view in the order they lie in memory, when a is C-contiguous or a
     transpose of such (as the NCHW views of NHWC images are); None otherwise."""

@@ -1,9 +1,10 @@
 """The engine's kernels for CUDA GPUs, written with numba.cuda (the numba-cuda package).
 
 The same names, argument orders and semantics as kernels.cpu, on numba.cuda device arrays of
-float32 with images in NHWC, so that a layer picks its kernel module by device
-(`kernels.of(x)`): convolution, pooling, BatchNorm, the matrix product, element-wise operations,
-dropout's mask, the loss and the optimizer updates, and the array helpers the layers use.
+float32 with images in NHWC, so that a layer picks its kernel module by device (`kernels.of(x)`;
+float16 arrays get kernels.narrow's widened kernels, as on the CPU): convolution, pooling,
+BatchNorm, the matrix product, element-wise operations, dropout's mask, the loss and the
+optimizer updates, and the array helpers the layers use.
 
 Layers pass images as NCHW views of NHWC memory (strides permuted, no copy), as on the CPU. An
 array whose elements fill its memory in some order of its axes is "dense"; element-wise kernels
@@ -96,12 +97,14 @@ def empty(shape, dtype):
     return cuda.device_array(shape, dtype)
 
 
-def empty_like(x):
-    """A new array shaped like x, with x's memory layout when x is dense (an NCHW view of NHWC
-    memory stays one), else C-contiguous."""
+def empty_like(x, dtype=None):
+    """A new array shaped like x, of x's dtype or `dtype`, with x's memory layout when x is dense
+    (an NCHW view of NHWC memory stays one), else C-contiguous."""
+    dtype = x.dtype if dtype is None else np.dtype(dtype)
     if not _is_dense(x):
-        return empty(x.shape, x.dtype)
-    return _view(empty(x.size, x.dtype), x.shape, x.strides)
+        return empty(x.shape, dtype)
+    strides = tuple(s // x.dtype.itemsize * dtype.itemsize for s in x.strides)
+    return _view(empty(x.size, dtype), x.shape, strides)
 
 
 def zeros(shape, dtype=np.float64):
@@ -155,6 +158,13 @@ def copy(a):
     return copy_into(empty_like(a), a)
 
 
+def cast(a, dtype, out=None):
+    """a's values as `dtype`, into `out` or into a new array laid out like a: float32 and float16
+    (kernels.narrow's storage on CUDA), each value rounded to the nearest, ties to even, as NumPy
+    casts (an assignment between the two types in a kernel is the GPU's cvt.rn)."""
+    return copy_into(empty_like(a, dtype) if out is None else out, a)
+
+
 def contiguous(x):
     """x as a C-contiguous array: itself when it is one, else a copy."""
     return x if x.is_c_contiguous() else copy_into(empty(x.shape, x.dtype), x)
@@ -187,8 +197,11 @@ def _cdiv(a, b):
 
 
 def _elementwise(size):
-    """One thread per element: (blocks, threads per block)."""
-    return max(1, _cdiv(size, THREADS)), THREADS
+    """One thread per element: (blocks, threads per block), fewer threads than THREADS for an
+    array smaller than that (a bias, a loss scale's flag: no idle threads to start, which the
+    simulator pays for, each being a Python thread)."""
+    threads = min(THREADS, max(1, size))
+    return _cdiv(max(1, size), threads), threads
 
 
 def _tiles(rows, cols, depth=1):
@@ -279,6 +292,22 @@ def _multiply(a, b, out):
     i = cuda.grid(1)
     if i < out.size:
         out[i] = a[i] * b[i % b.size]
+
+
+@cuda.jit
+def _scale(a, factor, out):
+    """out = a · factor."""
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] * factor
+
+
+@cuda.jit
+def _flag_nonfinite(a, found):
+    """found[0] = 1 if some a[i] is inf or NaN (every thread that finds one writes the same 1)."""
+    i = cuda.grid(1)
+    if i < a.size and not math.isfinite(a[i]):
+        found[0] = 1
 
 
 @cuda.jit
@@ -416,6 +445,22 @@ def multiply(a, b):
     out = empty_like(a)
     _multiply[_elementwise(a.size)](_flat(a), _flat(b), _flat(out))
     return out
+
+
+def scaled(a, factor):
+    """a · factor, a new array laid out like a (mixed precision's loss scale)."""
+    a = _dense(a)
+    out = empty_like(a)
+    _scale[_elementwise(a.size)](_flat(a), a.dtype.type(factor), _flat(out))
+    return out
+
+
+def all_finite(a):
+    """Whether every value of a is finite (no inf, no NaN): one flag comes back to the host."""
+    a = _dense(a)
+    found = zeros(1, np.int32)
+    _flag_nonfinite[_elementwise(a.size)](_flat(a), found)
+    return not found.copy_to_host()[0]
 
 
 def add_bias(y, b):

@@ -1,18 +1,22 @@
-"""The CPU's kernels for arrays stored in 16 bits: float16 (IEEE half precision: 5 exponent bits,
-10 of mantissa) and bfloat16 (8 and 7: float32's range, less precision; NumPy's through ml_dtypes).
+"""The kernels for arrays stored in 16 bits: float16 (IEEE half precision: 5 exponent bits, 10 of
+mantissa) and bfloat16 (8 and 7: float32's range, less precision; NumPy's through ml_dtypes), on
+the CPU, and float16 on CUDA (numba.cuda has no bfloat16 arrays).
 
 What 16-bit hardware does (a GPU's tensor cores, AVX-512 BF16's dot products) is multiply 16-bit
 values and add the products in float32. So does every kernel here: it runs the float32 kernel of
-kernels.cpu of the same name on float32 copies of its 16-bit arrays (exact: every 16-bit value is
-a float32), and rounds what it writes or returns to the 16-bit type. Weights, the activations
-between layers and the outputs are stored in 16 bits; only the arithmetic inside a kernel is
-wider, and each kernel's result is rounded once. NumPy and Numba have no 16-bit arithmetic on this
-CPU, so the copies cost a pass over memory each way: here 16 bits halve the memory a model and its
-activations take, not the time. The copies are made by `cast`, on the numbers' bit patterns, on
-every core: NumPy's own casts to and from float16 take 2-3 ns a number here, eight times a copy.
+the same name (kernels.cpu's, or kernels.cuda's on the GPU) on float32 copies of its 16-bit
+arrays (exact: every 16-bit value is a float32), and rounds what it writes or returns to the
+16-bit type. Weights, the activations between layers and the outputs are stored in 16 bits; only
+the arithmetic inside a kernel is wider, and each kernel's result is rounded once. NumPy and Numba
+have no 16-bit arithmetic on this CPU, so the copies cost a pass over memory each way: here 16
+bits halve the memory a model and its activations take, not the time. The copies are made by
+`cast`: on the CPU on the numbers' bit patterns, on every core (NumPy's own casts to and from
+float16 take 2-3 ns a number here, eight times a copy); on CUDA by a kernel of assignments, which
+the GPU converts in one instruction. A GPU whose tensor cores take float16 directly would need
+no copies: these kernels keep the float32 ones, so the CUDA path halves memory, not time, too.
 
-`kernels.of(a)` gives `narrow(a.dtype)` for a 16-bit NumPy array: an object with kernels.cpu's
-names, its storage functions unchanged and its computing ones widened.
+`kernels.of(a)` gives `narrow(a.dtype, device)` for a 16-bit array: an object with the device's
+kernel names, its storage functions unchanged and its computing ones widened.
 """
 import functools
 
@@ -20,6 +24,7 @@ import ml_dtypes
 import numpy as np
 from numba import njit, prange
 
+from ..errors import ShenduError
 from . import cpu
 
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -35,26 +40,33 @@ _WRITES = {"add_bias": (0,), "maxpool_forward": (4,), "avgpool_forward": (4,),
 
 
 @functools.cache
-def narrow(dtype):
-    """The kernels for arrays stored as `dtype` (float16 or bfloat16)."""
-    return Narrow(np.dtype(dtype))
+def narrow(dtype, device="cpu"):
+    """The kernels for arrays stored as `dtype` (float16 or bfloat16; float16 only on "cuda")."""
+    dtype = np.dtype(dtype)
+    if device == "cpu":
+        return Narrow(dtype, cpu)
+    if dtype != DTYPES["float16"]:
+        raise ShenduError(f"on CUDA a model is stored as float32 or float16, not {dtype}")
+    from . import cuda
+    return Narrow(dtype, cuda)
 
 
 class Narrow:
-    DEVICE = "cpu"
-
-    def __init__(self, dtype):
-        self.dtype = dtype
+    def __init__(self, dtype, base):
+        self.dtype, self.base, self.DEVICE = dtype, base, base.DEVICE
 
     def __repr__(self):
-        return f"kernels for {self.dtype} on the CPU"
+        return f"kernels for {self.dtype} on the {self.DEVICE.upper()}"
 
     def array(self, a):
-        """a on this device: a NumPy array in this 16-bit type (a model's input is cast)."""
-        return np.asarray(a).astype(self.dtype, copy=False)
+        """a on this device, in this 16-bit type (a model's input is cast, on the host when it
+        is there: half the bytes to send)."""
+        if _on_device(a) or (isinstance(a, np.ndarray) and a.dtype == np.float32):
+            return self.base.array(cast(a, self.dtype))
+        return self.base.array(np.asarray(a).astype(self.dtype, copy=False))
 
     def __getattr__(self, name):
-        value = getattr(cpu, name)
+        value = getattr(self.base, name)
         if name in _STORAGE or not callable(value):
             return value
         wide = functools.partial(_widened, value, self.dtype, _WRITES.get(name, ()))
@@ -73,14 +85,22 @@ def _widened(kernel, dtype, writes, *args, **kwargs):
     return _rounded(result, dtype)
 
 
+def _on_device(a):
+    return getattr(a, "__cuda_ndarray__", False)
+
+
+def _is_array(a):
+    return isinstance(a, np.ndarray) or _on_device(a)
+
+
 def _float32(a):
-    return cast(a, np.float32) if isinstance(a, np.ndarray) and a.dtype in _NARROW else a
+    return cast(a, np.float32) if _is_array(a) and a.dtype in _NARROW else a
 
 
 def _rounded(result, dtype):
     if isinstance(result, tuple):
         return tuple(_rounded(r, dtype) for r in result)
-    if isinstance(result, np.ndarray) and result.dtype == np.float32:
+    if _is_array(result) and result.dtype == np.float32:
         return cast(result, dtype)
     return result
 
@@ -91,11 +111,17 @@ _NARROW = set(DTYPES.values())
 # -- casts between float32 and 16 bits ---------------------------------------------------------
 def cast(a, dtype, out=None):
     """a (float32, float16 or bfloat16) cast to `dtype`, one of the others: into `out` (of a's
-    shape) or into a new array laid out like a. Exactly NumPy's cast (ml_dtypes' for bfloat16):
-    rounding to the nearest, ties to even; subnormals, infinities and signed zeros kept; NaN
-    stays NaN (tests/test_precision.py checks every 16-bit value and the float32 values at and
-    around each rounding boundary)."""
+    shape) or into a new array laid out like a (a itself if it is of `dtype` already). Exactly
+    NumPy's cast (ml_dtypes' for bfloat16): rounding to the nearest, ties to even; subnormals,
+    infinities and signed zeros kept; NaN stays NaN (tests/test_precision.py checks every 16-bit
+    value and the float32 values at and around each rounding boundary). On CUDA: float32 and
+    float16 arrays, by kernels.cuda.cast."""
     dtype = np.dtype(dtype)
+    if out is None and a.dtype == dtype:
+        return a
+    if _on_device(a):
+        from . import cuda
+        return cuda.cast(a, dtype, out)
     if out is None:
         a = cpu._dense(a)  # a dense copy once, if a is not: read below without another
         out = np.empty_like(a, dtype=dtype)

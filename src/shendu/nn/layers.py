@@ -32,9 +32,9 @@ def _check_input(layer, x, ndim, channels=None):
     K = kernels.of(x)
     on_cpu = K.DEVICE == "cpu"
     x = np.asarray(x) if on_cpu else x
-    if not kernels.is_float(x.dtype) or (not on_cpu and x.dtype != np.float32):
+    if not kernels.is_float(x.dtype) or (not on_cpu and x.dtype not in kernels.CUDA_DTYPES):
         raise ShenduError(f"{layer!r} expects floating-point input (images scaled to [0, 1]; "
-                          f"float32 on CUDA), got dtype {x.dtype}")
+                          f"float32 or float16 on CUDA), got dtype {x.dtype}")
     if x.ndim != ndim or (channels is not None and x.shape[1] != channels):
         want = "(N, C, H, W)" if ndim == 4 else "(N, features)"
         want = want.replace("C", str(channels)).replace("features", str(channels))
@@ -71,7 +71,7 @@ class _Weighted(Module):
 
     def weights_used(self):
         w = binary_weights(self.weight.data) if self.binary else self.weight.data
-        return w if self.compute is None else w.astype(self.compute)
+        return w if self.compute is None else kernels.narrow.cast(w, self.compute)
 
 
 def binary_weights(w):

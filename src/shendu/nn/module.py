@@ -171,20 +171,22 @@ class Module:
 
     def to(self, device=None, dtype=None):
         """Move every parameter (data and gradient) and buffer to `device`, "cpu" or "cuda"
-        (numba.cuda device arrays, float32), and/or store them as `dtype` ("float64",
+        (numba.cuda device arrays, float32 or float16), and/or store them as `dtype` ("float64",
         "float32", "float16", "bfloat16", or a NumPy dtype: see `astype`), in place; returns the
         module. As in PyTorch, .to("cuda") raises where there is no GPU: `shendu.cuda_available()`
         tells first."""
+        K = None if device is None else kernels.device(device)
+        if K is not None and K is not kernels.cpu:
+            stored = ([(name, a.dtype) for name, a in self._arrays()] if dtype is None
+                      else [("the model", float_dtype(dtype))])
+            wrong = [(name, t) for name, t in stored if t not in kernels.CUDA_DTYPES]
+            if wrong:
+                raise ShenduError(f"on CUDA a model is stored as float32 or float16, but "
+                                  f"{wrong[0][0]} is {wrong[0][1]}: call .float() first")
         if dtype is not None:
             self.astype(dtype)
-        if device is None:
+        if K is None:
             return self
-        K = kernels.device(device)
-        if K is not kernels.cpu:
-            wide = [(name, a.dtype) for name, a in self._arrays() if a.dtype != np.float32]
-            if wide:
-                raise ShenduError(f"the CUDA kernels compute in float32, but {wide[0][0]} is "
-                                  f"{wide[0][1]}: call .float() first")
         for m in self.modules():
             for p in m._params.values():
                 p.data, p.grad = K.array(p.data), K.array(p.grad)
@@ -196,19 +198,21 @@ class Module:
         return self.named_buffers() + [(name, p.data) for name, p in self.named_parameters()]
 
     def astype(self, dtype):
-        """Store every parameter and buffer as `dtype`, on the CPU: float64 (gradient checks),
-        float32 (the default), or in 16 bits, float16 or bfloat16 (see kernels.narrow: 16-bit
-        storage, float32 arithmetic inside each kernel). Names as in `float_dtype`."""
+        """Store every parameter and buffer as `dtype`: float64 (gradient checks), float32 (the
+        default), or in 16 bits, float16 or bfloat16 (see kernels.narrow: 16-bit storage,
+        float32 arithmetic inside each kernel). Names as in `float_dtype`. On CUDA: float32 or
+        float16, cast where the arrays are."""
         dtype = float_dtype(dtype)
-        if any(kernels.of(a).DEVICE != "cpu" for _, a in self._arrays()):
-            raise ShenduError("astype needs the model on the CPU (.to('cpu')): the CUDA kernels "
-                              "compute in float32")
+        on_cuda = any(kernels.of(a).DEVICE != "cpu" for _, a in self._arrays())
+        if on_cuda and dtype not in kernels.CUDA_DTYPES:
+            raise ShenduError(f"on CUDA a model is stored as float32 or float16, not {dtype}: "
+                              "move it to the CPU first (.to('cpu'))")
         for m in self.modules():
             for p in m._params.values():
-                p.data = p.data.astype(dtype)
-                p.grad = np.zeros_like(p.data)
+                p.data = _as(p.data, dtype)
+                p.grad = kernels.of(p.data).zeros(p.data.shape, dtype)
             for name in m._buffers:
-                object.__setattr__(m, name, getattr(m, name).astype(dtype))
+                object.__setattr__(m, name, _as(getattr(m, name), dtype))
         return self
 
     def double(self):
@@ -270,6 +274,11 @@ class Module:
             return f"{type(self).__name__}({self.extra_repr()})"
         lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _as(a, dtype):
+    """a stored as dtype: on CUDA by kernels.cuda.cast (float32 and float16), else by NumPy."""
+    return a.astype(dtype) if kernels.of(a).DEVICE == "cpu" else kernels.narrow.cast(a, dtype)
 
 
 def _current(module, attr):
