@@ -15,6 +15,19 @@ def quick(monkeypatch):
     monkeypatch.setenv("SHENDU_PROFILE", "quick")
 
 
+@pytest.fixture
+def fewer_test_digits(monkeypatch):
+    """Every loader's test split cut to its first 2,000 images: the tests of ensembles and TTA
+    below classify the test set many times over, and 2,000 digits check the same arithmetic."""
+    from shendu import datasets
+    load = datasets._load
+
+    def first(*args, **kwargs):
+        train, (x, t) = load(*args, **kwargs)
+        return train, (x[:2000], t[:2000])
+    monkeypatch.setattr(datasets, "_load", first)
+
+
 def test_results_file_records_how_it_was_made(tmp_path, monkeypatch):
     monkeypatch.setitem(experiments._EXPERIMENTS, "toy", lambda: {"answer": 42})
     record = experiments.run("toy", out_dir=tmp_path)
@@ -173,7 +186,7 @@ def test_the_fashion_recipe_is_the_zoos_resnet_run():
         assert array.tobytes() == zoo_model.state_dict()[name].tobytes(), name
 
 
-def test_recipes(monkeypatch, tmp_path):
+def test_recipes(monkeypatch, tmp_path, fewer_test_digits):
     import shendu
     from shendu import datasets, nn
     monkeypatch.setattr(experiments, "TARGET", 0.2)  # reached at the first epoch, unlike 99.4%
@@ -214,7 +227,8 @@ def test_recipes(monkeypatch, tmp_path):
     assert "more_members" not in two["runs"]["book"]
 
 
-def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path, capsys):
+def test_recipes_test_augmented_recipes_with_tta(monkeypatch, tmp_path, capsys,
+                                                fewer_test_digits):
     """A recipe that augments is also tested with TTA: here every view is the mirror image, so
     the averaged probabilities are (p(x) + 4 p(mirrored x)) / 5, computed by hand."""
     import dataclasses
