@@ -17,6 +17,7 @@ from numba.core.errors import NumbaWarning  # noqa: E402
 import shendu  # noqa: E402
 from shendu import kernels, mixed, nn, optim  # noqa: E402
 
+from test_cuda_layers import _device_images  # noqa: E402
 from test_mixed import gradients  # noqa: E402
 from test_precision import assert_rounded_once, layers, same_values  # noqa: E402
 
@@ -31,9 +32,8 @@ HALF = np.dtype(np.float16)
 
 
 def on_device(x):
-    """x on the GPU as the layers pass images: an NCHW view of NHWC memory."""
-    return gpu.transpose(gpu.array(x.transpose(0, 2, 3, 1)), (0, 3, 1, 2)) if x.ndim == 4 \
-        else gpu.array(x)
+    """x on the GPU as the layers pass images (an NCHW view of NHWC memory), or as it is."""
+    return _device_images(x) if x.ndim == 4 else gpu.array(x)
 
 
 def test_cast_on_cuda_rounds_as_numpy_and_keeps_the_layout():
