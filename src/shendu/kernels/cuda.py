@@ -198,8 +198,8 @@ def _cdiv(a, b):
 
 def _elementwise(size):
     """One thread per element: (blocks, threads per block), fewer threads than THREADS for an
-    array smaller than that (a bias, a loss scale's flag: no idle threads to start, which the
-    simulator pays for, each being a Python thread)."""
+    array smaller than that (a bias, a BatchNorm's channels): no idle threads to start, which the
+    simulator pays for, each being a Python thread."""
     threads = min(THREADS, max(1, size))
     return _cdiv(max(1, size), threads), threads
 
