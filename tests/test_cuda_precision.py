@@ -94,13 +94,31 @@ def test_a_model_is_cast_and_moved_in_float16_on_cuda():
         assert all(np.array_equal(back.state_dict()[k], v.astype(np.float32))
                    for k, v in halves.items())
     with pytest.raises(shendu.ShenduError, match="on CUDA a model is stored as float32 or "
-                                                 "float16, but the model is bfloat16"):
+                                                 "float16, not bfloat16$"):
         copy.deepcopy(model).to("cuda", dtype="bfloat16")
-    with pytest.raises(shendu.ShenduError, match="stored as float32 or float16, but .* is "
-                                                 "float64: call .float"):
-        copy.deepcopy(model).double().to("cuda")
+    doubled = copy.deepcopy(model).double()
+    with pytest.raises(shendu.ShenduError, match=r"not float64 \(.*\): call .float\(\) first"):
+        doubled.to("cuda")
+    assert all(p.data.dtype == np.float64 and isinstance(p.data, np.ndarray)
+               for p in doubled.parameters())  # refused before anything moved
     with pytest.raises(shendu.ShenduError, match="not float64: move it to the CPU first"):
         copy.deepcopy(model).to("cuda").double()
+
+
+def test_to_casts_on_the_side_of_the_move_that_stores_the_type():
+    """As in PyTorch, one call moves and casts: to float64 off the GPU, from float64 onto it."""
+    shendu.manual_seed(0)
+    model = small_net()
+    doubles = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+    off = copy.deepcopy(model).to("cuda").to("cpu", dtype="float64")
+    assert all(isinstance(p.data, np.ndarray) and p.grad.dtype == np.float64
+               for p in off.parameters())
+    assert all(np.array_equal(off.state_dict()[k], v) and off.state_dict()[k].dtype == v.dtype
+               for k, v in doubles.items())
+    on = copy.deepcopy(model).double().to("cuda", dtype="float32")
+    assert all(kernels.of(p.data).DEVICE == "cuda" and p.data.dtype == np.float32
+               for p in on.parameters())
+    assert all(np.array_equal(on.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_float16_model_on_cuda_takes_the_cpus_optimizer_steps():

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..errors import ShenduError
 from . import cpu, narrow
+from .narrow import CUDA_DTYPES
 
 NARROW = set(narrow.DTYPES.values())  # the 16-bit storage types
-CUDA_DTYPES = {np.dtype(np.float32), narrow.DTYPES["float16"]}  # what arrays on CUDA store
 
 
 def of(a):

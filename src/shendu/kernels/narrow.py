@@ -28,6 +28,13 @@ from ..errors import ShenduError
 from . import cpu
 
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+CUDA_DTYPES = {np.dtype(np.float32), DTYPES["float16"]}  # what arrays on CUDA store
+
+
+def check_cuda_dtype(dtype, advice=""):
+    """Refuse, with one line ending in `advice`, a type that arrays on CUDA do not store."""
+    if np.dtype(dtype) not in CUDA_DTYPES:
+        raise ShenduError(f"on CUDA a model is stored as float32 or float16, not {dtype}{advice}")
 
 # Functions that only hold, move or view arrays: the same for every storage type.
 _STORAGE = {"view", "copy", "copy_into", "fill", "synchronize", "on_host", "generator",
@@ -45,8 +52,7 @@ def narrow(dtype, device="cpu"):
     dtype = np.dtype(dtype)
     if device == "cpu":
         return Narrow(dtype, cpu)
-    if dtype != DTYPES["float16"]:
-        raise ShenduError(f"on CUDA a model is stored as float32 or float16, not {dtype}")
+    check_cuda_dtype(dtype)
     from . import cuda
     return Narrow(dtype, cuda)
 

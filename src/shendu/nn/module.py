@@ -174,25 +174,30 @@ class Module:
         (numba.cuda device arrays, float32 or float16), and/or store them as `dtype` ("float64",
         "float32", "float16", "bfloat16", or a NumPy dtype: see `astype`), in place; returns the
         module. As in PyTorch, .to("cuda") raises where there is no GPU: `shendu.cuda_available()`
-        tells first."""
+        tells first. A cast happens where the CPU holds the arrays when it can (after a move
+        there, before a move to CUDA), so .to("cpu", dtype="float64") takes a model off CUDA."""
         K = None if device is None else kernels.device(device)
-        if K is not None and K is not kernels.cpu:
-            stored = ([(name, a.dtype) for name, a in self._arrays()] if dtype is None
-                      else [("the model", float_dtype(dtype))])
-            wrong = [(name, t) for name, t in stored if t not in kernels.CUDA_DTYPES]
-            if wrong:
-                raise ShenduError(f"on CUDA a model is stored as float32 or float16, but "
-                                  f"{wrong[0][0]} is {wrong[0][1]}: call .float() first")
+        dtype = None if dtype is None else float_dtype(dtype)
+        if K is not None and K is not kernels.cpu:  # refused before anything changes
+            if dtype is not None:
+                kernels.narrow.check_cuda_dtype(dtype)
+            else:
+                for name, a in self._arrays():
+                    kernels.narrow.check_cuda_dtype(a.dtype, f" ({name}): call .float() first")
+        if K is kernels.cpu:
+            self._move(K)
         if dtype is not None:
             self.astype(dtype)
-        if K is None:
-            return self
+        if K is not None and K is not kernels.cpu:
+            self._move(K)
+        return self
+
+    def _move(self, K):
         for m in self.modules():
             for p in m._params.values():
                 p.data, p.grad = K.array(p.data), K.array(p.grad)
             for name in m._buffers:
                 object.__setattr__(m, name, K.array(getattr(m, name)))
-        return self
 
     def _arrays(self):
         return self.named_buffers() + [(name, p.data) for name, p in self.named_parameters()]
@@ -204,9 +209,8 @@ class Module:
         float16, cast where the arrays are."""
         dtype = float_dtype(dtype)
         on_cuda = any(kernels.of(a).DEVICE != "cpu" for _, a in self._arrays())
-        if on_cuda and dtype not in kernels.CUDA_DTYPES:
-            raise ShenduError(f"on CUDA a model is stored as float32 or float16, not {dtype}: "
-                              "move it to the CPU first (.to('cpu'))")
+        if on_cuda:
+            kernels.narrow.check_cuda_dtype(dtype, ": move it to the CPU first (.to('cpu'))")
         for m in self.modules():
             for p in m._params.values():
                 p.data = _as(p.data, dtype)
