@@ -149,3 +149,18 @@ def test_depth_and_data_draws_a_dot_per_run_and_a_line_of_medians():
     np.testing.assert_allclose(error.lines[3].get_ydata(), [20, 19, 18, 20])
     assert error.get_yscale() == "log"
     plt.close(fig)
+
+
+def test_accuracy_by_epoch_draws_a_line_per_run_coloured_by_group():
+    runs = {"float32": [{"seed": s, "test_acc_by_epoch": [0.9, 0.95, 0.97 + s / 100]}
+                        for s in (0, 1)],
+            "mixed": [{"seed": 1, "test_acc_by_epoch": [0.91, 0.96, 0.99]}]}
+    fig = plot.accuracy_by_epoch(runs, first=2)
+    (ax,) = fig.axes
+    assert [list(line.get_xdata()) for line in ax.lines] == [[2, 3]] * 3
+    np.testing.assert_allclose([line.get_ydata() for line in ax.lines],
+                               [[95, 97], [95, 98], [96, 99]])
+    colours = [line.get_color() for line in ax.lines]
+    assert colours[0] == colours[1] != colours[2]
+    assert ax.lines[1].get_linestyle() == ax.lines[2].get_linestyle()  # seed 1 both times
+    assert ax.get_legend_handles_labels()[1][2] == "mixed, seed 1"

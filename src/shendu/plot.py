@@ -16,7 +16,7 @@ from .train import predict_proba
 __all__ = ["training_curves", "misclassified", "errors", "filters", "feature_maps",
            "block_diagram", "run_curves", "augmentations", "depth_and_data", "time_shares",
            "ladder", "scaling", "underflow", "scenes", "png", "pictures", "returns", "ilsvrc",
-           "transfer"]
+           "transfer", "accuracy_by_epoch"]
 
 
 def training_curves(history):
@@ -485,4 +485,23 @@ def transfer(runs, ways=None, labels=None):
         ax.set_xticklabels([(labels or {}).get(w, w) for w in order], fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("test accuracy (%)")
+    return fig
+
+
+def accuracy_by_epoch(groups, first=1):
+    """Test accuracy (%) after each epoch from epoch `first` on, a line per run: one colour per
+    group ({label: [runs]}, each run {"seed", "test_acc_by_epoch"}) and one line style per seed,
+    to set the gap between groups against how far a run moves from one epoch to the next."""
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    styles = {}
+    for i, (label, runs) in enumerate(groups.items()):
+        for run in runs:
+            acc = 100 * np.asarray(run["test_acc_by_epoch"][first - 1:])
+            style = styles.setdefault(run["seed"], ["-", "--", ":", "-."][len(styles) % 4])
+            ax.plot(np.arange(first, first + len(acc)), acc, marker="o", ms=3, ls=style,
+                    color=f"C{i}", label=f"{label}, seed {run['seed']}")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(groups))
     return fig
