@@ -30,6 +30,10 @@ if "numba" in sys.modules:
 # cuda.syncthreads(): handing the GIL over every 0.5 ms instead of Python's 5 ms halves the time
 # of the tiled kernels (two training steps of test_cuda_layers' tiny_net: 30 s → 15 s here).
 sys.setswitchinterval(5e-4)
+# pytest -n 2 runs two test processes on two cores, and a Numba kernel in either uses both: its
+# threads (libgomp's, which Numba and PyTorch use) that wait for work sleep rather than spin, so
+# the core goes to the other process. Set before any parallel loop runs; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import shendu  # noqa: E402,F401  (before any test module imports NumPy: its OpenBLAS setting)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +68,29 @@ def launch_targets(hrefs) -> dict[str, str]:
 
 
 TIMINGS: dict[str, float] = {}  # what took how long, printed at the end of the session
+XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ  # a worker process of pytest -n
 
 
 def pytest_runtest_logreport(report):
     """The browser checks' own time: their tests' set-up (every page's visit), calls and
-    teardown, not the rest of the session that runs while the browser stays open."""
-    if report.nodeid.startswith("tests/test_browser.py"):
+    teardown, not the rest of the session that runs while the browser stays open. Counted where
+    the reports arrive: under pytest-xdist, by the controller, not again by the worker."""
+    if report.nodeid.startswith("tests/test_browser.py") and not XDIST_WORKER:
         key = "browser checks (Chromium, every page, incl. planted faults)"
         TIMINGS[key] = TIMINGS.get(key, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """A pytest-xdist worker hands what its fixtures timed (the book's build) to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["timings"] = TIMINGS
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller, as a worker ends: the worker's timings join the session's."""
+    for name, seconds in getattr(node, "workeroutput", {}).get("timings", {}).items():
+        TIMINGS[name] = TIMINGS.get(name, 0.0) + seconds
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -79,6 +98,40 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "book timings")
         for name, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+
+
+# pytest-xdist (pyproject: pytest -n 2) runs each group below whole on one worker: the tests
+# over the built book share one build, the notebooks run from the wheel one wheel environment,
+# and every other file its module's fixtures.
+BOOK_TEST_FILES = {"test_book.py", "test_browser.py", "test_explorers.py"}
+
+
+def xdist_group(nodeid: str) -> str:
+    path, _, name = nodeid.partition("::")
+    if name.startswith("test_notebook_runs_from_the_wheel"):
+        return "wheel"
+    return "book" if Path(path).name in BOOK_TEST_FILES else Path(path).name
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Groups(LoadScopeScheduling):  # a "scope" is a group, handed out in collection order
+        def _split_scope(self, nodeid):
+            return xdist_group(nodeid)
+
+    return Groups(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """A test over the built book, or run from the wheel, outside its group would build the book
+    or the wheel's environment again on another worker: refused, naming it."""
+    for item in items:
+        for fixture, group in (("built_book", "book"), ("wheel_python", "wheel")):
+            if fixture in item.fixturenames and xdist_group(item.nodeid) != group:
+                raise pytest.UsageError(f"{item.nodeid} uses {fixture}: add its file to "
+                                        f"BOOK_TEST_FILES in tests/conftest.py")
 
 
 def pytest_configure(config):

@@ -91,7 +91,7 @@ def test_cross_entropy_per_pixel_gradient_ignores_padding():
 
 
 @pytest.mark.parametrize("loss", [nn.BCEWithLogitsLoss(), nn.HuberLoss(),
-                                  nn.HuberLoss(delta=0.3)], ids=repr)
+                                  nn.HuberLoss(delta=0.3)], ids=["bce", "huber", "huber-0.3"])
 def test_elementwise_loss_gradients(loss):
     z, y = 2 * rand(4, 6), rand(4, 6, seed=1) ** 2  # targets in [0, 1]; errors on both sides
     loss(z, y)

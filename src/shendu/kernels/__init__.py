@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ShenduError
 from . import cpu, narrow
-from .narrow import CUDA_DTYPES
+from .narrow import CUDA_DTYPES  # noqa: F401  (kernels.CUDA_DTYPES: what CUDA stores)
 
 NARROW = set(narrow.DTYPES.values())  # the 16-bit storage types
 
