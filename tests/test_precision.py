@@ -101,8 +101,14 @@ def test_half_bfloat16_float_double_and_to_set_the_storage():
     assert layer.float().weight.data.dtype == np.float32
     assert layer.to(dtype="float16").weight.grad.dtype == np.float16
     assert layer.to("cpu", dtype=np.float32).weight.data.dtype == np.float32
+    assert layer.to("bfloat16").weight.data.dtype == ml_dtypes.bfloat16  # a type alone, first
+    assert layer.to(np.float64).weight.grad.dtype == np.float64
     with pytest.raises(shendu.ShenduError, match="not 'int8'"):
         layer.to(dtype="int8")
+    with pytest.raises(shendu.ShenduError, match="not <class 'numpy.int8'>"):
+        layer.to(np.int8)
+    with pytest.raises(shendu.ShenduError, match="unknown device 'gpu'"):
+        layer.to("gpu")
 
 
 @pytest.mark.parametrize("make_opt", [

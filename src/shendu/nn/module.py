@@ -174,8 +174,12 @@ class Module:
         (numba.cuda device arrays, float32 or float16), and/or store them as `dtype` ("float64",
         "float32", "float16", "bfloat16", or a NumPy dtype: see `astype`), in place; returns the
         module. As in PyTorch, .to("cuda") raises where there is no GPU: `shendu.cuda_available()`
-        tells first. A cast happens where the CPU holds the arrays when it can (after a move
-        there, before a move to CUDA), so .to("cpu", dtype="float64") takes a model off CUDA."""
+        tells first. A type alone may come first, as in PyTorch's .to(torch.float16):
+        .to("float16"), .to(np.float64). A cast happens where the CPU holds the arrays when it can
+        (after a move there, before a move to CUDA), so .to("cpu", dtype="float64") takes a model
+        off CUDA."""
+        if dtype is None and (device in FLOAT_DTYPES or not isinstance(device, (str, type(None)))):
+            device, dtype = None, device
         K = None if device is None else kernels.device(device)
         dtype = None if dtype is None else float_dtype(dtype)
         if K is not None and K is not kernels.cpu:  # refused before anything changes
