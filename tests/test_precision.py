@@ -109,6 +109,8 @@ def test_half_bfloat16_float_double_and_to_set_the_storage():
         layer.to(np.int8)
     with pytest.raises(shendu.ShenduError, match="unknown device 'gpu'"):
         layer.to("gpu")
+    with pytest.raises(shendu.ShenduError, match=r"not \['cpu'\]"):  # not a TypeError
+        layer.to(["cpu"])
 
 
 @pytest.mark.parametrize("make_opt", [

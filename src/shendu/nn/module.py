@@ -178,7 +178,7 @@ class Module:
         .to("float16"), .to(np.float64). A cast happens where the CPU holds the arrays when it can
         (after a move there, before a move to CUDA), so .to("cpu", dtype="float64") takes a model
         off CUDA."""
-        if dtype is None and (device in FLOAT_DTYPES or not isinstance(device, (str, type(None)))):
+        if dtype is None and (not isinstance(device, (str, type(None))) or device in FLOAT_DTYPES):
             device, dtype = None, device
         K = None if device is None else kernels.device(device)
         dtype = None if dtype is None else float_dtype(dtype)
