@@ -182,7 +182,8 @@ class Module:
             device, dtype = None, device
         K = None if device is None else kernels.device(device)
         dtype = None if dtype is None else float_dtype(dtype)
-        if K is not None and K is not kernels.cpu:  # refused before anything changes
+        to_cuda = K is not None and K is not kernels.cpu
+        if to_cuda:  # refused before anything changes
             if dtype is not None:
                 kernels.narrow.check_cuda_dtype(dtype)
             else:
@@ -192,7 +193,7 @@ class Module:
             self._move(K)
         if dtype is not None:
             self.astype(dtype)
-        if K is not None and K is not kernels.cpu:
+        if to_cuda:
             self._move(K)
         return self
 
