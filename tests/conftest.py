@@ -130,8 +130,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         for fixture, group in (("built_book", "book"), ("wheel_python", "wheel")):
             if fixture in item.fixturenames and xdist_group(item.nodeid) != group:
-                raise pytest.UsageError(f"{item.nodeid} uses {fixture}: add its file to "
-                                        f"BOOK_TEST_FILES in tests/conftest.py")
+                raise pytest.UsageError(f"{item.nodeid} uses {fixture} but is not in the group "
+                                        f"{group!r}: see xdist_group in tests/conftest.py")
 
 
 def pytest_configure(config):

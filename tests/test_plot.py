@@ -152,6 +152,7 @@ def test_depth_and_data_draws_a_dot_per_run_and_a_line_of_medians():
 
 
 def test_accuracy_by_epoch_draws_a_line_per_run_coloured_by_group():
+    import matplotlib.pyplot as plt
     runs = {"float32": [{"seed": s, "test_acc_by_epoch": [0.9, 0.95, 0.97 + s / 100]}
                         for s in (0, 1)],
             "mixed": [{"seed": 1, "test_acc_by_epoch": [0.91, 0.96, 0.99]}]}
@@ -164,3 +165,4 @@ def test_accuracy_by_epoch_draws_a_line_per_run_coloured_by_group():
     assert colours[0] == colours[1] != colours[2]
     assert ax.lines[1].get_linestyle() == ax.lines[2].get_linestyle()  # seed 1 both times
     assert ax.get_legend_handles_labels()[1][2] == "mixed, seed 1"
+    plt.close(fig)
