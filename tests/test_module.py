@@ -8,7 +8,7 @@ import pytest
 
 import shendu
 import shendu.bench
-from shendu import ShenduError, manual_seed, models, nn
+from shendu import ShenduError, kernels, manual_seed, models, nn
 
 
 def test_parameters_register_in_definition_order_with_dotted_names():
@@ -62,6 +62,15 @@ def test_train_and_eval_reach_every_layer():
     assert not any(m.training for m in model.modules())
     model.train()
     assert all(m.training for m in model.modules())
+
+
+def test_device_of_names_where_the_parameters_live():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    assert nn.device_of(model) is kernels.cpu
+    assert nn.device_of(nn.Sequential(nn.ReLU())) is kernels.cpu  # nothing to place: the CPU
+    half = nn.device_of(model.half())
+    assert half is not kernels.cpu and half.DEVICE == "cpu"
+    assert half.array(np.zeros(2, np.float32)).dtype == np.float16
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -19,8 +19,8 @@ from .errors import ShenduError
 from .kernels.regions import components
 from .kernels.sample import bilinear
 from .metrics import box_iou, nms
-from .nn import log_softmax, softmax
-from .train import _as_input, device_of, inference
+from .nn import device_of, log_softmax, softmax
+from .train import _as_input, inference
 
 CELL = 8  # the grid detector's cell: DeepConvNet's three 2 × 2 poolings
 ANCHOR = 24.0  # the grid detector's prior box side, in pixels (scene digits are 16-29 high)

@@ -50,8 +50,9 @@ import threadpoolctl
 from . import checkpointing, kernels, rng
 from .errors import ShenduError
 from .interrupts import StopRequest
+from .nn import device_of
 from .rollback import Rollback
-from .train import Trainer, _positive_int, device_of, evaluate
+from .train import Trainer, _positive_int, evaluate
 
 __all__ = ["world", "share_cores", "on_root", "DistributedTrainer", "ring_allreduce_s",
            "speedup", "start_engines", "mpiexec"]

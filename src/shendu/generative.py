@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels, nn, optim
-from .train import device_batches, device_of, inference, input_batches
+from .train import device_batches, inference, input_batches
 
 
 def noise(n, latent, seed):
@@ -26,7 +26,7 @@ def noise(n, latent, seed):
 def generate(g, z):
     """G's images for latent vectors z, as float32 in [0, 1] (N, C, H, W), in eval mode."""
     with inference(g):
-        out = kernels.to_host(g(device_of(g).array(np.asarray(z, np.float32))))
+        out = kernels.to_host(g(nn.device_of(g).array(np.asarray(z, np.float32))))
     return (out + 1) / 2
 
 
@@ -55,7 +55,7 @@ class GAN:
         latent = g[0].in_channels
         opt_g, opt_d = (optim.Adam(m.parameters(), lr=self.lr, betas=self.betas)
                         for m in (g, d))
-        bce, K, history = nn.BCEWithLogitsLoss(), device_of(g), []
+        bce, K, history = nn.BCEWithLogitsLoss(), nn.device_of(g), []
         g.train(), d.train()
         for epoch in range(1, self.epochs + 1):
             order = rng.permutation(len(images))

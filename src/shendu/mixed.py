@@ -55,7 +55,7 @@ class LossScaler:
         sent back times S) on the model's device; returns (loss, logits). Afterwards every
         parameter's grad holds S times its gradient, in float16 for layers with weights:
         `unscale` comes next."""
-        K = kernels.of(model.parameters()[0].data)  # the float32 weights' device
+        K = nn.device_of(model)  # the float32 weights' device
         with computing(model):
             logits = model(kernels.narrow.narrow(HALF, K.DEVICE).array(images))
             loss = loss_fn(kernels.narrow.cast(logits, np.float32), t)

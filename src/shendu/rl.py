@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels, nn, optim
 from .errors import ShenduError
-from .train import device_of, inference
+from .train import inference
 
 
 class Catch(gymnasium.Env):
@@ -145,7 +145,7 @@ class DQN:
 
     def _learn(self, network, target, opt, loss, batch):
         states, actions, rewards, next_states, ended = batch
-        K, rows = device_of(network), np.arange(len(actions))
+        K, rows = nn.device_of(network), np.arange(len(actions))
         if self.double:  # the online network picks the next action, the target values it
             picked = greedy(network, next_states)
         with inference(target):
@@ -163,7 +163,7 @@ class DQN:
 def greedy(network, states):
     """The action of the largest Q for each of the states (N, ...)."""
     with inference(network):
-        return kernels.to_host(network(device_of(network).array(
+        return kernels.to_host(network(nn.device_of(network).array(
             np.asarray(states, np.float32)))).argmax(axis=1)
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from . import receptive
 from .errors import ShenduError
-from .nn import Concat, Conv2d, Linear, Residual, Sequential
-from .train import device_of, inference
+from .nn import Concat, Conv2d, Linear, Residual, Sequential, device_of
+from .train import inference
 
 __all__ = ["summary", "Summary"]
 

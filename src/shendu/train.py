@@ -34,6 +34,7 @@ from . import checkpointing, kernels, mixed, nn
 from .errors import ShenduError
 from .interrupts import StopRequest, stop_requests
 from .io import CheckpointError, lock_run_dir, save, write_atomic, write_checkpoint
+from .nn import device_of
 from .rollback import Rollback, diverged
 
 __all__ = ["Trainer", "evaluate", "predict_proba", "profile", "set_profile", "planned_steps",
@@ -144,13 +145,6 @@ def inference(model):
             yield
     finally:
         model.train(was_training)
-
-
-def device_of(model):
-    """The kernel module where the model's parameters live (kernels.cpu for a model without any):
-    its input goes there."""
-    params = model.parameters()
-    return kernels.of(params[0].data) if params else kernels.cpu
 
 
 def _on_device(model, images, K):

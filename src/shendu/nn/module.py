@@ -342,6 +342,13 @@ def _folds(layer, after):
             and not (_GRAD_MODE[-1] or layer.training or after.training))
 
 
+def device_of(model):
+    """The kernel module where the model's parameters live (kernels.cpu for a model without any):
+    its input goes there."""
+    params = model.parameters()
+    return kernels.of(params[0].data) if params else kernels.cpu
+
+
 def data_backward(module, dy):
     """Backward through a module whose input is data (a network's input in training): its
     parameters' gradients, without dL/dx, which nobody needs. A module whose backward can skip
