@@ -84,7 +84,7 @@ def test_augmentations_draws_originals_then_draws_of_each_transform():
 
 
 def test_underflow_draws_a_histogram_bar_per_bin_and_two_bars_per_layer():
-    entry = {"log2_bins": [-30, -29, -28, -27], "log2_counts": [1, 1, 2],
+    entry = {"log2_bins": [13, 14, 15, 16], "log2_counts": [1, 1, 2],
              "layers": [{"layer": "0 Conv2d", "output": 0.5, "weight": 0.25},
                         {"layer": "3 Linear", "output": 0.0, "weight": 0.125}]}
     fig = plot.underflow({"a": entry, "b": entry})
@@ -94,6 +94,8 @@ def test_underflow_draws_a_histogram_bar_per_bin_and_two_bars_per_layer():
     widths = sorted(p.get_width() for p in bars.patches)
     np.testing.assert_allclose(widths, sorted([50, 25, 0, 12.5] * 2))
     assert [t.get_text() for t in bars.get_yticklabels()] == ["Conv2d 0", "Linear 3"]
+    (largest,) = hist.lines  # float16's largest value, inside the axes, not on their edge
+    assert hist.get_xlim()[0] < largest.get_xdata()[0] < hist.get_xlim()[1] - 0.5
 
 
 def test_ilsvrc_draws_a_bar_per_row_and_the_human_line():

@@ -354,7 +354,8 @@ def underflow(panels):
         bars.barh(y + width / 2, [100 * row["weight"] for row in entry["layers"]],
                   height=width / 2, color=f"C{k}", hatch="//", alpha=0.6,
                   label=f"{label}: dL/dW")
-    hist.set(xlim=(edges[0], edges[-1]), xlabel="log₂ |gradient|",
+    # one unit past the last bin: float16's largest value (2¹⁶ less a bit) is drawn, not on the edge
+    hist.set(xlim=(edges[0], edges[-1] + 1), xlabel="log₂ |gradient|",
              ylabel="share of the gradient values (%)")
     hist.legend(fontsize=8)
     bars.set_yticks(np.arange(len(names)) + 0.4 - width / 2, names)
