@@ -1,5 +1,8 @@
 """The benchmark's workers, rounds and report (its figures are measured by `python -m shendu
 bench`, never asserted by a timed test)."""
+import platform
+import sys
+
 import numpy as np
 import pytest
 
@@ -22,8 +25,8 @@ def test_each_worker_imports_only_the_engine_it_measures():
 def test_fair_alternates_fresh_processes_round_after_round(monkeypatch):
     calls = []
 
-    def worker(engine, model, batch, first="", seconds=1.0, device="cpu"):
-        assert device == "cpu"
+    def worker(engine, model, batch, first="", seconds=1.0, device="cpu", precision="float32"):
+        assert device == "cpu" and precision == "float32"
         calls.append((engine, model, batch, first))
         rate = len(calls)  # each process's own figure, to see where it lands
         return {"train": [rate, rate + 2, rate + 1], "infer": [2 * rate], "peak_mib": 100.0 + rate}
@@ -37,6 +40,69 @@ def test_fair_alternates_fresh_processes_round_after_round(monkeypatch):
     assert runs["vgg11_bn"]["128"]["torch"] == {"train": [3, 8], "infer": [4, 14],
                                                 "peak_mib": [102.0, 107.0]}
     assert set(runs["vgg11_bn"]["256"]) == {"shendu", "torch"}
+
+
+def test_fair_names_each_precision_s_engines_and_keeps_what_they_measured(monkeypatch):
+    calls = []
+
+    def worker(engine, model, batch, first="", seconds=1.0, device="cpu", precision="float32"):
+        calls.append((engine, first, precision))
+        trains = not (engine == "shendu" and precision == "bfloat16")  # shendu's mixed: float16
+        return {**({"train": [len(calls)]} if trains else {}), "infer": [10 * len(calls)],
+                "peak_mib": 100.0}
+    monkeypatch.setattr(bench, "_worker", worker)
+    monkeypatch.setattr(bench, "_torch_available", lambda device="cpu": True)
+    runs = bench.fair(["deepconvnet"], ["small"], rounds=1, precisions=("float32", "bfloat16"))
+    assert calls == [("shendu", "", "float32"), ("torch", "", "float32"),
+                     ("shendu", "torch", "float32"),  # the import-order check: float32 only
+                     ("shendu", "", "bfloat16"), ("torch", "", "bfloat16")]
+    engines = runs["deepconvnet"]["100"]
+    assert list(engines) == ["shendu", "torch", bench.IMPORT_FIRST, "shendu bfloat16",
+                             "torch bfloat16"]
+    assert engines["shendu bfloat16"] == {"infer": [40], "peak_mib": [100.0]}
+    assert engines["torch bfloat16"] == {"train": [5], "infer": [50], "peak_mib": [100.0]}
+
+
+def test_16_bit_workers_train_in_mixed_precision_where_their_engine_can():
+    for engine, precision in (("shendu", "float16"), ("torch", "float16"), ("torch", "bfloat16")):
+        result = bench._worker(engine, "deepconvnet", 4, seconds=0.01, precision=precision)
+        assert len(result["train"]) == len(result["infer"]) == 3
+        assert min(result["train"] + result["infer"]) > 0, (engine, precision)
+    alone = bench._worker("shendu", "deepconvnet", 4, seconds=0.01, precision="bfloat16")
+    assert "train" not in alone and len(alone["infer"]) == 3
+
+
+def test_shendu_s_16_bit_engine_steps_float32_weights_by_mixed_precision():
+    from shendu import bench_worker, manual_seed, models
+    manual_seed(0)
+    net = models.get("deepconvnet")
+    before = [p.data.copy() for p in net.parameters()]
+    train_step, infer = bench_worker.shendu_engine("deepconvnet", net, precision="float16")
+    rng = np.random.default_rng(0)
+    for _ in range(8):  # the first steps overflow float16 and are skipped, as in training
+        train_step(rng.random((8, 1, 28, 28), np.float32), rng.integers(0, 10, 8))
+    assert all(p.data.dtype == np.float32 for p in net.parameters())  # the master weights
+    assert any(not np.array_equal(b, p.data) for b, p in zip(before, net.parameters()))
+    infer(rng.random((8, 1, 28, 28), np.float32))
+    assert bench_worker.shendu_engine("deepconvnet", precision="bfloat16")[0] is None
+
+
+def test_precision_table_gives_each_precision_against_its_engine_s_float32():
+    def figures(train, infer):
+        return {**({"train": {"median": train}} if train else {}), "infer": {"median": infer}}
+    results = {"rounds": 5, "networks": {"deepconvnet": {"batches": {"100": {
+        "shendu": figures(400, 1000), "torch": figures(300, 800),
+        bench.IMPORT_FIRST: figures(390, 990), "shendu float16": figures(200, 250),
+        "shendu bfloat16": figures(None, 500), "torch bfloat16": figures(600, 2000)}}}}}
+    lines = bench.precision_table(results).splitlines()
+    assert "median of 5 fresh processes" in lines[0]
+    rows = [line.split()[2:] for line in lines[2:]]
+    assert all(line.split()[:2] == ["deepconvnet", "100"] for line in lines[2:])
+    assert rows == [["shendu", "float32", "400", "(1.00×)", "1000", "(1.00×)"],
+                    ["shendu", "float16", "200", "(0.50×)", "250", "(0.25×)"],
+                    ["shendu", "bfloat16", "-", "500", "(0.50×)"],
+                    ["torch", "float32", "300", "(1.00×)", "800", "(1.00×)"],
+                    ["torch", "bfloat16", "600", "(2.00×)", "2000", "(2.50×)"]]
 
 
 def test_report_gives_medians_ranges_ratios_import_order_and_memory():
@@ -103,6 +169,28 @@ def test_the_triad_is_stream_s_and_the_bandwidth_a_rate():
     assert 0.1 < bench.stream_triad(n=2 ** 20, repeats=2) < 10_000  # GB/s: a plausible rate
 
 
+LINUX_FLAGS = {"f16c": "f16c", "avx512fp16": "avx512_fp16", "avx512bf16": "avx512_bf16",
+               "avx512vnni": "avx512_vnni"}  # LLVM's names, Linux's /proc/cpuinfo's
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
+                    reason="reads Linux's x86-64 CPU flags")
+def test_narrow_instructions_are_the_ones_linux_reports():
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    expected = {bench.NARROW_INSTRUCTIONS[name]: flag in flags
+                for name, flag in LINUX_FLAGS.items()}
+    assert bench.narrow_instructions() == expected
+
+
+def test_narrow_instructions_are_none_where_llvm_cannot_tell(monkeypatch):
+    import llvmlite.binding as llvm
+
+    def unknown():
+        raise RuntimeError("not implemented on this host")
+    monkeypatch.setattr(llvm, "get_host_cpu_features", unknown)
+    assert bench.narrow_instructions() == {}
+
+
 def test_the_ladder_measures_every_rung_on_the_same_layers():
     from shendu import kernels
     result = bench.ladder(batch=2, steps=1, repeats=1, network_batch=2)
@@ -137,7 +225,7 @@ def test_on_a_gpu_the_engines_run_there_without_the_import_order_check(monkeypat
                                                                         torch_has_a_gpu):
     calls = []
 
-    def worker(engine, model, batch, first="", seconds=1.0, device="cpu"):
+    def worker(engine, model, batch, first="", seconds=1.0, device="cpu", precision="float32"):
         calls.append((engine, batch, first, device))
         return {"train": [1.0], "infer": [2.0], "peak_mib": 100.0}
     monkeypatch.setattr(bench, "_worker", worker)

@@ -373,6 +373,20 @@ def test_fewer_bits(monkeypatch):
     assert 0 <= figures["binary_trained"]["accuracy"] <= 1
 
 
+def test_bench_precision_times_deepconvnet_in_every_precision_with_the_instructions(monkeypatch):
+    from shendu import bench
+    asked = {}
+
+    def run(**options):
+        asked.update(options)
+        return {"rounds": options["rounds"], "networks": {}}
+    monkeypatch.setattr(bench, "run", run)
+    figures = experiments.bench_precision(rounds=2)
+    assert asked == {"networks": ("deepconvnet",), "batches": ("small",), "rounds": 2,
+                     "start_up": False, "precisions": ("float32", "float16", "bfloat16")}
+    assert figures == {"rounds": 2, "networks": {}, "instructions": bench.narrow_instructions()}
+
+
 def test_scaling_times_one_process_against_two_ranks(monkeypatch):
     pytest.importorskip("mpi4py", reason="pip install -e '.[mpi]'")
     monkeypatch.setattr(experiments, "SCALING_IMAGES", 600)

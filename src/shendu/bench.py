@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import kernels, models, nn, optim
-from .bench_worker import INPUT, NETWORKS
+from .bench_worker import INPUT, NETWORKS, PRECISIONS
 from .errors import ShenduError
 
 
@@ -66,16 +66,41 @@ def stream_triad(n=32 * 2 ** 20, repeats=5):
     return 12 * n / best / 1e9
 
 
+# The processor's instructions for fewer bits, by LLVM's names for them (x86-64's, then Arm's).
+NARROW_INSTRUCTIONS = {
+    "f16c": "F16C: float16 to float32 and back, no arithmetic",
+    "avx512fp16": "AVX-512 FP16: float16 arithmetic",
+    "avx512bf16": "AVX-512 BF16: bfloat16 dot products, summed in float32",
+    "avx512vnni": "AVX-512 VNNI: int8 dot products, summed in int32",
+    "fullfp16": "FP16: float16 arithmetic",
+    "bf16": "BF16: bfloat16 dot products, summed in float32",
+    "dotprod": "DotProd: int8 dot products, summed in int32",
+}
+
+
+def narrow_instructions():
+    """{instructions: whether this processor has them} for those of NARROW_INSTRUCTIONS that LLVM
+    knows on this architecture, as LLVM (so Numba) sees the processor; {} where LLVM cannot
+    tell."""
+    import llvmlite.binding as llvm
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:
+        return {}
+    return {text: bool(features[name]) for name, text in NARROW_INSTRUCTIONS.items()
+            if name in features}
+
+
 # -- shendu and PyTorch, each in fresh processes of its own ----------------------------------
 WORKER = Path(__file__).with_name("bench_worker.py")
 IMPORT_FIRST = "shendu, torch imported first"  # shendu's worker, PyTorch imported before shendu
 
 
-def _worker(engine, model, batch, first="", seconds=1.0, device="cpu"):
+def _worker(engine, model, batch, first="", seconds=1.0, device="cpu", precision="float32"):
     """One fresh process measuring one engine (bench_worker.py run as a script, so that it imports
     nothing but that engine)."""
     spec = json.dumps({"engine": engine, "model": model, "batch": batch, "first": first,
-                       "seconds": seconds, "device": device})
+                       "seconds": seconds, "device": device, "precision": precision})
     out = subprocess.run([sys.executable, str(WORKER), spec], capture_output=True, text=True)
     if out.returncode:
         raise ShenduError(f"the benchmark's {engine} worker failed on {model}, batch {batch}:\n"
@@ -111,13 +136,15 @@ def _torch_version():
         return None
 
 
-def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0, device="cpu"):
+def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0, device="cpu",
+         precisions=("float32",)):
     """{network: {batch: {engine: {"train": [images/s], "infer": [...], "peak_mib": [...]}}}}, one
-    entry per round. Each round starts a fresh process per network, batch and engine, the engines
-    alternating, so that whatever else the machine does slows each alike. The engines: shendu,
-    PyTorch (channels_last) and, at the network's own batch size, shendu in a process that
-    imported PyTorch first (on the CPU only). "small" is each network's own batch size (100 or
-    128)."""
+    entry per round. Each round starts a fresh process per network, batch, precision and engine,
+    the engines alternating, so that whatever else the machine does slows each alike. The
+    engines: shendu, PyTorch (channels_last) and, in float32 at the network's own batch size,
+    shendu in a process that imported PyTorch first (on the CPU only); in another precision
+    each is named with it ("torch bfloat16": see bench_worker.measure; shendu has no "train" in
+    bfloat16). "small" is each network's own batch size (100 or 128)."""
     engines = (["shendu"] + (["torch"] if _torch_available(device) else [])
                + ([IMPORT_FIRST] if device == "cpu" and _torch_available() else []))
     runs = {}
@@ -125,17 +152,20 @@ def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0
         for model in networks:
             own = NETWORKS[model]["batch"]
             for batch in [own if b == "small" else int(b) for b in batches]:
-                for engine in engines:
-                    if engine == IMPORT_FIRST and batch != own:
-                        continue
-                    first = "torch" if engine == IMPORT_FIRST else ""
-                    result = _worker("shendu" if first else engine, model, batch, first, seconds,
-                                     device)
-                    entry = runs.setdefault(model, {}).setdefault(str(batch), {}).setdefault(
-                        engine, {"train": [], "infer": [], "peak_mib": []})
-                    for key in ("train", "infer"):
-                        entry[key].append(float(np.median(result[key])))
-                    entry["peak_mib"].append(result["peak_mib"])
+                for precision in precisions:
+                    for engine in engines:
+                        if engine == IMPORT_FIRST and (batch != own or precision != "float32"):
+                            continue
+                        first = "torch" if engine == IMPORT_FIRST else ""
+                        result = _worker("shendu" if first else engine, model, batch, first,
+                                         seconds, device, precision)
+                        name = engine if precision == "float32" else f"{engine} {precision}"
+                        entry = runs.setdefault(model, {}).setdefault(str(batch), {}).setdefault(
+                            name, {"peak_mib": []})
+                        for key in ("train", "infer"):
+                            if key in result:
+                                entry.setdefault(key, []).append(float(np.median(result[key])))
+                        entry["peak_mib"].append(result["peak_mib"])
     return runs
 
 
@@ -323,9 +353,10 @@ def _whole_network(steps, batch):
 
 # -- the report -------------------------------------------------------------------------------
 def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=True, seconds=1.0,
-        device="cpu"):
+        device="cpu", precisions=("float32",)):
     """All the figures, as a dict (what `--json` writes and `experiment bench` records). On
-    "cuda", the GPU's name instead of the CPU's GEMM peak, and no start-up times."""
+    "cuda", the GPU's name instead of the CPU's GEMM peak, and no start-up times. `precisions`
+    beyond float32 add engines named with them (see `fair`)."""
     from .provenance import machine
     results = {"machine": machine(), "device": device, "rounds": rounds,
                "torch_version": _torch_version(), "networks": {}}
@@ -333,7 +364,7 @@ def run(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, start_up=Tru
         results["gpu"] = _gpu_name()
     else:
         results["gemm_peak_gflops"] = gemm_peak()
-    for model, by_batch in fair(networks, batches, rounds, seconds, device).items():
+    for model, by_batch in fair(networks, batches, rounds, seconds, device, precisions).items():
         spec = NETWORKS[model]
         train_flops, infer_flops = flops_per_image(
             models.get(model, input_shape=INPUT, **spec["options"]), INPUT)
@@ -400,6 +431,33 @@ def report(results):
                      f"{cold['first_step_s']:.1f} s with an empty Numba cache (compiling), "
                      f"{warm['first_step_s']:.1f} s from the cache; the next step "
                      f"{warm['next_step_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def precision_table(results):
+    """`run`'s figures with `precisions` as a table: each engine's images/s (median of its fresh
+    processes) in training and inference, in each precision, and their ratio to the same
+    engine's float32."""
+    def cell(measured, float32, task):
+        if task not in measured:
+            return "-"
+        median = measured[task]["median"]
+        return f"{median:7.0f} ({median / float32[task]['median']:.2f}×)"
+
+    lines = [f"images/s, median of {results['rounds']} fresh processes each (× the same engine in "
+             "float32)",
+             f"{'network':12} {'batch':>5} {'engine':7} {'precision':9} {'training':>16} "
+             f"{'inference':>16}"]
+    for model, entry in results["networks"].items():
+        for batch, engines in entry["batches"].items():
+            for engine in ("shendu", "torch"):
+                for precision in PRECISIONS:
+                    name = engine if precision == "float32" else f"{engine} {precision}"
+                    if name in engines:
+                        train, infer = (cell(engines[name], engines[engine], task)
+                                        for task in ("train", "infer"))
+                        lines.append(f"{model:12} {batch:>5} {engine:7} {precision:9} "
+                                     f"{train:>16} {infer:>16}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ The PyTorch twins of the zoo's networks are written here, in PyTorch, with the p
 shendu gives them (tests/test_torch_graph.py loads shendu's weights into each twin and checks that
 both compute the same function).
 """
+import copy
 import functools
 import json
 import os
@@ -26,6 +27,7 @@ NETWORKS = {"deepconvnet": {"options": {}, "batch": 100, "optimizer": "adam"},
             "googlenet": {"options": {"width": 0.25, "batch_norm": True}, "batch": 128,
                           "optimizer": "sgd"}}
 INPUT = (1, 28, 28)
+PRECISIONS = ("float32", "float16", "bfloat16")  # what a worker measures in (see `measure`)
 
 
 # -- PyTorch twins ------------------------------------------------------------------------------
@@ -157,46 +159,59 @@ def shendu_network(model):
     return models.get(model, num_classes=10, input_shape=INPUT, **NETWORKS[model]["options"])
 
 
-def shendu_engine(model, net=None, device="cpu"):
+def shendu_engine(model, net=None, device="cpu", precision="float32"):
     """shendu's (train_step, infer) for `model`, on `net` if given (else a new network), on the
     device named. Each step returns only once the device has run every kernel it queued (a
-    training step waits for the GPU; inference copies its logits to the host)."""
-    from shendu import kernels, nn, optim
+    training step waits for the GPU; inference copies its logits to the host). In 16 bits,
+    inference runs a copy of the network stored in `precision` (Module.to) and training is mixed
+    precision (shendu.mixed), which is float16's only: for bfloat16, train_step is None."""
+    from shendu import kernels, mixed, nn, optim
     spec = NETWORKS[model]
     net = (shendu_network(model) if net is None else net).to(device)
-    K = kernels.device(device)
+    narrow = copy.deepcopy(net).to(dtype=precision) if precision != "float32" else net
+    K, N = kernels.device(device), nn.device_of(narrow)
     loss_fn = nn.CrossEntropyLoss()
     opt = (optim.Adam(net.parameters(), lr=1e-3) if spec["optimizer"] == "adam"
            else optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
+    scaler = mixed.LossScaler() if precision == "float16" else None
 
     def train_step(x, t):
         net.train()
-        loss_fn(net(K.array(x)), t)
-        nn.data_backward(net, loss_fn.backward())
-        opt.step()
+        if scaler is None:
+            loss_fn(net(K.array(x)), t)
+            nn.data_backward(net, loss_fn.backward())
+            opt.step()
+        else:
+            scaler.gradient(net, loss_fn, x, t)
+            if scaler.unscale(net.parameters()):
+                opt.step()
         K.synchronize()
 
     def infer(x):
-        net.eval()
+        narrow.eval()
         with nn.no_grad():
-            kernels.to_host(net(K.array(x)))
-    return train_step, infer
+            kernels.to_host(narrow(N.array(x)))
+    return (None if precision == "bfloat16" else train_step), infer
 
 
-def torch_engine(model, device="cpu"):
+def torch_engine(model, device="cpu", precision="float32"):
     """The twin in channels_last, PyTorch's faster layout on the CPU for these networks (on a GPU
-    too, where cuDNN takes it), on the device named; steps end synchronised, as shendu's."""
+    too, where cuDNN takes it), on the device named; steps end synchronised, as shendu's. In 16
+    bits, inference runs a copy of the twin stored in `precision`, as shendu's does, and training
+    is PyTorch's mixed precision: autocast to `precision`, with a GradScaler for float16."""
     import torch
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this PyTorch has no CUDA GPU to run on (a CPU-only build, or no GPU)")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    spec = NETWORKS[model]
+    spec, dtype = NETWORKS[model], getattr(torch, precision)
     net = torch_twin(model, **spec["options"]).to(device, memory_format=torch.channels_last)
+    narrow = copy.deepcopy(net).to(dtype) if precision != "float32" else net
     opt = (torch.optim.Adam(net.parameters(), lr=1e-3) if spec["optimizer"] == "adam"
            else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
+    scaler = torch.amp.GradScaler(device, enabled=precision == "float16")
 
-    def tensor(x):
-        return torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+    def tensor(x, dtype=torch.float32):
+        return torch.from_numpy(x).to(device, dtype).contiguous(memory_format=torch.channels_last)
 
     def sync():
         if device == "cuda":
@@ -205,14 +220,17 @@ def torch_engine(model, device="cpu"):
     def train_step(x, t):
         net.train()
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(tensor(x)), torch.from_numpy(t).to(device)).backward()
-        opt.step()
+        with torch.autocast(device, dtype, enabled=precision != "float32"):
+            loss = torch.nn.functional.cross_entropy(net(tensor(x)), torch.from_numpy(t).to(device))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sync()
 
     def infer(x):
-        net.eval()
+        narrow.eval()
         with torch.inference_mode():
-            net(tensor(x))
+            narrow(tensor(x, dtype))
         sync()
     return train_step, infer
 
@@ -231,18 +249,22 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(engine, model, batch, first="", repeats=3, seconds=1.0, device="cpu"):
+def measure(engine, model, batch, first="", repeats=3, seconds=1.0, device="cpu",
+            precision="float32"):
     """{"train": [images/s per repeat], "infer": [...], "peak_mib": ...} for one engine: each
     repeat runs training then inference for about `seconds` each, on 4 fixed random batches
-    (peak_mib is the host process's, on a GPU too)."""
+    (peak_mib is the host process's, on a GPU too). An engine that cannot train in `precision`
+    has no "train"."""
     if first:
         __import__(first)  # a library imported before the engine (for the import-order check)
-    train_step, infer = (shendu_engine if engine == "shendu" else torch_engine)(model,
-                                                                                 device=device)
+    train_step, infer = (shendu_engine if engine == "shendu" else torch_engine)(
+        model, device=device, precision=precision)
     rng = np.random.default_rng(0)
     data = [(rng.random((batch, *INPUT), np.float32), rng.integers(0, 10, batch))
             for _ in range(4)]
     tasks = {"train": lambda x, t: train_step(x, t), "infer": lambda x, t: infer(x)}
+    if train_step is None:
+        del tasks["train"]
     steps = {}
     for name, task in tasks.items():
         task(*data[0])  # compiles (or loads Numba's cache) and warms the caches

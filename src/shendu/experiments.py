@@ -141,6 +141,18 @@ def bench_cuda(rounds=3):
 
 
 @experiment
+def bench_precision(rounds=5):
+    """16 bits against 32 on this CPU, shendu beside PyTorch, for the chapter "Fewer bits":
+    `bench`'s fresh processes, the engines alternating, on DeepConvNet at batch 100, training in
+    mixed precision (float16; PyTorch's autocast to bfloat16 too) and inferring with a copy of
+    the network stored in 16 bits; with the processor's instructions for fewer bits."""
+    from . import bench as bench_module
+    results = bench_module.run(networks=("deepconvnet",), batches=("small",), rounds=rounds,
+                               start_up=False, precisions=bench_module.PRECISIONS)
+    return {**results, "instructions": bench_module.narrow_instructions()}
+
+
+@experiment
 def fewer_bits(seed=0, calibration=500, batch=100):
     """The chapter "Fewer bits": DeepConvNet trained by the book's recipe (Adam 0.001, batch
     100, 20 epochs, full MNIST), then classifying the 10,000 test digits in float64, float32,
