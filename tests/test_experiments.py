@@ -293,6 +293,48 @@ def test_a_results_file_does_not_mark_the_code_dirty(tmp_path):
     assert provenance.commit(tmp_path / "not-a-repo") is None
 
 
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = sorted((ROOT / "notebooks" / "results").glob("*.json")) + [
+    ROOT / "book" / "_data" / "execution_times.json"]
+
+
+def _commits(record, where=""):
+    """(where, commit) for every commit a record names: its own and those of runs kept with
+    provenance of their own (a recipe's "made", a notebook's row)."""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            if key == "commit" and isinstance(value, str):
+                yield where or "top", value
+            else:
+                yield from _commits(value, f"{where}/{key}")
+    elif isinstance(record, list):
+        for i, value in enumerate(record):
+            yield from _commits(value, f"{where}[{i}]")
+
+
+def test_every_committed_figure_was_made_at_a_clean_commit():
+    """The book's figures come from results files written by committed code: no record was made
+    with changes that were never committed ("-dirty")."""
+    made = {f"{path.name} {where}": commit for path in RECORDS
+            for where, commit in _commits(json.loads(path.read_text()))}
+    assert len(made) > len(RECORDS)  # every file names at least one commit, most several
+    assert [f"{name}: {commit}" for name, commit in made.items() if commit.endswith("-dirty")] == []
+
+
+def test_every_committed_figure_names_a_commit_of_this_history():
+    """...and the code each was made with is in this repository's history, to read and rerun."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if git("rev-parse", "--is-shallow-repository").stdout.strip() != "false":
+        pytest.skip("needs a full clone of the repository, with its history")
+    commits = {commit for path in RECORDS for _, commit in _commits(json.loads(path.read_text()))}
+    missing = [c for c in sorted(commits)
+               if git("merge-base", "--is-ancestor", c.removesuffix("-dirty"), "HEAD").returncode]
+    assert missing == []
+
+
 def test_experiments_write_into_the_checkout_they_run_in(tmp_path, monkeypatch):
     """Not where the package's files happen to lie: notebooks/results of the checkout holding
     the current folder (found from a subfolder too), or the folder they are given."""
