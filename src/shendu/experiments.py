@@ -144,8 +144,9 @@ def bench_cuda(rounds=3):
 def bench_precision(rounds=5):
     """16 bits against 32 on this CPU, shendu beside PyTorch, for the chapter "Fewer bits":
     `bench`'s fresh processes, the engines alternating, on DeepConvNet at batch 100, training in
-    mixed precision (float16; PyTorch's autocast to bfloat16 too) and inferring with a copy of
-    the network stored in 16 bits; with the processor's instructions for fewer bits."""
+    mixed precision (float16 in both engines, and PyTorch's autocast to bfloat16) and inferring
+    with a copy of the network stored in 16 bits; with the processor's instructions for fewer
+    bits."""
     from . import bench as bench_module
     results = bench_module.run(networks=("deepconvnet",), batches=("small",), rounds=rounds,
                                start_up=False, precisions=bench_module.PRECISIONS)
