@@ -136,6 +136,11 @@ def _torch_version():
         return None
 
 
+def engine_name(engine, precision):
+    """How the figures name an engine measured in `precision`: "torch", "torch bfloat16"."""
+    return engine if precision == "float32" else f"{engine} {precision}"
+
+
 def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0, device="cpu",
          precisions=("float32",)):
     """{network: {batch: {engine: {"train": [images/s], "infer": [...], "peak_mib": [...]}}}}, one
@@ -143,7 +148,7 @@ def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0
     the engines alternating, so that whatever else the machine does slows each alike. The
     engines: shendu, PyTorch (channels_last) and, in float32 at the network's own batch size,
     shendu in a process that imported PyTorch first (on the CPU only); in another precision
-    each is named with it ("torch bfloat16": see bench_worker.measure; shendu has no "train" in
+    each is named with it (`engine_name`; see bench_worker.measure: shendu has no "train" in
     bfloat16). "small" is each network's own batch size (100 or 128)."""
     engines = (["shendu"] + (["torch"] if _torch_available(device) else [])
                + ([IMPORT_FIRST] if device == "cpu" and _torch_available() else []))
@@ -159,7 +164,7 @@ def fair(networks=tuple(NETWORKS), batches=("small", 256), rounds=3, seconds=1.0
                         first = "torch" if engine == IMPORT_FIRST else ""
                         result = _worker("shendu" if first else engine, model, batch, first,
                                          seconds, device, precision)
-                        name = engine if precision == "float32" else f"{engine} {precision}"
+                        name = engine_name(engine, precision)
                         entry = runs.setdefault(model, {}).setdefault(str(batch), {}).setdefault(
                             name, {"peak_mib": []})
                         for key in ("train", "infer"):
@@ -452,7 +457,7 @@ def precision_table(results):
         for batch, engines in entry["batches"].items():
             for engine in ("shendu", "torch"):
                 for precision in PRECISIONS:
-                    name = engine if precision == "float32" else f"{engine} {precision}"
+                    name = engine_name(engine, precision)
                     if name in engines:
                         train, infer = (cell(engines[name], engines[engine], task)
                                         for task in ("train", "infer"))
